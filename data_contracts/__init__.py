@@ -1,0 +1,1 @@
+"""Data contracts, one YAML file per output table (see ferclean.contracts for the format)."""
