@@ -6,6 +6,16 @@ Each view is plain SQL over the table views; keep them cheap (no full scans of c
 from __future__ import annotations
 
 from ferclean.catalog import EXTRA_VIEWS
+from ferclean.contracts import contract_tables, load_contract
+
+
+def _contract_has(table: str, *columns: str) -> bool:
+    """True when `table` has a contract declaring every one of `columns` (views over tables
+    written by later stages are only registered once their contracts exist)."""
+    if table not in contract_tables():
+        return False
+    names = set(load_contract(table).names)
+    return all(c in names for c in columns)
 
 EXTRA_VIEWS.update(
     {
@@ -17,3 +27,86 @@ EXTRA_VIEWS.update(
             SELECT stage, reason_code, count(*) AS n FROM rejects GROUP BY ALL ORDER BY n DESC""",
     }
 )
+
+# -- verdict views (issue 7) -------------------------------------------------------------------
+#: One row per sample: its most recent verdict. Rows are ordered by decided_at (a human decision
+#: made after a model run is later, so it wins over that run's model rows), then human before
+#: model on equal timestamps, then run_id (sortable by start time).
+EXTRA_VIEWS["latest_verdicts"] = """
+    SELECT * FROM relabels
+    QUALIFY row_number() OVER (
+        PARTITION BY sample_id
+        ORDER BY decided_at DESC, (source = 'human') DESC, run_id DESC) = 1"""
+
+#: Samples whose latest verdict is `review`, highest priority first.
+EXTRA_VIEWS["review_queue"] = """
+    SELECT * FROM latest_verdicts WHERE action = 'review'
+    ORDER BY priority DESC NULLS LAST, abs(margin) DESC NULLS LAST, sample_id"""
+
+#: Per original class: how many samples the latest verdicts flag (any action but keep).
+EXTRA_VIEWS["noise_by_class"] = """
+    SELECT label_original,
+           count(*) AS n,
+           count(*) FILTER (WHERE action <> 'keep') AS n_flagged,
+           count(*) FILTER (WHERE action = 'relabel') AS n_relabel,
+           count(*) FILTER (WHERE action = 'review') AS n_review,
+           count(*) FILTER (WHERE action = 'drop') AS n_drop,
+           count(*) FILTER (WHERE action <> 'keep') / count(*) AS flag_rate
+    FROM latest_verdicts GROUP BY label_original
+    ORDER BY flag_rate DESC, label_original NULLS LAST"""
+
+#: Original -> final label counts over the latest verdicts (label_final is NULL for drops and
+#: for unlabelled samples under review; `action` tells which).
+EXTRA_VIEWS["label_confusion"] = """
+    SELECT label_original, label_final, action, count(*) AS n
+    FROM latest_verdicts GROUP BY ALL
+    ORDER BY label_original NULLS LAST, label_final NULLS LAST, action"""
+
+#: Long format: for each label source ('original' label, 'final' label after verdicts), class
+#: and AU, the share of primary faces where the AU is present (AUxx_c >= 0.5). Needs faces, aus.
+AU_PREVALENCE_SQL = """
+        WITH primary_aus AS (
+            SELECT sample_id, COLUMNS('^AU[0-9]+_c$') FROM aus
+            WHERE (sample_id, face_index) IN (SELECT sample_id, face_index FROM faces WHERE is_primary)
+        ),
+        long AS (
+            UNPIVOT primary_aus ON COLUMNS('^AU[0-9]+_c$') INTO NAME au VALUE present
+        ),
+        labels AS (
+            SELECT sample_id, 'original' AS label_source, label_original AS label
+            FROM samples WHERE label_original IS NOT NULL
+            UNION ALL
+            SELECT s.sample_id, 'final' AS label_source,
+                   CASE WHEN v.sample_id IS NULL THEN s.label_original ELSE v.label_final END AS label
+            FROM samples s LEFT JOIN latest_verdicts v ON s.sample_id = v.sample_id
+            WHERE CASE WHEN v.sample_id IS NULL THEN s.label_original ELSE v.label_final END IS NOT NULL
+        )
+        SELECT l.label_source, l.label, regexp_replace(g.au, '_c$', '') AS au,
+               count(*) AS n_faces,
+               count(*) FILTER (WHERE CAST(g.present AS DOUBLE) >= 0.5) AS n_present,
+               count(*) FILTER (WHERE CAST(g.present AS DOUBLE) >= 0.5) / count(*) AS prevalence
+        FROM long g JOIN labels l ON g.sample_id = l.sample_id
+        GROUP BY ALL ORDER BY l.label_source, l.label, au"""
+
+_REJECT_ISSUES = """
+        SELECT source_ref AS ref, CAST(NULL AS INTEGER) AS face_index, 'rejects' AS source,
+               stage, reason_code AS issue, message, run_id
+        FROM rejects"""
+
+#: Every face quality flag (one row per flag) and every rejected input item, side by side.
+QUALITY_ISSUES_SQL = """
+        SELECT sample_id AS ref, CAST(face_index AS INTEGER) AS face_index, 'faces' AS source,
+               'faces' AS stage, flag AS issue, CAST(NULL AS VARCHAR) AS message, run_id
+        FROM (SELECT sample_id, face_index, run_id, unnest(quality_flags) AS flag FROM faces)
+        UNION ALL""" + _REJECT_ISSUES
+
+#: quality_issues before the faces contract exists: rejects only.
+REJECT_ISSUES_SQL = _REJECT_ISSUES
+
+if _contract_has("faces", "sample_id", "face_index", "is_primary") and _contract_has("aus", "sample_id", "face_index"):
+    EXTRA_VIEWS["au_prevalence_by_label"] = AU_PREVALENCE_SQL
+
+if _contract_has("faces", "sample_id", "face_index", "quality_flags"):
+    EXTRA_VIEWS["quality_issues"] = QUALITY_ISSUES_SQL
+else:
+    EXTRA_VIEWS["quality_issues"] = REJECT_ISSUES_SQL
