@@ -1,0 +1,134 @@
+"""The `ferclean` command line (typer)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="ferclean",
+    help="Find and fix wrong labels in facial-expression datasets.\n\n"
+    "Stages: ingest -> faces -> aus -> au_graph -> train -> relabel -> export. Every stage writes "
+    "Parquet tables under OUT/tables/ and views in OUT/catalog.duckdb.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One-line error and a non-zero exit, no traceback."""
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+class Fmt(str, Enum):
+    auto = "auto"
+    folder = "folder"
+    manifest = "manifest"
+    fer2013_csv = "fer2013-csv"
+
+
+class OutFmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="Image folder, CSV manifest, or FER2013 pixel CSV.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if absent).")],
+    labels: Annotated[Optional[Path], typer.Option(help="FER+ vote CSV joined by row order (FER2013 pixel CSV only).")] = None,
+    format: Annotated[Fmt, typer.Option("--format", help="Source format; auto detects it.")] = Fmt.auto,  # noqa: A002
+    root: Annotated[Optional[Path], typer.Option(help="Root for manifest image paths (default: the manifest's folder).")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class list (default: all 8 canonical classes).")] = None,
+    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The folder has no label sub-folders (a new web collection).")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Stop after N input rows/files.", min=1)] = None,
+    max_pixels: Annotated[int, typer.Option(help="Reject images with more pixels than this.")] = 40_000_000,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Read a collection into the `samples` table; unusable rows go to `rejects` with a reason.
+
+    Manifest CSVs need an `image_path` column (relative to the manifest or --root) and may have
+    `label`, `split` and `sample_id`; every other column (e.g. FER+ votes) is kept.
+    """
+    from pydantic import ValidationError
+
+    from ferclean.ingest import IngestConfig, SourceError, run_ingest
+    from ferclean.runs import open_run
+    from ferclean.store import Store
+
+    try:
+        cfg = IngestConfig(
+            source=str(source), format=format.value, labels=str(labels) if labels else None,
+            root=str(root) if root else None, classes=classes or None, unlabelled=unlabelled or None,
+            limit=limit, max_pixels=max_pixels,
+        )
+    except ValidationError as exc:
+        fail(exc.errors()[0]["msg"])
+    if not source.exists():
+        fail(f"source {source} does not exist")
+    store = Store(out)
+    try:
+        with open_run(store, "ingest", cfg.model_dump(mode="json")) as run:
+            summary = run_ingest(store, run, cfg, progress=progress)
+    except SourceError as exc:
+        fail(str(exc))
+    _print_summary(f"ingest run {run.run_id}", summary)
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    t = Table(title=title, show_header=False)
+    for k, v in summary.items():
+        t.add_row(str(k), json.dumps(v) if isinstance(v, dict | list) else str(v))
+    Console(stderr=True).print(t)
+
+
+@app.command()
+def query(
+    out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
+    sql: Annotated[str, typer.Argument(help="SQL over the catalog views, e.g. \"select split, count(*) from samples group by 1\".")],
+    format: Annotated[OutFmt, typer.Option("--format", help="Output format.")] = OutFmt.table,  # noqa: A002
+) -> None:
+    """Run SQL against OUT/catalog.duckdb (views: samples, rejects, runs, faces, aus, relabels, ...)."""
+    import duckdb
+
+    from ferclean.catalog import query as run_query
+    from ferclean.store import Store
+
+    if not (out / "tables").is_dir():
+        fail(f"{out} is not a ferclean output folder (no tables/ inside)")
+    try:
+        cols, rows = run_query(Store(out), sql)
+    except duckdb.Error as exc:
+        fail(str(exc).splitlines()[0])
+    if format is OutFmt.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif format is OutFmt.json:
+        json.dump([dict(zip(cols, r, strict=True)) for r in rows], sys.stdout, default=str, indent=1)
+        sys.stdout.write("\n")
+    else:
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*("NULL" if v is None else str(v) for v in r))
+        Console().print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
