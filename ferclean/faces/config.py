@@ -1,0 +1,54 @@
+"""Configuration of the faces stage (pydantic models with documented defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class QualityThresholds(BaseModel):
+    """Thresholds that turn quality measurements into `quality_flags`.
+
+    - `tiny`: face_px (sqrt of bbox width x height, original px) < `tiny_px`.
+    - `blurry`: variance of the Laplacian of the aligned grayscale crop < `blur_min`.
+    - `extreme_pose`: |yaw| > `max_abs_yaw_deg` or |pitch| > `max_abs_pitch_deg` (roll is undone
+      by the alignment, so it is not flagged).
+    - `multiple_faces`: more than one face in the image.
+    - `full_frame`: no detection; the whole image was taken as the face box (pre-aligned mode).
+    """
+
+    tiny_px: float = Field(24.0, ge=0, description="face size in original px below which a face is tiny")
+    blur_min: float = Field(30.0, ge=0, description="Laplacian variance (crop grey levels^2) below which a crop is blurry")
+    max_abs_yaw_deg: float = Field(45.0, gt=0, description="degrees")
+    max_abs_pitch_deg: float = Field(35.0, gt=0, description="degrees")
+
+
+class FacesConfig(BaseModel):
+    """Settings of `run_faces`.
+
+    Modes: `photos` (no detection -> a `no_face` reject), `prealigned` (crop datasets such as
+    FER2013: no detection -> the whole image is the face box, `detector = 'full_frame'`), `auto`
+    (per image: prealigned when max(width, height) <= `prealigned_max_side`, else photos).
+    """
+
+    backend: Literal["dlib", "dlib_cnn", "pyfeat"] = Field(
+        "dlib", description="dlib: HOG detector (fast, default); dlib_cnn: dlib MMOD CNN detector "
+        "(finds more faces, ~1-4 s per photo on CPU); pyfeat: py-feat's detector, only if its weights are on disk")
+    mode: Literal["auto", "photos", "prealigned"] = "auto"
+    prealigned_max_side: int = Field(128, ge=1, description="px; auto mode treats images up to this size as pre-aligned crops")
+    detect_min_side: int = Field(144, ge=1, description="px; smaller images are upscaled so their longer side is this before detection and landmarks")
+    detect_max_side: int = Field(1280, ge=64, description="px; larger images are downscaled to this longer side for detection and landmarks")
+    upsample: int = Field(0, ge=0, le=2, description="dlib detector pyramid upsampling steps")
+    score_threshold: float = Field(0.0, description="dlib HOG adjust_threshold / minimum detector score")
+    max_faces: int = Field(32, ge=1, description="keep at most this many faces per image (largest first)")
+    crop_size: int = Field(112, ge=16, le=1024, description="px, side of the aligned square crop")
+    quality: QualityThresholds = Field(default_factory=QualityThresholds)
+    shard_size: int = Field(1024, ge=1, description="images per shard (unit of resume)")
+    workers: int = Field(2, ge=1, description="worker processes (not part of the shard keys)")
+    contact_sheet_n: int = Field(64, ge=0, description="random aligned crops in faces_contact_sheet.png")
+    seed: int = Field(0, description="seed for the contact sheet sample")
+
+    def fingerprint_dict(self) -> dict:
+        """The settings that change the output (used for shard keys): all but workers/sheet."""
+        return self.model_dump(mode="json", exclude={"workers", "contact_sheet_n", "seed"})

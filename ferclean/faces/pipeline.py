@@ -1,0 +1,113 @@
+"""Per-image face analysis: detect, 68 landmarks, align, pose, quality -> one record per face.
+
+Pure with respect to I/O: takes a decoded image and a backend, returns plain dicts whose keys are
+the `faces` columns except run_id / sample_id.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ferclean.faces.backends import Detection, FaceBackend
+from ferclean.faces.config import FacesConfig
+from ferclean.faces.geometry import apply_affine, landmarks5_from_68, similarity_transform, template5, warp_crop
+from ferclean.faces.pose import head_pose
+from ferclean.faces.quality import crop_stats, face_size_px, quality_flags
+
+
+def resolve_mode(config: FacesConfig, width: int, height: int) -> str:
+    """'photos' or 'prealigned' for an image of `width` x `height` px (see FacesConfig)."""
+    if config.mode != "auto":
+        return config.mode
+    return "prealigned" if max(width, height) <= config.prealigned_max_side else "photos"
+
+
+def working_scale(config: FacesConfig, width: int, height: int) -> float:
+    """Factor applied to the image before detection/landmarks (upscale tiny, downscale huge)."""
+    side = max(width, height)
+    if side < config.detect_min_side:
+        return config.detect_min_side / side
+    if side > config.detect_max_side:
+        return config.detect_max_side / side
+    return 1.0
+
+
+def primary_index(bboxes: np.ndarray, width: int, height: int) -> int:
+    """Index of the primary face: the largest box, weighted down by its distance from the centre.
+
+    priority = area * (1 - 0.5 * d), d = distance of the box centre from the image centre divided
+    by the half diagonal (so a box in a corner counts half).
+    """
+    b = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    centre = np.array([width / 2.0, height / 2.0])
+    c = b[:, :2] + b[:, 2:] / 2.0
+    d = np.linalg.norm(c - centre, axis=1) / max(np.linalg.norm(centre), 1e-9)
+    return int(np.argmax(b[:, 2] * b[:, 3] * (1.0 - 0.5 * np.clip(d, 0.0, 1.0))))
+
+
+def encode_png(crop: np.ndarray) -> bytes:
+    """PNG bytes of a crop (grey stays 1 channel; colour is BGR as OpenCV holds it)."""
+    ok, buf = cv2.imencode(".png", crop)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) -> list[dict]:
+    """All faces of one decoded image (uint8 (H, W) or (H, W, 3) BGR).
+
+    Returns [] when no face is found in photos mode. In pre-aligned mode an image with no
+    detection gives one record with detector='full_frame', score None, bbox = whole image.
+    """
+    h, w = image.shape[:2]
+    mode = resolve_mode(config, w, h)
+    s = working_scale(config, w, h)
+    work = image if s == 1.0 else cv2.resize(
+        image, (max(1, round(w * s)), max(1, round(h * s))),
+        interpolation=cv2.INTER_LINEAR if s > 1 else cv2.INTER_AREA,
+    )
+    dets: list[Detection] = backend.detect(work)
+    detector = backend.name
+    if not dets:
+        if mode == "photos":
+            return []
+        wh, ww = work.shape[:2]
+        dets = [Detection((0.0, 0.0, float(ww), float(wh)), None)]
+        detector = "full_frame"
+    dets = sorted(dets, key=lambda d: -d.bbox[2] * d.bbox[3])[: config.max_faces]
+    n = len(dets)
+    bboxes = np.array([d.bbox for d in dets], dtype=np.float64) / s
+    primary = primary_index(bboxes, w, h)
+    size = config.crop_size
+    tmpl = template5(size)
+    records = []
+    for i, det in enumerate(dets):
+        lm68 = backend.landmarks68(work, det.bbox) / s
+        lm5 = det.landmarks5 / s if det.landmarks5 is not None else landmarks5_from_68(lm68)
+        m = similarity_transform(lm5, tmpl)
+        crop = warp_crop(image, m, size)
+        blur, brightness, contrast = crop_stats(crop)
+        yaw, pitch, roll = head_pose(lm68, w, h)
+        fpx = face_size_px(bboxes[i])
+        records.append({
+            "face_index": i,
+            "is_primary": i == primary,
+            "n_faces": n,
+            "detector": detector,
+            "score": det.score,
+            "bbox": bboxes[i].tolist(),
+            "landmarks5": lm5.reshape(-1).tolist(),
+            "landmarks68": lm68.reshape(-1).tolist(),
+            "align_matrix": m.reshape(-1).tolist(),
+            "crop_size": size,
+            "crop_png": encode_png(crop),
+            "landmarks68_crop": apply_affine(lm68, m).reshape(-1).tolist(),
+            "yaw": yaw, "pitch": pitch, "roll": roll,
+            "blur": blur, "brightness": brightness, "contrast": contrast, "face_px": fpx,
+            "quality_flags": quality_flags(
+                face_px=fpx, blur=blur, yaw=yaw, pitch=pitch, n_faces=n, detector=detector,
+                thresholds=config.quality,
+            ),
+        })
+    return records

@@ -1,0 +1,63 @@
+"""Image-quality measurements of an aligned crop and the `quality_flags` they raise."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from ferclean.faces.config import QualityThresholds
+
+FLAGS = ("tiny", "blurry", "extreme_pose", "multiple_faces", "full_frame")
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3|4) BGR(A) uint8 -> (H, W) uint8."""
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[:, :, 0]
+    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+    return cv2.cvtColor(image, code)
+
+
+def crop_stats(crop: np.ndarray) -> tuple[float, float, float]:
+    """(blur, brightness, contrast) of a crop: variance of the Laplacian (grey levels^2), mean and
+    standard deviation of the grey levels (0-255)."""
+    g = to_gray(crop)
+    blur = float(cv2.Laplacian(g, cv2.CV_64F).var())
+    mean, std = cv2.meanStdDev(g)
+    return blur, float(mean[0, 0]), float(std[0, 0])
+
+
+def face_size_px(bbox: np.ndarray) -> float:
+    """sqrt(width * height) of an (x, y, w, h) box, in px."""
+    return float(math.sqrt(max(bbox[2], 0.0) * max(bbox[3], 0.0)))
+
+
+def quality_flags(
+    *,
+    face_px: float,
+    blur: float,
+    yaw: float,
+    pitch: float,
+    n_faces: int,
+    detector: str,
+    thresholds: QualityThresholds,
+) -> list[str]:
+    """Flags (a sublist of FLAGS, in FLAGS order) for one face; NaN angles raise no pose flag."""
+    flags = []
+    if face_px < thresholds.tiny_px:
+        flags.append("tiny")
+    if blur < thresholds.blur_min:
+        flags.append("blurry")
+    if (not math.isnan(yaw) and abs(yaw) > thresholds.max_abs_yaw_deg) or (
+        not math.isnan(pitch) and abs(pitch) > thresholds.max_abs_pitch_deg
+    ):
+        flags.append("extreme_pose")
+    if n_faces > 1:
+        flags.append("multiple_faces")
+    if detector == "full_frame":
+        flags.append("full_frame")
+    return flags

@@ -1,0 +1,183 @@
+"""The faces stage: `run_faces(store, run, config)` over the `samples` table, sharded and resumable.
+
+Each shard (a :class:`ferclean.shards.Shard` of `samples`) is processed by the module-level
+:func:`faces_shard` (possibly in a worker process), which writes the shard's `faces` part and a
+small JSON sidecar of its rejected images under `OUT/work/faces/<shard key>.rejects.json`. The
+stage records every shard's rejects (done now or earlier) in this run's `rejects` rows, so a
+resumed run still accounts for every input image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ferclean.contracts import load_contract
+from ferclean.faces.backends import get_backend
+from ferclean.faces.config import FacesConfig
+from ferclean.faces.pipeline import analyze_image
+from ferclean.runs import Run
+from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
+from ferclean.store import Store
+
+STAGE = "faces"
+SAMPLE_COLUMNS = ["sample_id", "source_path", "content_sha256", "split", "width", "height", "channels"]
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What a worker needs besides the shard: the config and the id of the run writing rows."""
+
+    config: FacesConfig
+    run_id: str
+
+
+def load_image(path: str) -> np.ndarray | None:
+    """Decode an image file to uint8 (H, W) grey or (H, W, 3) BGR; None when it cannot be read."""
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    if img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(img)
+
+
+def rejects_dir(store: Store) -> Path:
+    return store.root / "work" / STAGE
+
+
+def _write_json_atomic(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}-{path.name}"
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
+    """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process)."""
+    cfg = job.config
+    rows = load_rows(store, shard, "samples", SAMPLE_COLUMNS).to_pylist()
+    backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
+    out: list[dict] = []
+    rejects: list[dict] = []
+    for row in rows:
+        img = load_image(row["source_path"])
+        if img is None:
+            rejects.append({"sample_id": row["sample_id"], "reason": "decode_failed",
+                            "message": f"cannot decode {row['source_path']}"})
+            continue
+        recs = analyze_image(img, backend, cfg)
+        if not recs:
+            rejects.append({"sample_id": row["sample_id"], "reason": "no_face",
+                            "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
+            continue
+        for r in recs:
+            r["run_id"] = job.run_id
+            r["sample_id"] = row["sample_id"]
+            out.append(r)
+    _write_json_atomic(rejects_dir(store) / f"{shard.key}.rejects.json", rejects)
+    schema = load_contract("faces").schema()
+    return pa.Table.from_pylist(out, schema=schema) if out else schema.empty_table()
+
+
+def _shard_rejects(store: Store, shard: Shard) -> list[dict]:
+    """Rejects of a finished shard; when its sidecar is lost, the shard's samples without faces."""
+    p = rejects_dir(store) / f"{shard.key}.rejects.json"
+    if p.exists():
+        return json.loads(p.read_text())
+    present = set(pc.unique(store.read(STAGE, ["sample_id"], pc.field("sample_id").isin(list(shard.sample_ids)))
+                            .column("sample_id")).to_pylist())
+    return [{"sample_id": s, "reason": "no_face", "message": "no faces row (reject details lost)"}
+            for s in shard.sample_ids if s not in present]
+
+
+def contact_sheet(store: Store, path: Path, n: int = 64, seed: int = 0, cols: int = 8) -> int:
+    """Tile `n` random primary aligned crops into a PNG at `path`; returns how many were drawn."""
+    keys = store.read(STAGE, ["sample_id", "face_index", "is_primary", "crop_size"])
+    if keys.num_rows == 0 or n == 0:
+        return 0
+    keys = keys.filter(pc.field("is_primary"))
+    rng = random.Random(seed)
+    pick = set(rng.sample(keys.column("sample_id").to_pylist(), min(n, keys.num_rows)))
+    crops: dict[str, np.ndarray] = {}
+    for batch in store.iter_batches(STAGE, ["sample_id", "is_primary", "crop_png"], batch_size=2048):
+        mask = pc.and_(pc.is_in(batch.column(0), pa.array(list(pick))), batch.column(1))
+        for rec in batch.filter(mask).to_pylist():
+            crops[rec["sample_id"]] = cv2.imdecode(np.frombuffer(rec["crop_png"], np.uint8), cv2.IMREAD_COLOR)
+    items = [crops[k] for k in sorted(crops)]
+    size = max(c.shape[0] for c in items)
+    rows = (len(items) + cols - 1) // cols
+    sheet = np.zeros((rows * size, cols * size, 3), np.uint8)
+    for i, c in enumerate(items):
+        if c.shape[0] != size:
+            c = cv2.resize(c, (size, size))
+        r, q = divmod(i, cols)
+        sheet[r * size : (r + 1) * size, q * size : (q + 1) * size] = c
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), sheet)
+    return len(items)
+
+
+def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progress: bool = True) -> dict:
+    """Detect, align and measure every face of `samples`; write `faces`; record rejects.
+
+    Returns a summary: images, faces, images_with_face, detector counts and shares, rejects by
+    reason, shards/skipped, wall_s, contact sheet path.
+    """
+    config = config or FacesConfig()
+    t0 = time.perf_counter()
+    shards = plan_shards(store, STAGE, config.fingerprint_dict(), shard_size=config.shard_size)
+    res = run_sharded(store, shards, STAGE, faces_shard, ShardJob(config, run.run_id),
+                      workers=config.workers, description="faces", progress=progress)
+    keep = {f"{s.key}.rejects.json" for s in shards}
+    rdir = rejects_dir(store)
+    if rdir.exists():
+        for p in rdir.glob("*.rejects.json"):
+            if p.name not in keep:
+                p.unlink(missing_ok=True)
+    reasons: dict[str, int] = {}
+    for s in shards:
+        for r in _shard_rejects(store, s):
+            run.reject(r["sample_id"], STAGE, r["reason"], r["message"])
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+
+    tab = store.read(STAGE, ["sample_id", "detector", "is_primary", "quality_flags"])
+    prim = tab.filter(pc.field("is_primary"))
+    det_counts = {d["values"]: d["counts"] for d in pc.value_counts(prim.column("detector")).to_pylist()}
+    n_img = sum(len(s.sample_ids) for s in shards)
+    flags = pc.value_counts(pc.list_flatten(tab.column("quality_flags"))).to_pylist() if tab.num_rows else []
+    sheet = run.dir / "faces_contact_sheet.png"
+    n_sheet = contact_sheet(store, sheet, config.contact_sheet_n, config.seed)
+    run.counts["faces.rows"] += tab.num_rows
+    run.counts["faces.images"] += prim.num_rows
+    for k, v in det_counts.items():
+        run.counts[f"faces.detector.{k}"] += v
+    return {
+        "images": n_img,
+        "faces": tab.num_rows,
+        "images_with_face": prim.num_rows,
+        "detector_counts": det_counts,
+        "detector_share": {k: v / max(prim.num_rows, 1) for k, v in det_counts.items()},
+        "quality_flags": {d["values"]: d["counts"] for d in flags},
+        "rejects": reasons,
+        "shards": res["shards"],
+        "skipped_shards": res["skipped"],
+        "rows_written": res["rows"],
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "contact_sheet": str(sheet) if n_sheet else None,
+    }
