@@ -1,0 +1,107 @@
+"""Matplotlib (Agg) figures for the HTML report, returned as PNG bytes or `data:` URIs.
+
+Every function takes plain numpy/list inputs and draws one figure; nothing touches the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    """`data:image/png;base64,...` for inline embedding."""
+    return f"data:{mime};base64,{base64.b64encode(png).decode('ascii')}"
+
+
+def fig_png(fig: Figure, dpi: int = 100) -> bytes:
+    """Render a figure to PNG bytes and close it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def heatmap(
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    fmt: str = "{:.0f}",
+    vmax: float | None = None,
+    cmap: str = "viridis",
+) -> bytes:
+    """Annotated heatmap of a (len(rows), len(cols)) matrix; NaN cells are left blank."""
+    m = np.asarray(matrix, dtype=float)
+    if m.shape != (len(rows), len(cols)):
+        raise ValueError(f"matrix shape {m.shape} != ({len(rows)}, {len(cols)})")
+    w = max(4.0, 0.55 * len(cols) + 2.5)
+    h = max(3.0, 0.45 * len(rows) + 1.8)
+    fig, ax = plt.subplots(figsize=(w, h))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), labels=list(cols), rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    finite = m[np.isfinite(m)]
+    top = vmax if vmax is not None else (finite.max() if finite.size else 1.0)
+    if m.size <= 400:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if np.isfinite(m[i, j]):
+                    dark = m[i, j] < 0.6 * top
+                    ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return fig_png(fig)
+
+
+def bars(values: Mapping[str, float], title: str, ylabel: str = "", fmt: str = "{:.0f}") -> bytes:
+    """Vertical bar chart of label -> value, values printed on the bars."""
+    labels = list(values)
+    v = [float(values[k]) for k in labels]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(labels) + 2), 3.2))
+    rects = ax.bar(range(len(labels)), v, color="#4c72b0")
+    ax.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    for r, val in zip(rects, v, strict=True):
+        ax.annotate(fmt.format(val), (r.get_x() + r.get_width() / 2, r.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    return fig_png(fig)
+
+
+def curves(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str = "epoch") -> bytes:
+    """Line plot of several series against x; loss-like and [0, 1] metrics on twin axes."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax2 = None
+    for name, ys in series.items():
+        ys = np.asarray(ys, dtype=float)
+        xs = np.asarray(x[: len(ys)], dtype=float)
+        if "loss" in name.lower():
+            ax.plot(xs, ys, marker=".", label=name)
+        else:
+            ax2 = ax2 or ax.twinx()
+            ax2.plot(xs, ys, marker=".", linestyle="--", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    if ax2 is not None:
+        ax2.set_ylabel("metric")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="best")
+    return fig_png(fig)
