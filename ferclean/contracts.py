@@ -186,7 +186,8 @@ def validate(table: pa.Table, contract: Contract) -> pa.Table:
         if nulls and not col.nullable:
             _fail(contract, f"column {col.name!r} has {nulls} nulls but is not nullable")
         if col.allowed is not None and len(arr):
-            bad = pc.filter(arr, pc.invert(pc.fill_null(pc.is_in(arr, pa.array(col.allowed, col.arrow)), True)))
+            ok = pc.or_(pc.is_null(arr), pc.is_in(arr, value_set=pa.array(col.allowed, col.arrow)))
+            bad = pc.filter(arr, pc.invert(ok))
             if len(bad):
                 _fail(contract, f"column {col.name!r} has values outside {list(col.allowed)}: "
                       f"{_sample(pc.unique(bad).to_pylist())}")
