@@ -1,0 +1,223 @@
+"""Prefect building blocks shared by the flows: stage tasks, per-shard mapping, task runners.
+
+No maths here: every task calls a ferclean library function.
+
+- :func:`stage_task` runs one `run_<stage>` in the flow's process (it needs the flow's `Run`
+  object for rejects and counts), skipping it when its stage manifest says nothing changed
+  (see :mod:`ferclean.pipeline`), and publishes the stage's Markdown artifact.
+- For an image stage, :func:`shards_flow` first maps :func:`shard_task` over the stage's shards
+  on the chosen task runner (threads, processes, or Dask), each shard a task with retries and
+  exponential back-off, so one bad shard retries alone and finished shards are never redone
+  (their parts exist). The stage function then runs once to finish the stage (every shard is
+  already written, so it only merges rejects/counts and drops stale parts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.states import State
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote, unmapped
+from pydantic import BaseModel
+
+from ferclean import artifacts, pipeline
+from ferclean.runs import Run
+from ferclean.shards import Shard, ShardFn, process_shard
+from ferclean.store import Store
+
+TASK_RUNNERS = ("default", "process", "dask")
+
+
+def make_task_runner(kind: str = "default", workers: int = 1, scheduler_address: str | None = None) -> TaskRunner:
+    """The task runner for the mapped shard tasks.
+
+    - `default`: a thread pool of `workers` threads (image libraries release the GIL);
+    - `process`: a process pool of `workers` processes;
+    - `dask`: prefect-dask's DaskTaskRunner on a new LocalCluster of `workers` single-threaded
+      worker processes, or on the existing cluster at `scheduler_address` (tcp://host:8786).
+    """
+    if kind == "default":
+        return ThreadPoolTaskRunner(max_workers=max(1, workers))
+    if kind == "process":
+        return ProcessPoolTaskRunner(max_workers=max(1, workers))
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if scheduler_address:
+            return DaskTaskRunner(address=scheduler_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": max(1, workers), "threads_per_worker": 1})
+    raise ValueError(f"task_runner must be one of {TASK_RUNNERS}, got {kind!r}")
+
+
+def _retry_on_io(task: Any, task_run: Any, state: State) -> bool:
+    """Retry a stage only for I/O errors; a bad config or bad data fails at once."""
+    try:
+        state.result()
+    except (OSError, TimeoutError):
+        return True
+    except BaseException:  # noqa: BLE001
+        return False
+    return False
+
+
+@task(
+    name="shard",
+    task_run_name="{out_table}-shard-{shard.index:05d}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+)
+def shard_task(store: Store, shard: Shard, out_table: str, fn: ShardFn, config: Any) -> int:
+    """Compute one shard's part (a no-op when the part exists); returns rows written (-1: skipped)."""
+    _, n = process_shard(store, shard, out_table, fn, config)
+    return n
+
+
+@flow(name="ferclean-shards", flow_run_name="{stage}-shards", validate_parameters=False)
+def shards_flow(
+    stage: str, out: str, config: dict[str, Any], run_id: str, stages: str = "curate", retries: int = 2,
+    retry_delay_s: float = 2.0,
+) -> dict[str, int]:
+    """Map `shard_task` over the unfinished shards of an image stage (a subflow, so each call can
+    use its own task runner). Raises when any shard still fails after its retries."""
+    logger = get_run_logger()
+    spec = pipeline.get_spec(stage, pipeline.STAGE_SETS[stages])
+    cfg = pipeline.build_configs([spec], {stage: config}, all_stages=pipeline.STAGE_SETS[stages])[stage]
+    store = Store(out)
+    work = pipeline.shard_work(spec, store, cfg, run_id)
+    if work is None:
+        raise ValueError(f"stage {stage!r} has no per-shard work")
+    todo = [s for s in work.shards if not store.has_part(work.out_table, s.key)]
+    logger.info("%s: %d shards, %d already done, %d to compute", stage, len(work.shards),
+                len(work.shards) - len(todo), len(todo))
+    t = shard_task.with_options(
+        retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s) if retry_delay_s > 0 else 0
+    )
+    futures = t.map(
+        store=unmapped(quote(store)), shard=todo, out_table=unmapped(work.out_table),
+        fn=unmapped(quote(work.fn)), config=unmapped(quote(work.job)),
+    )
+    wait(futures)
+    failed = [(s, f.state) for s, f in zip(todo, futures, strict=True) if not f.state.is_completed()]
+    rows = sum(max(f.result(), 0) for f in futures if f.state.is_completed())
+    if failed:
+        first = failed[0][1]
+        raise RuntimeError(
+            f"{stage}: {len(failed)} of {len(todo)} shards failed after {retries} retries "
+            f"(first: shard {failed[0][0].index}: {first.message})"
+        )
+    return {"shards": len(work.shards), "skipped": len(work.shards) - len(todo), "computed": len(todo), "rows": rows}
+
+
+def run_stage(
+    store: Store,
+    run: Run,
+    spec: pipeline.StageSpec,
+    config: BaseModel | None,
+    *,
+    source: str | None = None,
+    force: bool = False,
+    progress: bool = False,
+    extra_inputs: Mapping[str, Any] | None = None,
+    shard_runner: Mapping[str, Any] | None = None,
+    stages: str = "curate",
+) -> dict[str, Any]:
+    """Run (or skip) one stage and record its manifest; returns {cached, seconds, summary, shards}.
+
+    `shard_runner` ({kind, workers, scheduler_address, retries, retry_delay_s}) makes an image
+    stage map its shards on that task runner first; None runs the stage function alone.
+    """
+    t0 = time.perf_counter()
+    expected = pipeline.expected_manifest(store, spec, config, source=source, extra_inputs=extra_inputs)
+    old = None if force else pipeline.is_up_to_date(store, spec, expected)
+    if old is not None:
+        run.counts[f"stages.{spec.name}.cached"] = 1
+        return {"cached": True, "seconds": time.perf_counter() - t0, "summary": old.summary,
+                "computed_by": old.run_id, "shards": None}
+    pipeline.clear_manifest(store, spec.name)
+    started = pipeline.now_iso()
+    shard_summary = None
+    if shard_runner is not None and pipeline.has_shard_work(spec):
+        sub = shards_flow.with_options(
+            task_runner=make_task_runner(
+                shard_runner.get("kind", "default"), shard_runner.get("workers", 1),
+                shard_runner.get("scheduler_address"),
+            )
+        )
+        shard_summary = sub(
+            stage=spec.name, out=str(store.root), config=pipeline.config_dump(config) or {}, run_id=run.run_id, stages=stages,
+            retries=shard_runner.get("retries", 2), retry_delay_s=shard_runner.get("retry_delay_s", 2.0),
+        )
+    fn = pipeline.load_stage_function(spec)
+    if fn is None:
+        raise RuntimeError(f"stage {spec.name!r} is not available")
+    summary = fn(store, run, config, progress=progress) if config is not None else fn(store, run, progress=progress)
+    summary = dict(summary or {})
+    run.counts[f"stages.{spec.name}.computed"] = 1
+    expected.output_fingerprint = pipeline.path_fingerprint(store, spec.outputs)
+    expected.run_id = run.run_id
+    expected.summary = summary
+    expected.started_at = started
+    expected.finished_at = pipeline.now_iso()
+    pipeline.write_manifest(store, expected)
+    return {"cached": False, "seconds": time.perf_counter() - t0, "summary": summary,
+            "computed_by": run.run_id, "shards": shard_summary}
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=_retry_on_io,
+      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+def stage_task(
+    stage: str,
+    store: Store,
+    run: Run,
+    config: BaseModel | None,
+    source: str | None = None,
+    force: bool = False,
+    progress: bool = False,
+    extra_inputs: Mapping[str, Any] | None = None,
+    shard_runner: Mapping[str, Any] | None = None,
+    stages: str = "curate",
+) -> dict[str, Any]:
+    """Prefect task around :func:`run_stage`; publishes the stage's Markdown artifact."""
+    spec = pipeline.get_spec(stage, pipeline.STAGE_SETS[stages])
+    result = run_stage(
+        store, run, spec, config, source=source, force=force, progress=progress,
+        extra_inputs=extra_inputs, shard_runner=shard_runner, stages=stages,
+    )
+    md = artifacts.stage_report(
+        store, stage, result["summary"], run.counts, cached=result["cached"], run_id=result["computed_by"]
+    )
+    artifacts.publish(stage, md, prefix=f"ferclean-{stages}")
+    logger = get_run_logger()
+    logger.info("%s: %s in %.1f s", stage, "cached" if result["cached"] else "computed", result["seconds"])
+    return result
+
+
+def call_stage(stage: str, store: Store, run: Run, config: BaseModel | None, **kwargs: Any) -> dict[str, Any]:
+    """Call :func:`stage_task` with the Run/Store passed by reference (not traversed by Prefect)."""
+    return stage_task(stage, quote(store), quote(run), quote(config), **kwargs)
+
+
+@task(name="catalog", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_condition_fn=_retry_on_io)
+def catalog_task(store: Store, prefix: str = "ferclean-curate") -> dict[str, int]:
+    """Refresh `OUT/catalog.duckdb` and publish rows per table; returns {table: rows}."""
+    from ferclean.catalog import refresh_catalog
+    from ferclean.contracts import contract_tables
+
+    refresh_catalog(store)
+    counts = {t: store.count(t) for t in contract_tables()}
+    md = artifacts.render_report(
+        "catalog", {"catalog": str(store.root / "catalog.duckdb")},
+        sections={"Rows per table": [{"table": t, "rows": n} for t, n in counts.items()]},
+    )
+    artifacts.publish("catalog", md, prefix=prefix)
+    return counts
