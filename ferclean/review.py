@@ -1,0 +1,304 @@
+"""Human review round-trip: export the review queue as a CSV + thumbnails, import decisions.
+
+`ferclean review export OUT [--to DIR]` writes `DIR/review_queue.csv` (one row per sample in the
+`review_queue` view, highest priority first) and `DIR/thumbnails/*.png` (the aligned face crop,
+else the source image). The decision columns are empty; a reviewer fills them in:
+
+- `decision`: keep | relabel | drop (empty = not decided, the row is skipped);
+- `decision_label`: the new label for `relabel` (empty = accept `label_suggested`); must be
+  empty or equal to `label_original` for keep, empty for drop;
+- `comment`: free text, stored with the decision.
+
+`ferclean review import OUT decisions.csv --reviewer NAME` validates every row first and applies
+nothing when any row is bad: it raises :class:`DecisionError` listing each bad row (CSV line
+number, sample id, problem), and records them as `rejects` (stage review, invalid_decision) of
+a failed `review-import` run. When all rows are valid it appends one `relabels` row per decided
+sample with source = human, the reviewer and decided_at = now, under a new `review-import` run;
+`latest_verdicts` then shows the human decision.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ferclean.catalog import connect
+from ferclean.classes import normalize_label
+from ferclean.report.data import crops_for, source_paths, thumbnail_png
+from ferclean.runs import open_run
+from ferclean.store import Store
+
+QUEUE_FILE = "review_queue.csv"
+THUMB_DIR = "thumbnails"
+#: Columns of the exported CSV, in order; the last three are for the reviewer.
+CSV_COLUMNS = (
+    "sample_id", "label_original", "label_suggested", "model_action", "alpha", "margin", "priority",
+    "reasons", "thumbnail", "decision", "decision_label", "comment",
+)
+DECISIONS = ("keep", "relabel", "drop")
+
+
+def safe_name(sample_id: str, suffix: str = ".png") -> str:
+    """A file name for a sample id (which may hold '/'): readable part + 8 hex of its SHA-1."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", sample_id).strip("._")[-80:] or "sample"
+    return f"{stem}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}{suffix}"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def export_review_queue(
+    store: Store, to: str | Path | None = None, limit: int | None = None, thumb_size: int = 128
+) -> dict[str, Any]:
+    """Write the review queue CSV and thumbnails to `to` (default `OUT/review/`).
+
+    Returns {"csv": path, "thumbnails": folder, "rows": n, "missing_images": n}.
+    """
+    dest = Path(to) if to else store.root / "review"
+    thumbs = dest / THUMB_DIR
+    thumbs.mkdir(parents=True, exist_ok=True)
+    con = connect(store)
+    try:
+        sql = ("SELECT sample_id, label_original, label_suggested, action, alpha, margin, priority, reasons "
+               "FROM review_queue")
+        rows = con.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        ids = [r[0] for r in rows]
+        crops = crops_for(con, ids)
+        paths = source_paths(con, [i for i in ids if i not in crops])
+    finally:
+        con.close()
+    missing = 0
+    csv_path = dest / QUEUE_FILE
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_COLUMNS)
+        for sid, lo, ls, action, alpha, margin, prio, reasons in rows:
+            png = thumbnail_png_bytes(crops[sid], thumb_size) if sid in crops else (
+                thumbnail_png(paths[sid], thumb_size) if sid in paths else None)
+            rel = ""
+            if png:
+                rel = f"{THUMB_DIR}/{safe_name(sid)}"
+                (dest / rel).write_bytes(png)
+            else:
+                missing += 1
+            w.writerow([sid, _fmt(lo), _fmt(ls), action, _fmt(alpha), _fmt(margin), _fmt(prio),
+                        ";".join(reasons or []), rel, "", "", ""])
+    return {"csv": str(csv_path), "thumbnails": str(thumbs), "rows": len(rows), "missing_images": missing}
+
+
+def thumbnail_png_bytes(png: bytes, size: int) -> bytes:
+    """Shrink PNG bytes to fit size x size (via a temporary in-memory file)."""
+    import io
+
+    return thumbnail_png(io.BytesIO(png), size) or png
+
+
+# -- import ------------------------------------------------------------------------------------
+@dataclass
+class Decision:
+    """One validated decision: action in DECISIONS, label_final None for drop."""
+
+    line: int
+    sample_id: str
+    action: str
+    label_final: str | None
+    comment: str | None
+
+
+@dataclass
+class RowError:
+    line: int
+    sample_id: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"line {self.line} ({self.sample_id or 'no sample_id'}): {self.problem}"
+
+
+class DecisionError(ValueError):
+    """Some decision rows are invalid; nothing was applied. `.errors` lists them."""
+
+    def __init__(self, errors: list[RowError]):
+        self.errors = errors
+        lines = "\n".join(f"  {e}" for e in errors[:50])
+        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+        super().__init__(f"{len(errors)} invalid decision row(s), nothing applied:\n{lines}{more}")
+
+
+@dataclass
+class Context:
+    """What validation needs to know per sample: original and suggested label, latest verdict."""
+
+    label_original: dict[str, str | None] = field(default_factory=dict)
+    verdict: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_context(store: Store) -> Context:
+    """Known samples (from `samples`, plus any sample with a verdict) and their latest verdicts."""
+    con = connect(store)
+    try:
+        ctx = Context()
+        for sid, lo in con.execute("SELECT sample_id, label_original FROM samples").fetchall():
+            ctx.label_original[sid] = lo
+        cur = con.execute("SELECT * FROM latest_verdicts")
+        names = [d[0] for d in cur.description]
+        for row in cur.fetchall():
+            d = dict(zip(names, row, strict=True))
+            ctx.verdict[d["sample_id"]] = d
+            ctx.label_original.setdefault(d["sample_id"], d["label_original"])
+    finally:
+        con.close()
+    return ctx
+
+
+def _norm(label: str) -> str | None:
+    try:
+        return normalize_label(label)
+    except ValueError:
+        return None
+
+
+def validate_decisions(rows: list[dict[str, str]], ctx: Context) -> tuple[list[Decision], list[RowError], int]:
+    """Check decision rows (dicts from csv.DictReader; data lines start at 2).
+
+    Returns (decisions, errors, n_undecided). Identical repeated decisions collapse to one;
+    differing ones for the same sample are all reported as conflicts.
+    """
+    errors: list[RowError] = []
+    by_sample: dict[str, list[Decision]] = {}
+    undecided = 0
+    for i, row in enumerate(rows, start=2):
+        sid = (row.get("sample_id") or "").strip()
+        action = (row.get("decision") or "").strip().lower()
+        raw_label = (row.get("decision_label") or "").strip()
+        comment = (row.get("comment") or "").strip() or None
+        if not action and not raw_label:
+            undecided += 1
+            continue
+        if not sid:
+            errors.append(RowError(i, sid, "empty sample_id"))
+            continue
+        if sid not in ctx.label_original:
+            errors.append(RowError(i, sid, "unknown sample_id (not in samples or relabels)"))
+            continue
+        if action not in DECISIONS:
+            errors.append(RowError(i, sid, f"bad decision {action!r}; use one of {', '.join(DECISIONS)}"))
+            continue
+        label = None
+        if raw_label:
+            label = _norm(raw_label)
+            if label is None:
+                errors.append(RowError(i, sid, f"unknown label {raw_label!r}"))
+                continue
+        original = ctx.label_original[sid]
+        if action == "keep":
+            if original is None:
+                errors.append(RowError(i, sid, "keep needs an original label; this sample has none (use relabel)"))
+                continue
+            if label is not None and label != original:
+                errors.append(RowError(i, sid, f"keep with decision_label {label!r} != original {original!r} (use relabel)"))
+                continue
+            final = original
+        elif action == "drop":
+            if label is not None:
+                errors.append(RowError(i, sid, "drop takes no decision_label"))
+                continue
+            final = None
+        else:
+            final = label or (ctx.verdict.get(sid) or {}).get("label_suggested")
+            if final is None:
+                errors.append(RowError(i, sid, "relabel needs a decision_label (no model suggestion to accept)"))
+                continue
+            if final == original:
+                action = "keep"  # relabelling to the same label is a keep
+        by_sample.setdefault(sid, []).append(Decision(i, sid, action, final, comment))
+    decisions = []
+    for sid, ds in by_sample.items():
+        if len({(d.action, d.label_final) for d in ds}) > 1:
+            where = ", ".join(f"line {d.line}: {d.action} {d.label_final or ''}".rstrip() for d in ds)
+            errors.extend(RowError(d.line, sid, f"conflicting decisions for one sample ({where})") for d in ds)
+            continue
+        comments = [d.comment for d in ds if d.comment]
+        decisions.append(Decision(ds[0].line, sid, ds[0].action, ds[0].label_final, comments[0] if comments else None))
+    errors.sort(key=lambda e: e.line)
+    return decisions, errors, undecided
+
+
+def read_decisions_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a decisions CSV; raises DecisionError when the header lacks sample_id/decision."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in ("sample_id", "decision") if c not in header]
+        if missing:
+            raise DecisionError([RowError(1, "", f"header lacks column(s) {missing}")])
+        return list(reader)
+
+
+def decision_rows(decisions: list[Decision], ctx: Context, run_id: str, reviewer: str, now: datetime) -> pa.Table:
+    """relabels rows (source = human) for validated decisions; model context copied for reference."""
+    out = []
+    for d in decisions:
+        v = ctx.verdict.get(d.sample_id) or {}
+        out.append({
+            "run_id": run_id, "sample_id": d.sample_id, "label_original": ctx.label_original[d.sample_id],
+            "label_suggested": v.get("label_suggested"), "label_final": d.label_final, "action": d.action,
+            "alpha": v.get("alpha"), "p_original": v.get("p_original"), "p_suggested": v.get("p_suggested"),
+            "margin": v.get("margin"), "sem_dist_original": v.get("sem_dist_original"),
+            "sem_dist_suggested": v.get("sem_dist_suggested"), "priority": None, "method": "human",
+            "reasons": ["human_review"], "source": "human", "reviewer": reviewer, "decided_at": now,
+            "comment": d.comment,
+        })
+    schema = pa.schema([
+        ("run_id", pa.string()), ("sample_id", pa.string()), ("label_original", pa.string()),
+        ("label_suggested", pa.string()), ("label_final", pa.string()), ("action", pa.string()),
+        ("alpha", pa.float32()), ("p_original", pa.float32()), ("p_suggested", pa.float32()),
+        ("margin", pa.float32()), ("sem_dist_original", pa.float32()), ("sem_dist_suggested", pa.float32()),
+        ("priority", pa.float32()), ("method", pa.string()), ("reasons", pa.list_(pa.string())),
+        ("source", pa.string()), ("reviewer", pa.string()), ("decided_at", pa.timestamp("us", tz="UTC")),
+        ("comment", pa.string()),
+    ])
+    return pa.Table.from_pylist(out, schema=schema)
+
+
+def import_decisions(store: Store, csv_path: str | Path, reviewer: str) -> dict[str, Any]:
+    """Validate and apply a decisions CSV (see module docstring); all rows or none.
+
+    Returns {"run_id", "applied", "by_action": {...}, "undecided"}; raises DecisionError (after
+    recording a failed review-import run with one reject per bad row) when any row is invalid.
+    """
+    reviewer = reviewer.strip()
+    if not reviewer:
+        raise ValueError("a reviewer name is required")
+    rows = read_decisions_csv(csv_path)
+    ctx = load_context(store)
+    decisions, errors, undecided = validate_decisions(rows, ctx)
+    config = {"csv": str(Path(csv_path).resolve()), "reviewer": reviewer}
+    if errors:
+        with open_run(store, "review-import", config) as run:
+            for e in errors:
+                run.reject(f"{Path(csv_path).name}:line {e.line}", "review", "invalid_decision",
+                           f"{e.sample_id}: {e.problem}")
+            raise DecisionError(errors)
+    with open_run(store, "review-import", config) as run:
+        table = decision_rows(decisions, ctx, run.run_id, reviewer, datetime.now(UTC))
+        store.append("relabels", table, run.run_id)
+        by_action: dict[str, int] = {}
+        for d in decisions:
+            by_action[d.action] = by_action.get(d.action, 0) + 1
+        run.counts["relabels"] = len(decisions)
+        run.counts.update({f"decisions.{k}": v for k, v in by_action.items()})
+        run.counts["undecided"] = undecided
+    return {"run_id": run.run_id, "applied": len(decisions), "by_action": by_action, "undecided": undecided}
