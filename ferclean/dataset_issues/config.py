@@ -1,0 +1,45 @@
+"""Configuration of the dataset-issues stage (pydantic, documented defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class DatasetIssuesConfig(BaseModel):
+    """Settings of :func:`ferclean.dataset_issues.run_dataset_issues`.
+
+    Thresholds were chosen on FER2013 (benchmarks/results/dataset_issues.md): among nearest-
+    neighbour pairs at pHash distance 2 / 4 / 6 / 8, 99.5 / 97 / 77 / 35 % have a pixel
+    correlation > 0.8 (the same photo), so 4 keeps near duplicates and few look-alikes.
+    """
+
+    hash_source: Literal["auto", "image", "crop"] = Field(
+        "auto",
+        description="what the pHash is computed on: the image file, the primary aligned crop of the "
+        "faces table, or auto = the crop when the sample has a face row, else the file",
+    )
+    max_hamming: int = Field(4, ge=0, le=16, description="pHash Hamming distance (of 64 bits) for a near duplicate")
+    mirror: bool = Field(True, description="also match horizontally mirrored copies (pHash of the flipped image)")
+    hash_batch: int = Field(4096, ge=1, description="images decoded and hashed per batch")
+
+    use_model: bool = Field(True, description="use model embeddings when OUT/model (or model_dir) exists")
+    model_dir: str | None = Field(None, description="trained model folder; None = OUT/model")
+    embed_batch: int = Field(512, ge=1, description="crops per model.score call")
+    embed_cosine_min: float = Field(0.98, ge=0, le=1, description="embedding cosine similarity for a near duplicate")
+    embed_max_n: int = Field(
+        200_000, ge=0, description="embedding near-duplicate search is blocked all-pairs (O(N^2) time, "
+        "O(N * block) memory); it is skipped above this many samples"
+    )
+    outlier_z: float = Field(
+        4.0, gt=0, description="robust z (median/MAD within the labelled class) of the cosine distance to "
+        "the class centroid above which a sample is an outlier"
+    )
+
+    blank_std_lo: float = Field(6.0, ge=0, description="grey-level std (0-255) at or below which an image is blank")
+    blank_std_hi: float = Field(14.0, ge=0, description="std at which the blank evidence falls to 0 (linear between)")
+    nonface_threshold: float = Field(0.6, ge=0, le=1, description="not_a_face score at or above which a sample is flagged")
+    w_no_detection: float = Field(0.4, ge=0, description="weight: the face detector fell back to full_frame / no face row")
+    w_quality: float = Field(0.2, ge=0, description="weight: fraction of quality flags tiny/blurry/extreme_pose raised")
+    w_embedding: float = Field(0.4, ge=0, description="weight: far from every class centroid in embedding space")

@@ -1,0 +1,105 @@
+"""Embedding maths for near duplicates and outliers (pure numpy), plus the optional model call.
+
+Embeddings come from the trained model (``ferclean.train.score``) when it exists; every function
+here takes plain arrays so it is testable without a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def l2_normalize(emb: np.ndarray) -> np.ndarray:
+    """(n, d) float -> rows of unit length (zero rows stay zero), float32."""
+    e = np.asarray(emb, dtype=np.float32)
+    norm = np.linalg.norm(e, axis=1, keepdims=True)
+    return e / np.where(norm > 0, norm, 1.0)
+
+
+def robust_z(x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """(x - median) / (1.4826 * MAD), within each group (all one group when groups is None).
+
+    A group whose MAD is 0 uses the mean absolute deviation, and 1 if that is 0 too.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    g = np.zeros(len(x), dtype=np.int64) if groups is None else np.asarray(groups)
+    out = np.zeros(len(x))
+    for key in np.unique(g):
+        m = g == key
+        med = np.median(x[m])
+        mad = 1.4826 * np.median(np.abs(x[m] - med))
+        if mad <= 0:
+            mad = float(np.mean(np.abs(x[m] - med))) or 1.0
+        out[m] = (x[m] - med) / mad
+    return out
+
+
+def centroid_distances(emb: np.ndarray, label_idx: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distances to class centroids.
+
+    emb: (n, d); label_idx: (n,) int in 0..n_classes-1, or -1 for unlabelled (left out of the
+    centroids). Returns (own (n,) distance to the sample's own class centroid, NaN when
+    unlabelled; nearest (n,) distance to the closest centroid). Distances are 1 - cos in [0, 2].
+    """
+    e = l2_normalize(emb)
+    lab = np.asarray(label_idx)
+    cents = np.zeros((n_classes, e.shape[1]), dtype=np.float32)
+    present = np.zeros(n_classes, dtype=bool)
+    for c in range(n_classes):
+        m = lab == c
+        if m.any():
+            cents[c] = e[m].mean(axis=0)
+            present[c] = True
+    if not present.any():  # nothing labelled: one centroid of everything
+        cents[0] = e.mean(axis=0)
+        present[0] = True
+    dist = 1.0 - e @ l2_normalize(cents).T  # (n, n_classes)
+    dist[:, ~present] = np.inf
+    nearest = dist.min(axis=1).astype(np.float64)
+    own = np.full(len(e), np.nan)
+    has = lab >= 0
+    own[has] = dist[np.flatnonzero(has), lab[has]]
+    return own, nearest
+
+
+def cosine_pairs_blocked(emb: np.ndarray, min_cos: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) with cosine similarity >= min_cos, by blocks of `block` rows.
+
+    O(n^2 d) time, O(n * block) memory. Returns (pairs int64 (m, 2), similarity float32 (m,)).
+    """
+    e = l2_normalize(emb)
+    out_i, out_j, out_s = [], [], []
+    for s in range(0, len(e), block):
+        sim = e[s : s + block] @ e.T
+        i, j = np.nonzero(sim >= min_cos)
+        i = i + s
+        up = i < j
+        out_i.append(i[up])
+        out_j.append(j[up])
+        out_s.append(sim[i[up] - s, j[up]])
+    if not out_i:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    return np.stack([np.concatenate(out_i), np.concatenate(out_j)], 1).astype(np.int64), np.concatenate(out_s)
+
+
+def model_embeddings(model_dir: Path, crops: Sequence[bytes], batch: int = 512) -> np.ndarray | None:
+    """Embeddings (n, d) of aligned PNG crops from the trained model, or None without a model.
+
+    Uses ``ferclean.train.load_model(model_dir)`` and ``ferclean.train.score(model, crops)``
+    (which returns probs, alpha, sem_dist, embeddings); None when that API or the folder is absent.
+    """
+    if not Path(model_dir).exists():
+        return None
+    try:
+        from ferclean.train import load_model, score  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    model = load_model(model_dir)
+    parts = []
+    for s in range(0, len(crops), batch):
+        *_, emb = score(model, list(crops[s : s + batch]))
+        parts.append(np.asarray(emb, dtype=np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
