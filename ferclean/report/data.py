@@ -132,10 +132,25 @@ def _numeric_list(v: Any) -> bool:
     )
 
 
+#: Record keys that name a curve rather than a value on it.
+GROUP_KEYS = ("method", "fold", "stage", "phase")
+
+
+def _plottable(name: str, values: list[float]) -> bool:
+    """Loss-like series (any scale) and metrics in [0, 1]; counts, timings and rates are left out."""
+    return "loss" in name.lower() or all(0.0 <= x <= 1.0 for x in values)
+
+
 def _as_curve(title: str, doc: Any) -> list[Curve]:
     """Recognise columnar {name: [numbers]}, record [{epoch:.., loss:..}], or nested mappings."""
     if isinstance(doc, list) and len(doc) >= 2 and all(isinstance(r, dict) for r in doc):
-        keys = [k for k in doc[0] if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in doc)]
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for r in doc:  # one curve per (method, fold) when the records say which
+            groups.setdefault(tuple(f"{k}={r[k]}" for k in GROUP_KEYS if k in r), []).append(r)
+        if len(groups) > 1:
+            return [c for key, recs in groups.items() for c in _as_curve(f"{title} [{', '.join(key)}]", recs)]
+        keys = [k for k in doc[0] if k not in GROUP_KEYS and all(
+            isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in doc)]
         if keys:
             doc = {k: [float(r[k]) for r in doc] for k in keys}
     if not isinstance(doc, dict):
@@ -143,7 +158,7 @@ def _as_curve(title: str, doc: Any) -> list[Curve]:
     cols = {k: v for k, v in doc.items() if _numeric_list(v)}
     xkey = next((k for k in ("epoch", "epochs", "step", "steps", "iteration") if k in cols), None)
     series = {k: [float(x) for x in v] for k, v in cols.items() if k != xkey}
-    series = {k: v for k, v in series.items() if all(math.isfinite(x) for x in v)}
+    series = {k: v for k, v in series.items() if all(math.isfinite(x) for x in v) and _plottable(k, v)}
     out = []
     if series:
         n = max(len(v) for v in series.values())
