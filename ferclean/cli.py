@@ -157,6 +157,90 @@ def curate(
         _print_summary("curate", summary)
 
 
+# -- report, review, export (issue 7) ------------------------------------------------------------
+def _out_store(out: Path):  # noqa: ANN202
+    from ferclean.store import Store
+
+    if not (out / "tables").is_dir():
+        fail(f"{out} is not a ferclean output folder (no tables/ inside)")
+    return Store(out)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
+    to: Annotated[Optional[Path], typer.Option("--to", help="HTML file to write (default OUT/report.html).")] = None,
+    top: Annotated[int, typer.Option(help="Flagged faces on the contact sheet.", min=0)] = 24,
+) -> None:
+    """Write a self-contained HTML report (verdicts, confusion, flag rates, AUs, curves, faces)."""
+    from ferclean.report import build_report
+
+    path = build_report(_out_store(out), to, top_n=top)
+    err.print(f"report written to {path}")
+
+
+review_app = typer.Typer(help="Human review round-trip: export the queue, import decisions.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
+    to: Annotated[Optional[Path], typer.Option("--to", help="Folder for review_queue.csv + thumbnails/ (default OUT/review).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the N highest-priority samples.", min=1)] = None,
+) -> None:
+    """Write the review queue as a CSV with empty decision columns, plus thumbnails."""
+    from ferclean.review import export_review_queue
+
+    _print_summary("review export", export_review_queue(_out_store(out), to, limit=limit))
+
+
+@review_app.command("import")
+def review_import(
+    out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
+    decisions: Annotated[Path, typer.Argument(help="The filled-in review CSV.")],
+    reviewer: Annotated[str, typer.Option("--reviewer", help="Who made the decisions.")],
+) -> None:
+    """Validate every decision row, then append them as human verdicts (all or nothing)."""
+    from ferclean.review import DecisionError, import_decisions
+
+    store = _out_store(out)
+    if not decisions.is_file():
+        fail(f"decisions file {decisions} does not exist")
+    try:
+        summary = import_decisions(store, decisions, reviewer)
+    except (DecisionError, ValueError) as exc:
+        fail(str(exc))
+    _print_summary("review import", summary)
+
+
+class Layout(str, Enum):
+    folder = "folder"
+    manifest = "manifest"
+
+
+@app.command("export")
+def export_cmd(
+    out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
+    to: Annotated[Path, typer.Option("--to", help="Destination folder (replaced if it holds an earlier export).")],
+    layout: Annotated[Layout, typer.Option(help="folder: DIR/<split>/<label>/ (ImageFolder); manifest: CSV only.")] = Layout.folder,
+    crops: Annotated[bool, typer.Option("--crops", help="Write aligned face crops instead of the source images.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Export the cleaned dataset: final labels, dropped samples left out, soft-label columns."""
+    from ferclean.export import ExportConfig, run_export
+    from ferclean.runs import open_run
+
+    store = _out_store(out)
+    cfg = ExportConfig(to=str(to), layout=layout.value, crops=crops)
+    try:
+        with open_run(store, "export", cfg.model_dump(mode="json")) as run:
+            summary = run_export(store, run, cfg, progress=progress)
+    except FileExistsError as exc:
+        fail(str(exc))
+    _print_summary(f"export run {run.run_id}", summary)
+
+
 def main() -> None:
     app()
 
