@@ -67,7 +67,8 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) 
         image, (max(1, round(w * s)), max(1, round(h * s))),
         interpolation=cv2.INTER_LINEAR if s > 1 else cv2.INTER_AREA,
     )
-    dets: list[Detection] = backend.detect(work)
+    skip = mode == "prealigned" and not config.prealigned_detect
+    dets: list[Detection] = [] if skip else backend.detect(work)
     detector = backend.name
     if not dets:
         if mode == "photos":
