@@ -205,6 +205,20 @@ def test_full_frame_fallback_on_tiny_image():
     assert analyze_image(img, get_backend("dlib"), FacesConfig(mode="photos")) == []
 
 
+def test_mode_resolution_and_detection_switch():
+    from ferclean.faces import resolve_mode
+
+    cfg = FacesConfig()
+    assert resolve_mode(cfg, 48, 48) == resolve_mode(cfg, 128, 90) == "prealigned"
+    assert resolve_mode(cfg, 129, 50) == "photos"
+    assert resolve_mode(cfg.model_copy(update={"mode": "photos"}), 48, 48) == "photos"
+    photo = load_image(str(FEAT_DATA / "single_face.jpg"))
+    face = cv2.resize(photo[150:430, 130:410], (100, 100), interpolation=cv2.INTER_AREA)  # a face crop
+    assert analyze_image(face, get_backend("dlib"), cfg)[0]["detector"] == "dlib"
+    off = cfg.model_copy(update={"prealigned_detect": False})
+    assert analyze_image(face, get_backend("dlib"), off)[0]["detector"] == "full_frame"
+
+
 def test_pyfeat_backend_never_downloads():
     missing = pyfeat_missing_weights("retinaface")
     if not missing:
