@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ferclean.contracts import load_contract
 from ferclean.dataset_issues.clusters import analyze_clusters, group_pairs, union_clusters
 from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.embeddings import (
@@ -156,6 +157,13 @@ def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, metho
     return out
 
 
+def _rejects_allow_stage() -> bool:
+    """Whether the rejects contract lists this stage (else unreadable images are only counted
+    and listed in OUT/runs/<run_id>/dataset_issues_summary.json)."""
+    allowed = load_contract("rejects").column("stage").allowed
+    return allowed is None or STAGE in allowed
+
+
 def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | None = None,
                        progress: bool = True) -> dict[str, Any]:
     """Find dataset-level issues and write the `dataset_issues` table (replacing earlier output).
@@ -185,8 +193,11 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
         idx = todo[sl]
         _store_hashes(sig, idx, [paths[i] for i in idx], cfg, from_crop=False)
-    for i in todo[~sig.hashed[todo]]:
-        run.reject(sids[i], STAGE, "unreadable_image", f"cannot decode {paths[i]}")
+    unreadable = [sids[i] for i in todo[~sig.hashed[todo]]]
+    run.counts[f"{STAGE}.unreadable_image"] += len(unreadable)
+    if _rejects_allow_stage():
+        for sid in unreadable:
+            run.reject(sid, STAGE, "unreadable_image", f"cannot decode {paths[pos[sid]]}")
     timings["hash_s"] = time.perf_counter() - t
 
     # duplicate edges -> clusters
@@ -262,6 +273,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         "clusters": len(reports),
         "samples_in_clusters": int(sum(len(r.members) for r in reports)),
         "outliers": n_outliers,
+        "unreadable": len(unreadable),
         **{f"issues.{k}": types.count(k) for k in sorted(set(types))},
         **{f"phash.{k}": v for k, v in hstats.items()},
         **{k: round(v, 3) for k, v in timings.items()},
@@ -269,5 +281,6 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     for k, v in summary.items():
         if isinstance(v, int | bool) and not isinstance(v, bool):
             run.counts[f"{STAGE}.{k}"] += v
-    (run.dir / "dataset_issues_summary.json").write_text(json.dumps(summary, indent=2))
+    (run.dir / "dataset_issues_summary.json").write_text(
+        json.dumps({**summary, "unreadable_sample_ids": unreadable[:10_000]}, indent=2))
     return summary

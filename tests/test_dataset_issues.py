@@ -1,0 +1,321 @@
+"""Tests of ferclean.dataset_issues: hashing, banded search, clusters, issues, the stage."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from ferclean.catalog import query
+from ferclean.contracts import ContractViolation, load_contract, validate
+from ferclean.dataset_issues import DatasetIssuesConfig, issue_reasons, run_dataset_issues, sample_issue_reasons
+from ferclean.dataset_issues.clusters import analyze_clusters, choose_keep, group_pairs, union_clusters
+from ferclean.dataset_issues.embeddings import centroid_distances, cosine_pairs_blocked, robust_z
+from ferclean.dataset_issues.issues import issues_table
+from ferclean.dataset_issues.neighbors import band_layout, hamming, near_pairs_banded, near_pairs_brute
+from ferclean.dataset_issues.nonface import blank_evidence, nonface_score, quality_evidence
+from ferclean.dataset_issues.phash import hash_images, phash_from_resized
+from ferclean.runs import open_run
+from ferclean.store import Store
+
+
+def smooth_image(seed: int, size: int = 64) -> np.ndarray:
+    """A smooth random grey image (upsampled 8x8 noise), uint8 (size, size)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    return np.asarray(small.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def save(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def altered(arr: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Slightly altered copy: +6 brightness and +-3 noise."""
+    rng = np.random.default_rng(seed)
+    return np.clip(arr.astype(int) + 6 + rng.integers(-3, 4, arr.shape), 0, 255).astype(np.uint8)
+
+
+# -- pHash ------------------------------------------------------------------------------------
+def test_phash_matches_imagehash_bit_for_bit(tmp_path):
+    imagehash = pytest.importorskip("imagehash")
+    import feat
+
+    files = sorted(glob.glob(os.path.join(os.path.dirname(feat.__file__), "tests", "data", "*.jpg")))[:4]
+    files += [str(save(tmp_path / f"s{i}.png", smooth_image(i))) for i in range(6)]
+    ours, *_ = hash_images(files)
+    ref = [int(str(imagehash.phash(Image.open(f))), 16) for f in files]
+    assert ours.tolist() == ref
+
+
+def test_phash_close_for_altered_copy_far_for_other_image():
+    base = smooth_image(3)
+    imgs = [base, altered(base), smooth_image(4)]
+    h, std, flat, mirror, ok = hash_images([Image_bytes(x) for x in imgs], mirror=True)
+    assert ok.all()
+    assert hamming(h[0], h[1]) <= 4
+    assert hamming(h[0], h[2]) > 12
+    flipped, *_ = hash_images([Image_bytes(base[:, ::-1])])
+    assert hamming(mirror[0], flipped[0]) <= 2
+
+
+def Image_bytes(arr: np.ndarray) -> bytes:  # noqa: N802
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_phash_rejects_wrong_shape_and_marks_unreadable():
+    with pytest.raises(ValueError):
+        phash_from_resized(np.zeros((2, 16, 16)))
+    h, std, _, _, ok = hash_images([b"not an image", Image_bytes(smooth_image(0))])
+    assert ok.tolist() == [False, True] and h[0] == 0
+
+
+# -- banded search ----------------------------------------------------------------------------
+def test_band_layout_covers_all_bits():
+    for k in (1, 3, 5, 9, 64):
+        layout = band_layout(k)
+        assert sum(w for _, w in layout) == 64 and layout[0][0] == 0
+        assert max(w for _, w in layout) - min(w for _, w in layout) <= 1
+
+
+@pytest.mark.parametrize("max_dist", [0, 1, 3, 4, 6])
+def test_banded_recall_equals_brute_force(max_dist):
+    rng = np.random.default_rng(max_dist)
+    base = rng.integers(0, 2**64, 1500, dtype=np.uint64)
+    near = []
+    for _ in range(400):  # planted neighbours at distances 0..8
+        x = base[rng.integers(len(base))]
+        for b in rng.choice(64, rng.integers(0, 9), replace=False):
+            x ^= np.uint64(1) << np.uint64(b)
+        near.append(x)
+    h = np.concatenate([base, np.array(near, np.uint64)])
+    got, gd, stats = near_pairs_banded(h, max_dist)
+    ref, rd = near_pairs_brute(h, max_dist)
+    assert len(ref) > 0
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(gd, rd)
+    assert stats["candidates"] < len(h) * (len(h) - 1) / 2 / 10  # far fewer than all pairs
+
+
+def test_banded_requires_enough_bands():
+    with pytest.raises(ValueError):
+        near_pairs_banded(np.zeros(3, np.uint64), 4, n_bands=3)
+
+
+# -- clusters ---------------------------------------------------------------------------------
+def test_union_clusters_is_transitive_and_keeps_singletons():
+    lab = union_clusters(7, np.array([[0, 1], [2, 1], [4, 5], [5, 4]]))
+    assert lab[0] == lab[1] == lab[2]
+    assert lab[4] == lab[5]
+    assert len({lab[0], lab[3], lab[4], lab[6]}) == 4
+
+
+def test_group_pairs_joins_equal_keys():
+    edges = group_pairs(np.array(["a", "b", "a", "c", "a"]))
+    lab = union_clusters(5, edges)
+    assert lab[0] == lab[2] == lab[4] and len(set(lab.tolist())) == 3
+    assert len(edges) == 2
+
+
+def test_choose_keep_rule_order():
+    # split first: the valid copy is kept even though train holds the majority label
+    assert choose_keep(["a", "b", "c"], ["train", "train", "valid"], ["sad", "sad", "happy"], [1, 1, 1]) == "c"
+    # same split: majority label, then larger image, then smallest id
+    assert choose_keep(["a", "b", "c"], ["train"] * 3, ["sad", "happy", "happy"], [9, 1, 1]) == "b"
+    assert choose_keep(["a", "b"], ["train"] * 2, ["sad", "sad"], [1, 4]) == "b"
+    assert choose_keep(["b", "a"], ["train"] * 2, [None, None], [1, 1]) == "a"
+
+
+def test_analyze_clusters_conflict_and_leak():
+    cl = np.array([0, 0, 1, 1, 2, 3, 3])
+    ids = [f"s{i}" for i in range(7)]
+    splits = ["train", "valid", "train", "train", "train", "train", "unlabelled"]
+    labels = ["sad", "sad", "sad", "happy", "sad", "sad", None]
+    shas = ["x", "x", "y", "z", "w", "u", "v"]
+    reps = {tuple(r.members): r for r in analyze_clusters(cl, ids, splits, labels, shas, [1] * 7)}
+    assert set(reps) == {("s0", "s1"), ("s2", "s3"), ("s5", "s6")}
+    a, b, c = reps[("s0", "s1")], reps[("s2", "s3")], reps[("s5", "s6")]
+    assert a.exact and a.leak and not a.conflicting and a.keep == "s1"
+    assert not b.exact and b.conflicting and not b.leak
+    assert not c.leak and not c.conflicting  # unlabelled is not an evaluation split; null label ignored
+
+
+# -- issues and reasons -----------------------------------------------------------------------
+def test_issue_reasons_per_member():
+    rows = [
+        {"issue_type": "near_duplicate", "sample_ids": ["a", "b", "c"], "details": json.dumps({"keep": "b"})},
+        {"issue_type": "split_leak", "sample_ids": ["a", "b", "c"],
+         "details": json.dumps({"keep": "b", "member_splits": {"a": "train", "b": "valid", "c": "valid"}})},
+        {"issue_type": "conflicting_labels", "sample_ids": ["a", "b", "c"], "details": "{}"},
+        {"issue_type": "not_a_face", "sample_ids": ["d"], "details": "{}"},
+        {"issue_type": "outlier", "sample_ids": ["d"], "details": "{}"},
+    ]
+    assert issue_reasons(rows) == {
+        "a": ["conflicting_labels", "duplicate", "split_leak"],
+        "b": ["conflicting_labels"],
+        "c": ["conflicting_labels", "duplicate"],
+        "d": ["not_a_face", "outlier"],
+    }
+
+
+def test_contract_round_trip_and_violation():
+    rows = [{"issue_id": "outlier:x", "issue_type": "outlier", "cluster_id": None, "sample_ids": ["x"],
+             "score": 0.3, "details": "{}"}]
+    t = validate(issues_table(rows, "r1"), load_contract("dataset_issues"))
+    assert t.to_pylist()[0]["sample_ids"] == ["x"]
+    bad = issues_table([{**rows[0], "issue_type": "blurry"}], "r1")
+    with pytest.raises(ContractViolation):
+        validate(bad, load_contract("dataset_issues"))
+
+
+# -- not-a-face and embeddings ----------------------------------------------------------------
+def test_nonface_score_needs_two_signals_or_blank():
+    blank = blank_evidence(np.array([2.0, 10.0, 40.0, 40.0, 40.0]), 6, 14)
+    assert blank.tolist() == [1.0, 0.5, 0.0, 0.0, 0.0]
+    no_det = np.array([np.nan, np.nan, 1.0, 1.0, 0.0])
+    quality = quality_evidence([None, None, [], ["tiny"], ["tiny", "blurry", "extreme_pose"]])
+    emb = np.array([np.nan, np.nan, 0.0, 1.0, 1.0])
+    s = nonface_score(blank, no_det, quality, emb)
+    assert s[0] == 1.0 and s[1] == 0.5
+    assert s[2] == pytest.approx(0.4)  # failed detection alone stays below 0.6
+    assert s[3] >= 0.8 and s[4] == pytest.approx(0.6)
+
+
+def test_centroid_distances_and_robust_z():
+    emb = np.array([[1, 0], [1, 0.05], [0, 1], [0.05, 1], [-1, -1]], np.float32)
+    own, nearest = centroid_distances(emb, np.array([0, 0, 1, 1, 0]), 2)
+    assert own[4] > own[0] and own[4] > 0.5
+    assert nearest[4] == pytest.approx(own[4]) or nearest[4] <= own[4]
+    z = robust_z(np.array([1.0, 1.1, 0.9, 1.0, 5.0]))
+    assert z[-1] > 4 and abs(z[0]) < 1
+
+
+def test_cosine_pairs_blocked_matches_full_matrix():
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(50, 8))
+    e[10] = e[3] * 2 + 0.01
+    pairs, sims = cosine_pairs_blocked(e, 0.95, block=7)
+    n = e / np.linalg.norm(e, axis=1, keepdims=True)
+    full = n @ n.T
+    ref = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.95}
+    assert {tuple(p) for p in pairs.tolist()} == ref and (3, 10) in ref
+
+
+# -- the stage --------------------------------------------------------------------------------
+def write_samples(store: Store, rows: list[dict]) -> None:
+    out = []
+    for i, r in enumerate(rows):
+        data = Path(r["path"]).read_bytes()
+        with Image.open(r["path"]) as im:
+            w, h = im.size
+        out.append({
+            "sample_id": r["id"], "source_path": str(r["path"]), "content_sha256": hashlib.sha256(data).hexdigest(),
+            "split": r["split"], "label_original": r["label"], "label_raw": r["label"], "collection": "t",
+            "width": w, "height": h, "channels": 1, "source_row": i, "run_id": "ingest",
+        })
+    store.write_part("samples", "all", pa.Table.from_pylist(out))
+
+
+@pytest.fixture
+def tiny_store(tmp_path) -> Store:
+    a, b, c = smooth_image(10), smooth_image(11), smooth_image(12)
+    img = tmp_path / "img"
+    rows = [
+        {"id": "a", "path": save(img / "a.png", a), "split": "train", "label": "happy"},
+        {"id": "a_copy", "path": save(img / "a_copy.png", a), "split": "valid", "label": "sad"},
+        {"id": "a_alt", "path": save(img / "a_alt.png", altered(a)), "split": "train", "label": "happy"},
+        {"id": "b", "path": save(img / "b.png", b), "split": "train", "label": "fear"},
+        {"id": "b_flip", "path": save(img / "b_flip.png", b[:, ::-1].copy()), "split": "train", "label": "fear"},
+        {"id": "c", "path": save(img / "c.png", c), "split": "valid", "label": "angry"},
+        {"id": "blank", "path": save(img / "blank.png", np.full((64, 64), 128, np.uint8)), "split": "train", "label": "neutral"},
+        {"id": "broken", "path": img / "broken.png", "split": "train", "label": "neutral"},
+    ]
+    (img / "broken.png").write_bytes(b"\x89PNG broken")
+    rows[-1]["path"] = img / "broken.png"
+    store = Store(tmp_path / "out")
+    # broken.png has no size: write its row by hand
+    write_samples(store, rows[:-1])
+    t = store.read("samples")
+    extra = t.slice(0, 1).to_pylist()[0] | {"sample_id": "broken", "source_path": str(img / "broken.png"),
+                                              "content_sha256": "0" * 64}
+    store.write_part("samples", "broken", pa.Table.from_pylist([extra]))
+    return store
+
+
+def test_run_dataset_issues_end_to_end(tiny_store):
+    store = tiny_store
+    with open_run(store, "dataset_issues", {}) as run:
+        summary = run_dataset_issues(store, run, DatasetIssuesConfig(), progress=False)
+    assert summary["samples"] == 8 and summary["hashed"] == 7 and not summary["faces_used"]
+    issues = store.read("dataset_issues").to_pylist()
+    by_type: dict[str, list[dict]] = {}
+    for r in issues:
+        by_type.setdefault(r["issue_type"], []).append(r)
+    assert [r["sample_ids"] for r in by_type["exact_duplicate"]] == [["a", "a_copy"]]
+    near = {tuple(r["sample_ids"]) for r in by_type["near_duplicate"]}
+    assert near == {("a", "a_alt", "a_copy"), ("b", "b_flip")}
+    assert [r["sample_ids"] for r in by_type["conflicting_labels"]] == [["a", "a_alt", "a_copy"]]
+    assert [r["sample_ids"] for r in by_type["split_leak"]] == [["a", "a_alt", "a_copy"]]
+    assert [r["sample_ids"] for r in by_type["not_a_face"]] == [["blank"]]
+    leak = json.loads(by_type["split_leak"][0]["details"])
+    assert leak["keep"] == "a_copy"  # the valid copy is kept
+    # the relabel hand-off
+    reasons = sample_issue_reasons(store)
+    assert reasons["a"] == ["conflicting_labels", "duplicate", "split_leak"]
+    assert reasons["a_copy"] == ["conflicting_labels"]
+    assert reasons["blank"] == ["not_a_face"]
+    assert "c" not in reasons and "b" not in reasons and reasons["b_flip"] == ["duplicate"]
+    # the unreadable file is a reject, and the catalog views work
+    assert summary["unreadable"] == 1
+    if "dataset_issues" in (load_contract("rejects").column("stage").allowed or ("dataset_issues",)):
+        _, rej = query(store, "SELECT source_ref, reason_code FROM rejects WHERE stage = 'dataset_issues'")
+        assert rej == [("broken", "unreadable_image")]
+    _, dup = query(store, "SELECT cluster_id, n_members, keep, conflicting, leak FROM duplicate_clusters ORDER BY n_members DESC")
+    assert [d[1:] for d in dup] == [(3, "a_copy", True, True), (2, "b", False, False)]
+    _, leaks = query(store, "SELECT sample_id, split, is_kept FROM split_leaks ORDER BY sample_id")
+    assert leaks == [("a", "train", False), ("a_alt", "train", False), ("a_copy", "valid", True)]
+
+
+def test_rerun_replaces_previous_output(tiny_store):
+    store = tiny_store
+    for cfg in (DatasetIssuesConfig(), DatasetIssuesConfig(mirror=False, max_hamming=0)):
+        with open_run(store, "dataset_issues", {}) as run:
+            run_dataset_issues(store, run, cfg, progress=False)
+    issues = store.read("dataset_issues")
+    assert len(set(issues.column("run_id").to_pylist())) == 1
+    near = [r["sample_ids"] for r in issues.to_pylist() if r["issue_type"] == "near_duplicate"]
+    assert ["b", "b_flip"] not in near  # mirror matching switched off
+
+
+@pytest.mark.shared
+def test_fer2013_repeated_png_is_an_exact_duplicate(fer_dir, tmp_path):
+    import csv
+
+    with open(fer_dir / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["image_path"]] = counts.get(r["image_path"], 0) + 1
+    repeated = [p for p, c in counts.items() if c > 1]
+    assert repeated, "labels.csv should contain the PNG FER2013 repeats"
+    picked = [r for r in rows if r["image_path"] in repeated[:1]] + rows[:40]
+    store = Store(tmp_path / "out")
+    write_samples(store, [{"id": f"{r['image_path']}#{i}", "path": fer_dir / r["image_path"], "split": r["split"],
+                           "label": r["label"]} for i, r in enumerate(picked)])
+    with open_run(store, "dataset_issues", {}) as run:
+        run_dataset_issues(store, run, DatasetIssuesConfig(), progress=False)
+    exact = [r for r in store.read("dataset_issues").to_pylist() if r["issue_type"] == "exact_duplicate"]
+    assert any(all(s.startswith(repeated[0]) for s in r["sample_ids"]) for r in exact)
