@@ -110,3 +110,36 @@ if _contract_has("faces", "sample_id", "face_index", "quality_flags"):
     EXTRA_VIEWS["quality_issues"] = QUALITY_ISSUES_SQL
 else:
     EXTRA_VIEWS["quality_issues"] = REJECT_ISSUES_SQL
+
+# -- dataset_issues (ferclean.dataset_issues) -------------------------------------------------
+#: One row per duplicate cluster: size, kept member, exact or near, conflict and leak flags.
+DUPLICATE_CLUSTERS_SQL = """
+        SELECT cluster_id,
+               max(len(sample_ids)) AS n_members,
+               any_value(json_extract_string(details, '$.keep')) AS keep,
+               CASE WHEN bool_or(issue_type = 'near_duplicate') THEN 'near' ELSE 'exact' END AS kind,
+               bool_or(issue_type = 'conflicting_labels') AS conflicting,
+               bool_or(issue_type = 'split_leak') AS leak,
+               min(score) FILTER (WHERE issue_type IN ('exact_duplicate', 'near_duplicate')) AS similarity,
+               arg_max(sample_ids, len(sample_ids)) AS sample_ids
+        FROM dataset_issues WHERE cluster_id IS NOT NULL
+        GROUP BY cluster_id ORDER BY n_members DESC, cluster_id"""
+
+#: One row per member of a cluster spanning train / valid / test, with its split and label.
+SPLIT_LEAKS_SQL = """
+        SELECT d.cluster_id, s.sample_id, s.split, s.label_original,
+               s.sample_id = json_extract_string(d.details, '$.keep') AS is_kept
+        FROM (SELECT cluster_id, details, unnest(sample_ids) AS sample_id
+              FROM dataset_issues WHERE issue_type = 'split_leak') d
+        JOIN samples s ON s.sample_id = d.sample_id
+        ORDER BY d.cluster_id, s.split, s.sample_id"""
+
+#: One row per (sample, dataset issue).
+SAMPLE_DATASET_ISSUES_SQL = """
+        SELECT unnest(sample_ids) AS sample_id, issue_type, issue_id, cluster_id, score, run_id
+        FROM dataset_issues"""
+
+if _contract_has("dataset_issues", "issue_type", "sample_ids", "details", "cluster_id"):
+    EXTRA_VIEWS["duplicate_clusters"] = DUPLICATE_CLUSTERS_SQL
+    EXTRA_VIEWS["split_leaks"] = SPLIT_LEAKS_SQL
+    EXTRA_VIEWS["sample_dataset_issues"] = SAMPLE_DATASET_ISSUES_SQL
