@@ -72,7 +72,7 @@ def render_report(store: Store, top_n: int = 24) -> str:
         p["au_prev_final"] = plots.data_uri(plots.heatmap(
             prev_final.values, prev_final.rows, prev_final.cols, "AU prevalence by final class",
             fmt="{:.2f}", vmax=1.0))
-    p["curves"] = [plots.data_uri(plots.curves(c.x, c.series, c.title)) for c in curves]
+    p["curves"] = [{"title": c.title, "uri": plots.data_uri(plots.curves(c.x, c.series, c.title))} for c in curves]
     for key in ("verdicts", "confusion", "flag_rates", "au_cooc", "au_prev", "au_prev_final"):
         p.setdefault(key, None)
 
