@@ -1,0 +1,266 @@
+"""Geometric action units from 68-point (iBUG/dlib) landmarks: pure numpy.
+
+Pipeline (all arrays float64 internally, results float32):
+
+1. :func:`normalise_landmarks` removes translation, in-plane rotation and scale: the midpoint of
+   the two eye centres goes to the origin, the eye line becomes horizontal and the inter-ocular
+   distance (IOD, eye centre to eye centre) becomes 1. Units below are IOD; y points down.
+2. :func:`measure` computes FACS-motivated distances (:data:`MEASURES`), each averaged over the
+   two face halves where the face has two.
+3. A :class:`Reference` holds, per measure, the neutral value (median over neutral-labelled
+   training faces, else over all training faces: OpenFace's "median of the person/collection"
+   idea applied to a collection) and a unit (the robust standard deviation, 1.4826 * MAD, over
+   all training faces, floored at :data:`MIN_SCALE`). It is fitted once on the training split
+   and stored as JSON so a trained model can reuse it on a new collection.
+4. :func:`au_scores`: each AU is a weighted mean of signed standardised deviations
+   z_k = (m_k - neutral_k) / unit_k (recipes in :data:`AU_RECIPES`, weights summing to 1).
+5. Intensity = clip(score, 0, 5): one unit of intensity is one robust standard deviation of
+   movement away from neutral, so 5 means "5 robust SDs", the FACS E level. Presence =
+   intensity >= threshold (default 1.0, i.e. one robust SD, roughly FACS level A/B); AU25
+   (lips part) is instead present when the inner-lip gap exceeds ``lips_part_iod`` (0.05 IOD),
+   and AU45 (blink) when the eye aperture falls below ``blink_ratio`` (0.45) of its neutral value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ferclean.aus.names import AU_NAMES
+
+#: dlib 68-point indices (subject's right = image left).
+R_EYE, L_EYE = list(range(36, 42)), list(range(42, 48))
+
+#: Smallest unit (IOD) a measure's robust SD may take, so a near-constant measure cannot
+#: turn noise into intensity 5.
+MIN_SCALE = 0.01
+
+MEASURES: tuple[str, ...] = (
+    "inner_brow",      # inner-brow height above the inner eye corner (AU01 +, AU04 -)
+    "outer_brow",      # outer-brow height above the outer eye corner (AU02 +)
+    "brow_gap",        # horizontal distance between the inner brow ends (AU04 -)
+    "upper_lid",       # upper-lid height above the eye-corner line (AU05 +, AU07 -)
+    "lower_lid",       # lower-lid height above the eye-corner line, usually < 0 (AU06/AU07 +)
+    "eye_open",        # lid-to-lid aperture (AU05 +, AU07/AU45 -)
+    "nose_wing",       # nostril-wing depth below the eye line (AU09 -)
+    "nose_lip",        # nose base to upper-lip top (AU10/AU09 -)
+    "nose_width",      # nostril-wing to nostril-wing (AU09/AU10 +: wings raised and widened)
+    "corner_lift",     # lip-corner height above the inner-lip midline centre (AU12 +, AU15 -)
+    "corner_depth",    # lip-corner depth below the nose base (AU12 -, AU15 +)
+    "mouth_width",     # lip-corner to lip-corner (AU12/AU20 +, AU23 -)
+    "corner_eye",      # lip corner to the outer eye corner, same side (AU12 -: oblique pull)
+    "lip_gap",         # inner-lip opening (AU25 +)
+    "jaw_drop",        # chin depth below the nose base (AU26 +)
+    "lower_lip_drop",  # lower-lip bottom depth below the nose base (AU26 +)
+    "chin_lip",        # lower-lip bottom to chin (AU17 -)
+    "lip_thickness",   # visible red-lip height, upper + lower (AU23 -)
+)
+
+#: AU -> ((measure, signed weight), ...); |weights| sum to 1 so a score is in robust SDs.
+AU_RECIPES: dict[str, tuple[tuple[str, float], ...]] = {
+    "AU01": (("inner_brow", 0.75), ("outer_brow", -0.25)),  # inner part raised: oblique brow
+    "AU02": (("outer_brow", 1.0),),
+    "AU04": (("inner_brow", -0.25), ("brow_gap", -0.5), ("upper_lid", -0.25)),  # lowered, drawn together
+    "AU05": (("upper_lid", 0.5), ("eye_open", 0.5)),
+    "AU06": (("lower_lid", 0.5), ("corner_depth", -0.25), ("eye_open", -0.25)),  # eye narrowed from below
+    "AU07": (("eye_open", -0.5), ("lower_lid", 0.5)),
+    "AU09": (("nose_lip", -0.4), ("nose_width", 0.3), ("inner_brow", -0.3)),  # also lowers inner brow
+    "AU10": (("nose_lip", -0.6), ("nose_width", 0.4)),
+    "AU12": (("corner_lift", 1 / 3), ("mouth_width", 1 / 3), ("corner_eye", -1 / 3)),  # oblique pull
+    "AU14": (("mouth_width", 0.5), ("lip_thickness", -0.25), ("lip_gap", -0.25)),
+    "AU15": (("corner_lift", -0.75), ("corner_depth", 0.25)),
+    "AU17": (("chin_lip", -0.5), ("lip_gap", -0.25), ("lip_thickness", 0.25)),
+    "AU20": (("mouth_width", 0.5), ("corner_lift", -0.25), ("corner_depth", 0.25)),
+    "AU23": (("lip_thickness", -0.5), ("mouth_width", -0.5)),
+    "AU25": (("lip_gap", 1.0),),
+    "AU26": (("lower_lip_drop", 0.7), ("jaw_drop", 0.3)),
+    "AU45": (("eye_open", -1.0),),
+}
+
+
+def as_points(landmarks: np.ndarray) -> np.ndarray:
+    """(N, 136) flat x0,y0,x1,y1... or (N, 68, 2) -> (N, 68, 2) float64."""
+    a = np.asarray(landmarks, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim == 2:
+        if a.shape[1] != 136:
+            raise ValueError(f"expected (N, 136) landmarks, got {a.shape}")
+        a = a.reshape(-1, 68, 2)
+    if a.shape[1:] != (68, 2):
+        raise ValueError(f"expected (N, 68, 2) landmarks, got {a.shape}")
+    return a
+
+
+def normalise_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Translate, de-rotate and scale landmarks to IOD units.
+
+    Args: landmarks (N, 68, 2) or (N, 136) in pixels.
+    Returns: (points (N, 68, 2) in IOD units with the eye midpoint at (0, 0) and the eyes on
+    y = 0, subject's right eye at x = -0.5; iod (N,) in input pixels). Rows with IOD < 1e-6 are NaN.
+    """
+    p = as_points(landmarks)
+    re, le = p[:, R_EYE].mean(1), p[:, L_EYE].mean(1)
+    d = le - re
+    iod = np.hypot(d[:, 0], d[:, 1])
+    ok = iod > 1e-6
+    safe = np.where(ok, iod, 1.0)
+    c, s = d[:, 0] / safe, d[:, 1] / safe
+    rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # (N, 2, 2) rotates d onto +x
+    q = np.einsum("nij,nkj->nki", rot, p - ((re + le) / 2)[:, None]) / safe[:, None, None]
+    q[~ok] = np.nan
+    return q, iod
+
+
+def measure(points: np.ndarray) -> np.ndarray:
+    """FACS distances (:data:`MEASURES` order) from normalised points (N, 68, 2) -> (N, K)."""
+    x, y = points[..., 0], points[..., 1]
+
+    def pair(a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
+        return (a + b) / 2
+
+    m = {
+        "inner_brow": pair(y[:, 39] - y[:, [20, 21]].mean(1), y[:, 42] - y[:, [22, 23]].mean(1)),
+        "outer_brow": pair(y[:, 36] - y[:, [17, 18]].mean(1), y[:, 45] - y[:, [25, 26]].mean(1)),
+        "brow_gap": x[:, 22] - x[:, 21],
+        "upper_lid": pair(pair(y[:, 36], y[:, 39]) - pair(y[:, 37], y[:, 38]),
+                          pair(y[:, 42], y[:, 45]) - pair(y[:, 43], y[:, 44])),
+        "lower_lid": pair(pair(y[:, 36], y[:, 39]) - pair(y[:, 40], y[:, 41]),
+                          pair(y[:, 42], y[:, 45]) - pair(y[:, 46], y[:, 47])),
+        "eye_open": pair(pair(y[:, 41] - y[:, 37], y[:, 40] - y[:, 38]),
+                         pair(y[:, 47] - y[:, 43], y[:, 46] - y[:, 44])),
+        "nose_wing": pair(y[:, 31], y[:, 35]),
+        "nose_lip": y[:, 51] - y[:, 33],
+        "nose_width": x[:, 35] - x[:, 31],
+        "corner_lift": pair(y[:, 62], y[:, 66]) - pair(y[:, 48], y[:, 54]),
+        "corner_depth": pair(y[:, 48], y[:, 54]) - y[:, 33],
+        "mouth_width": np.hypot(x[:, 54] - x[:, 48], y[:, 54] - y[:, 48]),
+        "corner_eye": pair(np.hypot(x[:, 48] - x[:, 36], y[:, 48] - y[:, 36]),
+                           np.hypot(x[:, 54] - x[:, 45], y[:, 54] - y[:, 45])),
+        "lip_gap": (y[:, [65, 66, 67]] - y[:, [63, 62, 61]]).mean(1).clip(min=0),
+        "jaw_drop": y[:, 8] - y[:, 33],
+        "lower_lip_drop": y[:, 57] - y[:, 33],
+        "chin_lip": y[:, 8] - y[:, 57],
+        "lip_thickness": (y[:, 62] - y[:, 51]) + (y[:, 57] - y[:, 66]),
+    }
+    return np.stack([m[k] for k in MEASURES], 1)
+
+
+@dataclass
+class Reference:
+    """Neutral value and unit per measure (IOD units), fitted on a training split.
+
+    `source` is "neutral" (median of neutral-labelled faces), "collection" (median of all
+    faces) or how it was obtained; `n_neutral_value` / `n_scale` count the faces used.
+    """
+
+    measures: list[str]
+    neutral: list[float]
+    scale: list[float]
+    source: str
+    n_neutral_value: int
+    n_scale: int
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(neutral (K,), scale (K,)) in :data:`MEASURES` order."""
+        if list(self.measures) != list(MEASURES):
+            raise ValueError(f"reference measures {self.measures} do not match {list(MEASURES)}")
+        return np.asarray(self.neutral, np.float64), np.asarray(self.scale, np.float64)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "ferclean.aus.geometric.Reference", **asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Reference:
+        d = json.loads(text)
+        d.pop("kind", None)
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Reference:
+        return cls.from_json(Path(path).read_text())
+
+
+def robust_sd(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    """1.4826 * median absolute deviation, ignoring NaN."""
+    med = np.nanmedian(a, axis=axis, keepdims=True)
+    return 1.4826 * np.nanmedian(np.abs(a - med), axis=axis)
+
+
+def fit_reference(measures: np.ndarray, neutral_mask: np.ndarray | None = None, min_neutral: int = 20) -> Reference:
+    """Fit a :class:`Reference` from training-face measures (N, K).
+
+    The neutral value is the median over rows where `neutral_mask` is true when there are at
+    least `min_neutral` of them, else over all rows. The unit is the robust SD over all rows,
+    floored at :data:`MIN_SCALE`. NaN rows are ignored.
+    """
+    m = np.asarray(measures, np.float64)
+    good = ~np.isnan(m).any(1)
+    if not good.any():
+        raise ValueError("no valid faces to fit an AU reference on")
+    m = m[good]
+    source, base = "collection", m
+    if neutral_mask is not None:
+        nm = np.asarray(neutral_mask, bool)[good]
+        if nm.sum() >= min_neutral:
+            source, base = "neutral", m[nm]
+    neutral = np.median(base, 0)
+    scale = np.maximum(robust_sd(m, 0), MIN_SCALE)
+    return Reference(list(MEASURES), neutral.tolist(), scale.tolist(), source, int(len(base)), int(len(m)))
+
+
+def standardise(measures: np.ndarray, ref: Reference) -> np.ndarray:
+    """z = (measures - neutral) / unit, (N, K)."""
+    neutral, scale = ref.arrays()
+    return (np.asarray(measures, np.float64) - neutral) / scale
+
+
+def recipe_matrix(aus: tuple[str, ...] = AU_NAMES) -> np.ndarray:
+    """(K, M) weights so that scores = z @ W (see :data:`AU_RECIPES`)."""
+    w = np.zeros((len(MEASURES), len(aus)))
+    for j, au in enumerate(aus):
+        for name, weight in AU_RECIPES[au]:
+            w[MEASURES.index(name), j] += weight
+    return w
+
+
+def au_scores(measures: np.ndarray, ref: Reference, aus: tuple[str, ...] = AU_NAMES) -> np.ndarray:
+    """Signed AU scores in robust SDs from neutral, (N, M)."""
+    return standardise(measures, ref) @ recipe_matrix(aus)
+
+
+def geometric_aus(
+    landmarks: np.ndarray,
+    ref: Reference,
+    presence_threshold: float = 1.0,
+    lips_part_iod: float = 0.05,
+    blink_ratio: float = 0.45,
+    aus: tuple[str, ...] = AU_NAMES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Intensity (N, M) float32 in [0, 5] and presence (N, M) int8 for 68-point landmarks.
+
+    Rows with degenerate landmarks (IOD ~ 0 or NaN) get NaN intensity and presence 0.
+    """
+    pts, _ = normalise_landmarks(landmarks)
+    m = measure(pts)
+    scores = au_scores(m, ref, aus)
+    inten = np.clip(scores, 0.0, 5.0)
+    pres = inten >= presence_threshold
+    neutral, _ = ref.arrays()
+    if "AU25" in aus:
+        pres[:, aus.index("AU25")] = m[:, MEASURES.index("lip_gap")] > lips_part_iod
+    if "AU45" in aus:
+        k = MEASURES.index("eye_open")
+        pres[:, aus.index("AU45")] = m[:, k] < blink_ratio * neutral[k]
+    bad = np.isnan(m).any(1)
+    inten[bad] = np.nan
+    pres[bad] = False
+    return inten.astype(np.float32), pres.astype(np.int8)

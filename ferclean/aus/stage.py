@@ -1,0 +1,170 @@
+"""The aus stage: `faces` -> table `aus` (one row per face), see :func:`run_aus`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from ferclean.aus.backends import GeometricBackend, aus_table, check_pyfeat, landmarks_array
+from ferclean.aus.geometric import Reference, fit_reference, measure, normalise_landmarks
+from ferclean.aus.names import AU28_C, AU_NAMES, intensity_columns, presence_columns
+from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
+from ferclean.store import Store
+
+REFERENCE_FILE = "aus_reference.json"
+
+
+class AusConfig(BaseModel):
+    """Settings of the aus stage (defaults in brackets are what a plain run uses)."""
+
+    backend: Literal["geometric", "openface-csv", "py-feat"] = Field(
+        "geometric", description="AU source: landmark geometry, OpenFace 2.0 CSVs, or py-feat")
+    landmarks_column: Literal["landmarks68", "landmarks68_crop"] = Field(
+        "landmarks68", description="faces column with the 68 landmarks (geometric backend)")
+    reference: Literal["neutral", "collection"] = Field(
+        "neutral", description="neutral value: median of neutral-labelled reference-split faces "
+        "(falls back to the collection median when fewer than min_neutral), or collection median")
+    reference_split: str = Field("train", description="samples.split the reference is fitted on")
+    reference_path: str | None = Field(
+        None, description="reuse a stored reference JSON (e.g. the training run's aus_reference.json)")
+    min_neutral: int = Field(20, ge=1, description="neutral faces needed to use their median")
+    presence_threshold: float = Field(1.0, ge=0, le=5, description="AUxx_c = AUxx_r >= this (robust SDs)")
+    lips_part_iod: float = Field(0.05, ge=0, description="AU25 present when the inner-lip gap > this (IOD)")
+    blink_ratio: float = Field(0.45, gt=0, lt=1, description="AU45 present when eye aperture < this x neutral")
+    openface_csv: str | None = Field(None, description="OpenFace CSV file or folder (openface-csv backend)")
+    pyfeat_model_dir: str | None = Field(None, description="folder holding py-feat AU weights (py-feat backend)")
+    shard_size: int = Field(8192, ge=1, description="faces' samples per shard (resume unit)")
+    workers: int = Field(1, ge=1, description="worker processes for shards")
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """Everything a worker needs for one geometric shard (picklable)."""
+
+    run_id: str
+    backend: GeometricBackend
+
+
+def _read_reference_faces(store: Store, config: AusConfig) -> pd.DataFrame:
+    """Primary faces of the reference split with their landmarks and label (pandas)."""
+    faces = store.read("faces", columns=["sample_id", "face_index", "is_primary", config.landmarks_column])
+    samples = store.read("samples", columns=["sample_id", "split", "label_original"])
+    con = duckdb.connect()
+    try:
+        con.register("f", faces)
+        con.register("s", samples)
+        sql = (f'SELECT f.sample_id, s.split, s.label_original, f."{config.landmarks_column}" AS lm '
+               "FROM f JOIN s USING (sample_id) WHERE f.is_primary")
+        return con.execute(sql).df()
+    finally:
+        con.close()
+
+
+def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
+    """Fit the geometric reference on primary faces of `config.reference_split` samples.
+
+    When that split has no faces (e.g. an unlabelled collection) the reference is fitted on all
+    primary faces and its `source` says so; reuse a training run's reference instead where
+    possible (`reference_path`).
+    """
+    df = _read_reference_faces(store, config)
+    if df.empty:
+        raise ValueError("no primary faces with samples to fit an AU reference on")
+    part = df[df["split"] == config.reference_split]
+    suffix = ""
+    if part.empty:
+        part, suffix = df, f" (no {config.reference_split!r} faces: all primary faces)"
+    lm = landmarks_array(pa.array(list(part["lm"]), pa.list_(pa.float64())))
+    m = measure(normalise_landmarks(lm)[0])
+    neutral = (part["label_original"] == "neutral").to_numpy() if config.reference == "neutral" else None
+    ref = fit_reference(m, neutral, config.min_neutral)
+    ref.source += suffix
+    return ref
+
+
+def _geometric_shard(store: Store, shard: Shard, job: _ShardJob) -> pa.Table:
+    rows = load_rows(store, shard, "faces", ["sample_id", "face_index", *job.backend.columns()])
+    inten, pres = job.backend.predict(rows)
+    return aus_table(job.run_id, rows.column("sample_id").to_pylist(),
+                     rows.column("face_index").to_numpy(zero_copy_only=False), job.backend.name, inten, pres)
+
+
+def _openface(store: Store, run: Any, config: AusConfig) -> dict:
+    from ferclean.aus.openface import match_openface
+
+    if not config.openface_csv:
+        raise ValueError("backend 'openface-csv' needs config.openface_csv (a CSV file or folder)")
+    samples = store.read("samples", columns=["sample_id", "source_path"]).to_pandas()
+    df = match_openface(config.openface_csv, samples)
+    if store.count("faces"):
+        keys = store.read("faces", columns=["sample_id", "face_index"]).to_pandas()
+        n0 = len(df)
+        df = df.merge(keys.astype({"face_index": int}), on=["sample_id", "face_index"], how="inner")
+        run.counts["aus.openface_rows_without_face"] += n0 - len(df)
+    run.counts["aus.openface_rows_unmatched"] += df.attrs.get("unmatched", 0)
+    df = df.sort_values(["sample_id", "face_index"]).reset_index(drop=True)
+    inten = df[intensity_columns()].to_numpy(np.float32, na_value=np.nan)
+    pres = df[presence_columns()].astype("float").fillna(-1).to_numpy().astype(np.int8)
+    au28 = df[AU28_C].astype("float").fillna(-1).to_numpy().astype(np.int8)
+    table = aus_table(run.run_id, df["sample_id"].tolist(), df["face_index"].to_numpy(), "openface-csv",
+                      inten, pres, au28)
+    digest = hashlib.sha256(str(Path(config.openface_csv).resolve()).encode())
+    digest.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
+    key = f"openface-{digest.hexdigest()[:20]}"
+    store.write_part("aus", key, table)
+    store.keep_only("aus", [key])
+    return {"rows": table.num_rows, "shards": 1, "skipped": 0}
+
+
+def run_aus(store: Store, run: Any, config: AusConfig, progress: bool = True) -> dict:
+    """Score every face in `faces` and write table `aus` (key (sample_id, face_index)).
+
+    Geometric backend: fits the neutral :class:`Reference` on the reference split (or loads
+    `config.reference_path`), saves it to `run.dir / "aus_reference.json"`, then scores faces in
+    shards of `faces` by sample_id (resumable; a new reference or config gives new shards).
+    Returns a summary: backend, rows, shards, skipped, reference source and path, presence rate
+    per AU.
+    """
+    summary: dict[str, Any] = {"backend": config.backend}
+    if config.backend == "py-feat":
+        path = check_pyfeat(config.pyfeat_model_dir)
+        raise NotImplementedError(f"py-feat AU weights found at {path}, but py-feat inference is not "
+                                  "wired into ferclean yet; use backend='geometric' or 'openface-csv'")
+    if config.backend == "openface-csv":
+        summary.update(_openface(store, run, config))
+    else:
+        if store.count("faces") == 0:
+            raise ValueError("table `faces` is empty: run the faces stage first")
+        if config.reference_path:
+            ref = Reference.load(config.reference_path)
+            ref.source = f"loaded from {config.reference_path} ({ref.source})"
+        else:
+            ref = fit_reference_from_store(store, config)
+        ref_path = ref.save(run.dir / REFERENCE_FILE)
+        backend = GeometricBackend(ref, config.landmarks_column, config.presence_threshold,
+                                   config.lips_part_iod, config.blink_ratio)
+        fingerprint = {"config": config.model_dump(mode="json", exclude={"workers", "reference_path"}),
+                       "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist()}
+        shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
+        done = run_sharded(store, shards, "aus", _geometric_shard, _ShardJob(run.run_id, backend),
+                           config.workers, description="aus", progress=progress)
+        summary.update(done)
+        summary.update({"reference_source": ref.source, "reference_path": str(ref_path),
+                        "reference_faces": ref.n_neutral_value})
+    t = store.read("aus", columns=["AU01_r", *presence_columns()])
+    summary["faces"] = t.num_rows
+    summary["unscored"] = t.column("AU01_r").null_count
+    summary["presence_rate"] = {
+        a: round(float(np.nanmean(t.column(f"{a}_c").to_numpy(zero_copy_only=False).astype(float))), 4)
+        if t.num_rows > summary["unscored"] else None for a in AU_NAMES}
+    run.counts["aus.rows"] += t.num_rows
+    run.counts["aus.unscored"] += summary["unscored"]
+    return summary

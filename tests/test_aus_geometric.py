@@ -1,0 +1,149 @@
+"""Geometric AU maths on synthetic 68-point landmark sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferclean.aus.geometric import (
+    MEASURES, Reference, fit_reference, geometric_aus, measure, normalise_landmarks,
+)
+from ferclean.aus.names import AU_NAMES
+
+
+def template() -> np.ndarray:
+    """A plausible neutral 68-point face (eyes at y=0, IOD 1), built from simple shapes."""
+    p = np.zeros((68, 2))
+    jaw = np.linspace(np.pi, 0, 17)
+    p[0:17] = np.c_[0.95 * np.cos(jaw), 0.1 + 1.0 * np.sin(jaw) ** 0.8]
+    p[17:22] = np.c_[np.linspace(-0.85, -0.18, 5), [-0.22, -0.30, -0.32, -0.31, -0.28]]
+    p[22:27] = np.c_[-p[17:22][::-1, 0], p[17:22][::-1, 1]]
+    p[27:31] = np.c_[[0, 0, 0, 0], [0.05, 0.2, 0.35, 0.5]]
+    p[31:36] = np.c_[[-0.22, -0.11, 0, 0.11, 0.22], [0.62, 0.66, 0.68, 0.66, 0.62]]
+
+    def eye(cx: float) -> np.ndarray:
+        return np.c_[cx + np.array([-0.2, -0.08, 0.08, 0.2, 0.08, -0.08]),
+                     [0.0, -0.065, -0.065, 0.0, 0.065, 0.065]]
+
+    p[36:42], p[42:48] = eye(-0.5), eye(0.5)
+    p[48:60] = np.c_[[-0.4, -0.25, -0.1, 0, 0.1, 0.25, 0.4, 0.25, 0.1, 0, -0.1, -0.25],
+                     [1.0, 0.93, 0.9, 0.92, 0.9, 0.93, 1.0, 1.1, 1.14, 1.15, 1.14, 1.1]]
+    p[60:68] = np.c_[[-0.36, -0.1, 0, 0.1, 0.36, 0.1, 0, -0.1], [1.0, 0.99, 0.99, 0.99, 1.0, 1.0, 1.0, 1.0]]
+    return p
+
+
+def jitter(n: int, scale: float = 0.02, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return template()[None] + rng.normal(0, scale, (n, 68, 2))
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    pts, _ = normalise_landmarks(jitter(200))
+    return fit_reference(measure(pts))
+
+
+def au(inten: np.ndarray, name: str) -> np.ndarray:
+    return inten[:, AU_NAMES.index(name)]
+
+
+def test_normalisation_removes_translation_rotation_and_scale():
+    base = template()
+    th = np.deg2rad(25)
+    rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    moved = (base @ rot.T) * 73.0 + np.array([120.0, -40.0])
+    a, iod_a = normalise_landmarks(base[None])
+    b, iod_b = normalise_landmarks(moved.reshape(1, 136))
+    assert np.allclose(a, b, atol=1e-9)
+    assert iod_b[0] == pytest.approx(73.0 * iod_a[0])
+    assert np.allclose(b[0, 36:42].mean(0), [-0.5, 0], atol=1e-9)
+    assert np.allclose(b[0, 42:48].mean(0), [0.5, 0], atol=1e-9)
+
+
+def test_degenerate_landmarks_give_nan_and_absent():
+    bad = np.zeros((1, 68, 2))
+    ref = Reference(list(MEASURES), [0.0] * len(MEASURES), [0.1] * len(MEASURES), "test", 1, 1)
+    inten, pres = geometric_aus(bad, ref)
+    assert np.isnan(inten).all() and (pres == 0).all()
+
+
+def test_neutral_face_scores_near_zero(ref):
+    inten, pres = geometric_aus(template()[None], ref)
+    assert inten.max() < 1.0
+    assert pres.sum() == 0
+
+
+def test_raising_lip_corners_raises_au12_not_au15(ref):
+    smile = template().copy()
+    smile[[48, 54, 60, 64], 1] -= 0.08
+    smile[48, 0] -= 0.04
+    smile[54, 0] += 0.04
+    inten, pres = geometric_aus(np.stack([template(), smile]), ref)
+    assert au(inten, "AU12")[1] > au(inten, "AU12")[0] + 1.0
+    assert pres[1, AU_NAMES.index("AU12")] == 1
+    assert au(inten, "AU15")[1] == 0
+
+
+def test_lowering_lip_corners_raises_au15(ref):
+    frown = template().copy()
+    frown[[48, 54, 60, 64], 1] += 0.08
+    inten, _ = geometric_aus(frown[None], ref)
+    assert au(inten, "AU15")[0] > 1.0 and au(inten, "AU12")[0] == 0
+
+
+def test_opening_the_jaw_raises_au25_and_au26(ref):
+    open_ = template().copy()
+    lower = [5, 6, 7, 8, 9, 10, 11, 55, 56, 57, 58, 59, 65, 66, 67]
+    open_[lower, 1] += 0.25
+    inten, pres = geometric_aus(np.stack([template(), open_]), ref)
+    for name in ("AU25", "AU26"):
+        assert au(inten, name)[1] > au(inten, name)[0] + 1.0
+        assert pres[1, AU_NAMES.index(name)] == 1
+    assert pres[0, AU_NAMES.index("AU25")] == 0
+
+
+def test_raised_brows_raise_au01_au02_and_lowered_brows_au04(ref):
+    up, down = template().copy(), template().copy()
+    up[17:27, 1] -= 0.1
+    down[17:27, 1] += 0.08
+    down[21, 0] += 0.05
+    down[22, 0] -= 0.05
+    inten, _ = geometric_aus(np.stack([up, down]), ref)
+    assert au(inten, "AU01")[0] > 1 and au(inten, "AU02")[0] > 1 and au(inten, "AU04")[0] == 0
+    assert au(inten, "AU04")[1] > 1 and au(inten, "AU01")[1] == 0
+
+
+def test_closed_eyes_blink_and_wide_eyes_au05(ref):
+    closed, wide = template().copy(), template().copy()
+    closed[[37, 38, 43, 44], 1] = 0.0
+    closed[[40, 41, 46, 47], 1] = 0.0
+    wide[[37, 38, 43, 44], 1] -= 0.05
+    inten, pres = geometric_aus(np.stack([closed, wide]), ref)
+    assert pres[0, AU_NAMES.index("AU45")] == 1 and pres[1, AU_NAMES.index("AU45")] == 0
+    assert au(inten, "AU05")[1] > 1
+
+
+def test_intensity_range_and_rotation_invariance(ref):
+    rng = np.random.default_rng(1)
+    faces = jitter(50, 0.08, seed=2)
+    th = rng.uniform(-0.5, 0.5, 50)
+    rots = np.stack([np.c_[np.cos(th), -np.sin(th)], np.c_[np.sin(th), np.cos(th)]], 1)
+    turned = np.einsum("nij,nkj->nki", rots, faces) * 40 + 100
+    a, _ = geometric_aus(faces, ref)
+    b, _ = geometric_aus(turned, ref)
+    assert np.allclose(a, b, atol=1e-4)
+    assert a.min() >= 0 and a.max() <= 5 and a.dtype == np.float32
+
+
+def test_reference_prefers_neutral_median_and_round_trips(tmp_path):
+    pts, _ = normalise_landmarks(jitter(60))
+    m = measure(pts)
+    mask = np.zeros(60, bool)
+    mask[:25] = True
+    r = fit_reference(m, mask, min_neutral=20)
+    assert r.source == "neutral" and r.n_neutral_value == 25 and r.n_scale == 60
+    assert np.allclose(r.neutral, np.median(m[:25], 0))
+    assert fit_reference(m, mask, min_neutral=30).source == "collection"
+    r2 = Reference.load(r.save(tmp_path / "ref.json"))
+    assert r2 == r
+    assert min(r.scale) >= 0.01
