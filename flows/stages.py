@@ -102,8 +102,8 @@ def shards_flow(
         retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s) if retry_delay_s > 0 else 0
     )
     futures = t.map(
-        store=unmapped(quote(store)), shard=todo, out_table=unmapped(work.out_table),
-        fn=unmapped(quote(work.fn)), config=unmapped(quote(work.job)),
+        store=unmapped(store), shard=todo, out_table=unmapped(work.out_table),
+        fn=unmapped(work.fn), config=unmapped(work.job),
     )
     wait(futures)
     failed = [(s, f.state) for s, f in zip(todo, futures, strict=True) if not f.state.is_completed()]

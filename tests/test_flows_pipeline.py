@@ -1,0 +1,174 @@
+"""Tests of the flow plumbing that needs no Prefect server: stage registry and plan, per-stage
+config loading, stage manifests (the cache rule), source fingerprints and artifact rendering."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from ferclean import artifacts, pipeline
+from ferclean.pipeline import StageSpec
+from ferclean.store import Store
+
+
+class _Cfg(BaseModel, extra="forbid"):
+    alpha: float = 1.0
+    workers: int = 1
+
+
+def run_demo_stage(store, run, config: _Cfg, progress: bool = True) -> dict:  # noqa: ANN001
+    """A tiny stage function used to exercise the registry (never run by a flow)."""
+    return {"alpha": config.alpha}
+
+
+def run_optional_none(store, run, config: _Cfg | None = None, progress: bool = True) -> dict:  # noqa: ANN001
+    return {}
+
+
+THIS = __name__
+STAGES = (
+    StageSpec("a", THIS, "run_demo_stage"),
+    StageSpec("b", "ferclean._no_such_module_", "run_b", optional=True),
+    StageSpec("c", THIS, "run_optional_none"),
+    StageSpec("d", "ferclean._no_such_module_", "run_d"),
+    StageSpec("e", THIS, "run_demo_stage"),
+)
+
+
+def test_resolve_until_stops_before_first_missing_required_stage():
+    assert [s.name for s in pipeline.resolve_until(None, STAGES)] == ["a", "c"]
+    assert [s.name for s in pipeline.resolve_until("a", STAGES)] == ["a"]
+    with pytest.raises(ValueError, match="'d' is not available"):
+        pipeline.resolve_until("e", STAGES)
+    with pytest.raises(ValueError, match="--until must be one of"):
+        pipeline.resolve_until("zzz", STAGES)
+
+
+def test_load_stage_function_raises_for_broken_module(tmp_path, monkeypatch):
+    (tmp_path / "broken_stage_mod.py").write_text("import _definitely_missing_dependency_\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError):
+        pipeline.load_stage_function(StageSpec("x", "broken_stage_mod", "run_x"))
+
+
+def test_config_class_unwraps_optional():
+    assert pipeline.config_class(run_demo_stage) is _Cfg
+    assert pipeline.config_class(run_optional_none) is _Cfg
+
+
+def test_build_configs_file_then_overrides(tmp_path):
+    f = tmp_path / "cfg.yaml"
+    f.write_text("a:\n  alpha: 2.5\nc: {}\n")
+    raw = pipeline.read_config_file(f)
+    plan = pipeline.resolve_until(None, STAGES)
+    cfgs = pipeline.build_configs(plan, raw, {"a": {"workers": 4, "not_a_field": 1}, "c": {"workers": None}}, STAGES)
+    assert cfgs["a"] == _Cfg(alpha=2.5, workers=4)
+    assert cfgs["c"] == _Cfg()
+    j = tmp_path / "cfg.json"
+    j.write_text(json.dumps({"a": {"alpha": 3}}))
+    assert pipeline.read_config_file(j) == {"a": {"alpha": 3}}
+    with pytest.raises(ValueError, match="unknown stages"):
+        pipeline.build_configs(plan, {"zz": {}}, None, STAGES)
+    with pytest.raises(ValidationError):
+        pipeline.build_configs(plan, {"a": {"alfa": 1}}, None, STAGES)
+
+
+def test_real_curate_configs_build_with_defaults():
+    plan = pipeline.resolve_until(None)
+    assert plan and plan[0].name == "ingest"
+    cfgs = pipeline.build_configs(plan, {}, {"ingest": {"source": "/x", "limit": 5}})
+    assert cfgs["ingest"].source == "/x" and cfgs["ingest"].limit == 5
+
+
+def _write(store: Store, table: str, key: str, ids: list[str]) -> None:
+    from datetime import UTC, datetime
+
+    rows = [{"run_id": "r", "source_ref": i, "stage": "ingest", "reason_code": "file_missing", "message": "m",
+             "created_at": datetime.now(UTC)} for i in ids]
+    store.write_part(table, key, pa.Table.from_pylist(rows))
+
+
+def test_manifest_skips_only_when_inputs_config_code_and_outputs_match(tmp_path):
+    store = Store(tmp_path)
+    spec = StageSpec("a", THIS, "run_demo_stage", inputs=("rejects",), outputs=("runs_like/",))
+    _write(store, "rejects", "k1", ["x"])
+    exp = pipeline.expected_manifest(store, spec, _Cfg())
+    assert pipeline.is_up_to_date(store, spec, exp) is None  # nothing recorded yet
+    (tmp_path / "runs_like").mkdir()
+    (tmp_path / "runs_like" / "f.txt").write_text("out")
+    exp.output_fingerprint = pipeline.path_fingerprint(store, spec.outputs)
+    exp.summary = {"n": 1}
+    pipeline.write_manifest(store, exp)
+    again = pipeline.expected_manifest(store, spec, _Cfg())
+    assert pipeline.is_up_to_date(store, spec, again).summary == {"n": 1}
+    # config change
+    assert pipeline.is_up_to_date(store, spec, pipeline.expected_manifest(store, spec, _Cfg(alpha=2))) is None
+    # output tampered with
+    (tmp_path / "runs_like" / "f.txt").write_text("changed!")
+    assert pipeline.is_up_to_date(store, spec, again) is None
+    exp.output_fingerprint = pipeline.path_fingerprint(store, spec.outputs)
+    pipeline.write_manifest(store, exp)
+    assert pipeline.is_up_to_date(store, spec, again) is not None
+    # input change: a new part
+    _write(store, "rejects", "k2", ["y"])
+    assert pipeline.is_up_to_date(store, spec, pipeline.expected_manifest(store, spec, _Cfg())) is None
+    # an unreadable manifest means recompute
+    pipeline.manifest_path(store, "a").write_text("{not json")
+    assert pipeline.read_manifest(store, "a") is None
+
+
+def test_source_fingerprint_sees_changed_image(tmp_path):
+    (tmp_path / "img").mkdir()
+    img = tmp_path / "img" / "a.png"
+    img.write_bytes(b"1234")
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("image_path,label\nimg/a.png,happy\n")
+    fp = pipeline.source_fingerprint(manifest)
+    assert fp == pipeline.source_fingerprint(manifest)
+    img.write_bytes(b"12345")
+    assert pipeline.source_fingerprint(manifest) != fp
+    fp2 = pipeline.source_fingerprint(manifest)
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert pipeline.source_fingerprint(manifest) != fp2
+
+
+def test_code_version_changes_with_source(tmp_path, monkeypatch):
+    mod = tmp_path / "stage_mod_cv.py"
+    mod.write_text("def run_x(store, run, progress=True):\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = StageSpec("x", "stage_mod_cv", "run_x")
+    v1 = pipeline.code_version(spec)
+    mod.write_text("def run_x(store, run, progress=True):\n    return {'v': 2}\n")
+    assert pipeline.code_version(spec) != v1
+
+
+def test_markdown_rendering():
+    assert artifacts.md_table([]) == ""
+    t = artifacts.md_table([{"a": 1, "b": 0.123456}, {"a": "x|y"}])
+    assert t.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.1235 |", "| x\\|y |  |"]
+    counts = {"rejects.faces.no_face": 3, "rejects.ingest.file_missing": 1, "faces.rows": 9}
+    assert artifacts.rejects_by_reason(counts, "faces") == {"no_face": 3}
+    md = artifacts.render_report(
+        "train", {"epochs": 2, "history": [{"epoch": 1, "loss": 1.5}, {"epoch": 2, "loss": 0.9}]},
+        rejects={"no_face": 3, "decode_failed": 1}, sections={"Verdicts": [{"action": "keep", "n": 5}]},
+    )
+    assert "## history" in md and "| 2 | 0.9 |" in md
+    assert "| no_face | 3 | 0.75 |" in md and "| keep | 5 |" in md
+    assert artifacts.artifact_key("au_graph", "ferclean-curate") == "ferclean-curate-au-graph"
+
+
+def test_value_shares_and_verdicts(tmp_path):
+    shares = artifacts.value_shares(pa.array(["dlib", "full_frame", "dlib", "dlib"]))
+    assert shares[0] == {"value": "dlib", "n": 3, "share": 0.75}
+    assert artifacts.verdict_counts(Store(tmp_path), None) == []
+    assert artifacts.detector_shares(Store(tmp_path)) == []
+    assert artifacts.au_prevalence(Store(tmp_path)) == []
+
+
+def test_publish_is_noop_outside_flows():
+    assert artifacts.publish("faces", "# x") is False
