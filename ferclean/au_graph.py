@@ -166,9 +166,7 @@ def run_au_graph(store: Store, run: Any, config: AuGraphConfig, progress: bool =
             params.append(config.backend)
         sql = (f"SELECT a.* FROM aus_t a JOIN samples_t s USING (sample_id) {join_faces} "
                f"WHERE {' AND '.join(where)} ORDER BY a.sample_id")
-        rows = con.execute(sql, params).arrow()
-        if hasattr(rows, "read_all"):
-            rows = rows.read_all()
+        rows = con.sql(sql, params=params).to_arrow_table()
     finally:
         con.close()
     au_names = tuple(a for a in AU_NAMES if f"{a}_c" in rows.column_names)

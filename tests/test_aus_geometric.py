@@ -95,11 +95,13 @@ def test_opening_the_jaw_raises_au25_and_au26(ref):
     open_ = template().copy()
     lower = [5, 6, 7, 8, 9, 10, 11, 55, 56, 57, 58, 59, 65, 66, 67]
     open_[lower, 1] += 0.25
+    open_[[48, 54, 60, 64], 1] += 0.125  # the lip corners sit half-way down an open mouth
     inten, pres = geometric_aus(np.stack([template(), open_]), ref)
     for name in ("AU25", "AU26"):
         assert au(inten, name)[1] > au(inten, name)[0] + 1.0
         assert pres[1, AU_NAMES.index(name)] == 1
     assert pres[0, AU_NAMES.index("AU25")] == 0
+    assert au(inten, "AU12")[1] == 0  # an open mouth is not a smile
 
 
 def test_raised_brows_raise_au01_au02_and_lowered_brows_au04(ref):

@@ -104,12 +104,12 @@ def _openface(store: Store, run: Any, config: AusConfig) -> dict:
         raise ValueError("backend 'openface-csv' needs config.openface_csv (a CSV file or folder)")
     samples = store.read("samples", columns=["sample_id", "source_path"]).to_pandas()
     df = match_openface(config.openface_csv, samples)
+    run.counts["aus.openface_rows_unmatched"] += df.attrs.get("unmatched", 0)
     if store.count("faces"):
         keys = store.read("faces", columns=["sample_id", "face_index"]).to_pandas()
         n0 = len(df)
         df = df.merge(keys.astype({"face_index": int}), on=["sample_id", "face_index"], how="inner")
         run.counts["aus.openface_rows_without_face"] += n0 - len(df)
-    run.counts["aus.openface_rows_unmatched"] += df.attrs.get("unmatched", 0)
     df = df.sort_values(["sample_id", "face_index"]).reset_index(drop=True)
     inten = df[intensity_columns()].to_numpy(np.float32, na_value=np.nan)
     pres = df[presence_columns()].astype("float").fillna(-1).to_numpy().astype(np.int8)
