@@ -321,3 +321,66 @@ def test_fer2013_repeated_png_is_an_exact_duplicate(fer_dir, tmp_path):
         run_dataset_issues(store, run, DatasetIssuesConfig(), progress=False)
     exact = [r for r in store.read("dataset_issues").to_pylist() if r["issue_type"] == "exact_duplicate"]
     assert any(all(s.startswith(repeated[0]) for s in r["sample_ids"]) for r in exact)
+
+
+def write_faces(store: Store, rows: list[dict]) -> None:
+    """Primary face rows (contract-complete) from {sample_id, crop (bytes), detector, flags}."""
+    out = []
+    for r in rows:
+        out.append({
+            "run_id": "faces", "sample_id": r["sample_id"], "face_index": 0, "is_primary": True, "n_faces": 1,
+            "detector": r["detector"], "score": None if r["detector"] == "full_frame" else 1.0,
+            "bbox": [0.0, 0.0, 64.0, 64.0], "landmarks5": [0.0] * 10, "landmarks68": [0.0] * 136,
+            "align_matrix": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], "crop_size": 64, "crop_png": r["crop"],
+            "landmarks68_crop": [0.0] * 136, "yaw": 0.0, "pitch": 0.0, "roll": 0.0, "blur": 100.0,
+            "brightness": 120.0, "contrast": 40.0, "face_px": 64.0, "quality_flags": r.get("flags", []),
+        })
+    store.write_part("faces", "all", pa.Table.from_pylist(out))
+
+
+def test_stage_with_faces_and_model_embeddings(tmp_path, monkeypatch):
+    import ferclean.dataset_issues.stage as stage_mod
+
+    rng = np.random.default_rng(0)
+    img = tmp_path / "img"
+    rows, faces, emb_of = [], [], {}
+    for i in range(14):
+        label = "happy" if i < 7 else "sad"
+        sid = f"s{i:02d}"
+        arr = smooth_image(100 + i)
+        rows.append({"id": sid, "path": save(img / f"{sid}.png", arr), "split": "train", "label": label})
+        crop = Image_bytes(arr[4:60, 4:60])
+        direction = np.zeros(16)
+        direction[0 if label == "happy" else 1] = 3.0
+        emb_of[crop] = direction + rng.normal(0, 0.3, 16)
+        faces.append({"sample_id": sid, "crop": crop, "detector": "dlib"})
+    emb_of[faces[1]["crop"]] = emb_of[faces[0]["crop"]] * 1.01  # s00 ~ s01 by embedding only
+    odd = np.zeros(16)
+    odd[2] = 3.0
+    emb_of[faces[5]["crop"]] = odd  # s05: far from every class
+    faces[5]["detector"] = "full_frame"  # ... and no face detected -> not_a_face
+    faces[9]["detector"] = "full_frame"  # s09: detection failed only -> not flagged
+    store = Store(tmp_path / "out")
+    write_samples(store, rows)
+    write_faces(store, faces)
+    calls = []
+
+    def fake_loader(model_dir, batch):
+        def embed(crops):
+            calls.append(len(crops))
+            return np.stack([emb_of[c] for c in crops]).astype(np.float32)
+        return embed
+
+    monkeypatch.setattr(stage_mod, "load_embedder", fake_loader)
+    with open_run(store, "dataset_issues", {}) as run:
+        summary = run_dataset_issues(store, run, DatasetIssuesConfig(), progress=False)
+    assert summary["faces_used"] and summary["model_used"] and summary["hashed_from_crop"] == 14
+    assert sum(calls) == 14
+    issues = store.read("dataset_issues").to_pylist()
+    kinds = {(r["issue_type"], tuple(r["sample_ids"])) for r in issues}
+    assert ("not_a_face", ("s05",)) in kinds and ("not_a_face", ("s09",)) not in kinds
+    assert ("outlier", ("s05",)) in kinds
+    assert [r["sample_ids"] for r in issues if r["issue_type"] == "outlier"] == [["s05"]]
+    near = [r for r in issues if r["issue_type"] == "near_duplicate"]
+    assert [r["sample_ids"] for r in near] == [["s00", "s01"]]
+    assert json.loads(near[0]["details"])["methods"] == ["embedding"]

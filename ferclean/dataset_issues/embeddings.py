@@ -6,7 +6,7 @@ here takes plain arrays so it is testable without a model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +85,12 @@ def cosine_pairs_blocked(emb: np.ndarray, min_cos: float, block: int = 2048) -> 
     return np.stack([np.concatenate(out_i), np.concatenate(out_j)], 1).astype(np.int64), np.concatenate(out_s)
 
 
-def model_embeddings(model_dir: Path, crops: Sequence[bytes], batch: int = 512) -> np.ndarray | None:
-    """Embeddings (n, d) of aligned PNG crops from the trained model, or None without a model.
+def load_embedder(model_dir: Path, batch: int = 512) -> Callable[[Sequence[bytes]], np.ndarray] | None:
+    """A function mapping aligned PNG crops to embeddings (n, d) float32, or None without a model.
 
-    Uses ``ferclean.train.load_model(model_dir)`` and ``ferclean.train.score(model, crops)``
-    (which returns probs, alpha, sem_dist, embeddings); None when that API or the folder is absent.
+    Loads ``ferclean.train.load_model(model_dir)`` once; the function calls
+    ``ferclean.train.score(model, crops)`` (-> probs, alpha, sem_dist, embeddings) in batches.
+    None when the folder or that API is absent (the model stage may not have run yet).
     """
     if not Path(model_dir).exists():
         return None
@@ -98,8 +99,12 @@ def model_embeddings(model_dir: Path, crops: Sequence[bytes], batch: int = 512) 
     except ImportError:
         return None
     model = load_model(model_dir)
-    parts = []
-    for s in range(0, len(crops), batch):
-        *_, emb = score(model, list(crops[s : s + batch]))
-        parts.append(np.asarray(emb, dtype=np.float32))
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def embed(crops: Sequence[bytes]) -> np.ndarray:
+        parts = []
+        for s in range(0, len(crops), batch):
+            *_, emb = score(model, list(crops[s : s + batch]))
+            parts.append(np.asarray(emb, dtype=np.float32).reshape(len(crops[s : s + batch]), -1))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    return embed

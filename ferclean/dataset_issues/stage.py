@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.embeddings import (
     centroid_distances,
     cosine_pairs_blocked,
-    model_embeddings,
+    load_embedder,
     robust_z,
 )
 from ferclean.dataset_issues.issues import cluster_issue_rows, issues_table, sample_issue_rows
@@ -66,7 +67,7 @@ def _store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssu
 
 
 def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
-                        model_dir: Path | None) -> bool:
+                        embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
     """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings.
 
     Returns True when the faces table has rows. Memory: one batch of crops at a time.
@@ -74,7 +75,7 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     if store.count("faces") == 0:
         return False
     sig.no_detection[:] = 1.0  # no face row at all = no face found
-    want_crops = cfg.hash_source in ("auto", "crop") or model_dir is not None
+    want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
     cols = ["sample_id", "is_primary", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
     emb_idx, emb_parts = [], []
     for batch in store.iter_batches("faces", columns=cols, batch_size=cfg.hash_batch):
@@ -95,11 +96,9 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
             crops = [crops[k] for k in keep]
             if cfg.hash_source in ("auto", "crop"):
                 _store_hashes(sig, idx, crops, cfg, from_crop=True)
-            if model_dir is not None:
-                emb = model_embeddings(model_dir, crops, cfg.embed_batch)
-                if emb is not None:
-                    emb_idx.append(idx)
-                    emb_parts.append(emb)
+            if embed is not None:
+                emb_idx.append(idx)
+                emb_parts.append(embed(crops))
     if emb_parts:
         dim = emb_parts[0].shape[1]
         sig.embedding = np.full((len(sig.phash), dim), np.nan, np.float32)
@@ -181,8 +180,8 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     timings: dict[str, float] = {}
 
     model_dir = Path(cfg.model_dir) if cfg.model_dir else store.root / "model"
-    model_dir = model_dir if cfg.use_model and model_dir.exists() else None
-    has_faces = gather_face_signals(store, pos, sig, cfg, model_dir)
+    embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
+    has_faces = gather_face_signals(store, pos, sig, cfg, embed)
     timings["faces_s"] = time.perf_counter() - t0
 
     # pHash of the image files for every sample not hashed from a crop
