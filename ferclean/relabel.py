@@ -1,0 +1,303 @@
+"""Relabel stage: per-sample verdicts (keep / relabel / review / drop) from out-of-sample predictions.
+
+Rule (all thresholds in :class:`RelabelConfig`, vectorised in :func:`decide`):
+
+1. support(y) = (1 - w) * p(y) + w * q(y), the out-of-sample probability of the given label y
+   blended with the semantic similarity q = softmax(-sem_dist / tau) of the AU-graph branch
+   (w = `semantic_weight` when semantic distances exist, else 0).
+2. A sample is flagged when support(y) < `flag_below` (reason low_confidence), or when the model's
+   argmax s != y with margin p(s) - p(y) >= `disagree_margin` (reason model_disagrees).
+   semantic_mismatch (nearest template != y) and low_alpha (alpha < `low_alpha`) are reported as
+   reasons and move a borderline sample (support < `flag_below` + `borderline`) into the flags.
+3. A flagged sample is relabeled to s only on confident disagreement: p(s) >= `relabel_min_p`,
+   margin >= `relabel_margin`, and (when semantic distances exist and `require_semantic_agreement`)
+   the nearest semantic template is s. Every other flagged sample goes to review.
+4. Unlabelled samples: relabel (assign s) when p(s) >= `relabel_min_p`, else review.
+5. Samples without a face row: `no_face_action` (review by default) with reason no_face.
+   faces.quality_flags are copied into `reasons`; flags listed in `review_flags` send a kept
+   sample to review, flags in `drop_flags` drop it.
+
+label_final: keep -> original, relabel -> suggested, review -> original (null when unlabelled),
+drop -> null. priority (review order, higher first) = 1 - support(y).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from ferclean.classes import FER7
+
+QUALITY_FLAGS: tuple[str, ...] = ("full_frame", "tiny", "blurry", "extreme_pose", "multiple_faces")
+
+
+class RelabelConfig(BaseModel):
+    """Thresholds of the verdict rule (see module docstring); defaults tuned on a FER2013 subset."""
+
+    method: str = Field("ulcag", description="which predictions to judge by")
+    fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")
+    flag_below: float = Field(0.30, ge=0, le=1, description="flag when support of the given label is below")
+    disagree_margin: float = Field(0.25, ge=0, le=1, description="flag when p(argmax) - p(label) reaches this")
+    borderline: float = Field(0.10, ge=0, le=1, description="support band above flag_below where semantic/alpha evidence flags")
+    low_alpha: float = Field(0.35, ge=0, le=1, description="alpha below this is reason low_alpha")
+    semantic_weight: float = Field(0.25, ge=0, le=1, description="weight of the semantic similarity in support")
+    semantic_temperature: float = Field(0.1, gt=0, description="tau of q = softmax(-sem_dist / tau)")
+    relabel_min_p: float = Field(0.55, ge=0, le=1, description="min p(suggested) to relabel")
+    relabel_margin: float = Field(0.30, ge=0, le=1, description="min p(suggested) - p(label) to relabel")
+    require_semantic_agreement: bool = Field(True, description="relabel only when the nearest template agrees")
+    no_face_action: Literal["review", "drop"] = "review"
+    review_flags: list[str] = Field(default_factory=list, description="quality flags that send a kept sample to review")
+    drop_flags: list[str] = Field(default_factory=list, description="quality flags that drop a sample")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def decide(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    alpha: np.ndarray | None,
+    sem_dist: np.ndarray | None,
+    cfg: RelabelConfig,
+) -> dict[str, Any]:
+    """Vectorised verdicts.
+
+    labels: (N,) int class index, -1 = unlabelled; probs: (N, C); alpha: (N,) or None;
+    sem_dist: (N, C) or None. Returns arrays: action (N,) str, suggested (N,) int,
+    p_original (N,) float (NaN unlabelled), p_suggested, margin, support, priority, and
+    reasons (list of lists).
+    """
+    n, c = probs.shape
+    labels = np.asarray(labels, dtype=np.int64)
+    labelled = labels >= 0
+    y = np.where(labelled, labels, 0)
+    rows = np.arange(n)
+    sugg = probs.argmax(axis=1)
+    p_sugg = probs[rows, sugg]
+    p_orig = np.where(labelled, probs[rows, y], np.nan)
+    margin = p_sugg - p_orig
+    has_sem = sem_dist is not None
+    if has_sem:
+        q = _softmax(-np.asarray(sem_dist, dtype=np.float64) / cfg.semantic_temperature)
+        support = (1 - cfg.semantic_weight) * p_orig + cfg.semantic_weight * q[rows, y]
+        sem_best = np.asarray(sem_dist).argmin(axis=1)
+    else:
+        support = p_orig.copy()
+        sem_best = sugg
+    low_conf = labelled & (support < cfg.flag_below)
+    disagree = labelled & (sugg != y) & (margin >= cfg.disagree_margin)
+    sem_mis = labelled & has_sem & (sem_best != y)
+    low_a = np.zeros(n, bool) if alpha is None else (np.asarray(alpha) < cfg.low_alpha)
+    border = labelled & (support < cfg.flag_below + cfg.borderline) & (sem_mis | low_a)
+    flagged = low_conf | disagree | border
+    confident = (p_sugg >= cfg.relabel_min_p) & (margin >= cfg.relabel_margin) & (sugg != y)
+    if has_sem and cfg.require_semantic_agreement:
+        confident &= sem_best == sugg
+    action = np.full(n, "keep", dtype=object)
+    action[flagged] = "review"
+    action[flagged & confident] = "relabel"
+    unl = ~labelled
+    action[unl] = np.where(p_sugg[unl] >= cfg.relabel_min_p, "relabel", "review")
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    for name, mask in (("low_confidence", low_conf), ("model_disagrees", labelled & (sugg != y)),
+                       ("semantic_mismatch", sem_mis), ("low_alpha", low_a), ("unlabelled", unl)):
+        for i in np.flatnonzero(mask):
+            reasons[i].append(name)
+    priority = np.where(labelled, 1.0 - support, 1.0 - p_sugg)
+    return {"action": action, "suggested": sugg, "p_original": p_orig, "p_suggested": p_sugg,
+            "margin": margin, "support": support, "priority": priority, "reasons": reasons}
+
+
+def apply_face_rules(action: np.ndarray, reasons: list[list[str]], has_face: np.ndarray,
+                     quality: Sequence[Sequence[str] | None], cfg: RelabelConfig) -> np.ndarray:
+    """Add face reasons (no_face, quality flags) and apply no_face/review/drop flag actions."""
+    action = action.copy()
+    for i in range(len(action)):
+        if not has_face[i]:
+            reasons[i].append("no_face")
+            action[i] = cfg.no_face_action
+            continue
+        flags = [f for f in (quality[i] or []) if f in QUALITY_FLAGS]
+        reasons[i].extend(f for f in flags if f not in reasons[i])
+        if any(f in cfg.drop_flags for f in flags):
+            action[i] = "drop"
+        elif action[i] == "keep" and any(f in cfg.review_flags for f in flags):
+            action[i] = "review"
+    return action
+
+
+def final_labels(labels: np.ndarray, action: np.ndarray, suggested: np.ndarray) -> np.ndarray:
+    """label_final as class index: keep/review -> label, relabel -> suggested, drop -> -1."""
+    out = np.where(action == "relabel", suggested, labels).astype(np.int64)
+    out[action == "drop"] = -1
+    return out
+
+
+# -- I/O ------------------------------------------------------------------------------------------
+
+def _load_predictions(store: Any, method: str, fold: str) -> pa.Table:
+    preds = store.read("predictions")
+    preds = preds.filter(pc.equal(preds["method"], method))
+    preds = preds.filter(pc.greater_equal(preds["fold"], 0) if fold == "oof" else pc.equal(preds["fold"], -1))
+    return preds
+
+
+def _face_info(store: Any) -> dict[str, list[str]]:
+    """sample_id -> quality flags of the primary face (only samples with a faces row)."""
+    if store.count("faces") == 0:
+        return {}
+    dset = store.dataset("faces")
+    cols = [c for c in ("sample_id", "is_primary", "quality_flags") if c in dset.schema.names]
+    t = dset.to_table(columns=cols)
+    out: dict[str, list[str]] = {}
+    d = t.to_pydict()
+    prim = d.get("is_primary", [True] * t.num_rows)
+    flags = d.get("quality_flags", [None] * t.num_rows)
+    for sid, p, f in zip(d["sample_id"], prim, flags):
+        if sid not in out or p:
+            out[sid] = list(f or [])
+    return out
+
+
+def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], classes: Sequence[str],
+                 probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
+                 has_face: np.ndarray, quality: Sequence[Sequence[str] | None],
+                 cfg: RelabelConfig, run_id: str, method: str) -> pa.Table:
+    """Build contract `relabels` rows for scored samples."""
+    idx = {c: i for i, c in enumerate(classes)}
+    labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
+    d = decide(labels, probs, alpha, sem_dist, cfg)
+    action = apply_face_rules(d["action"], d["reasons"], has_face, quality, cfg)
+    fin = final_labels(labels, action, d["suggested"])
+    rows = np.arange(len(labels))
+    now = datetime.now(UTC)
+    sem_o = sem_s = None
+    if sem_dist is not None:
+        sem_o = np.where(labels >= 0, sem_dist[rows, np.maximum(labels, 0)], np.nan)
+        sem_s = sem_dist[rows, d["suggested"]]
+    nan_to_none = lambda a: [None if (v is None or np.isnan(v)) else float(v) for v in a]  # noqa: E731
+    return pa.table({
+        "run_id": [run_id] * len(rows),
+        "sample_id": list(sample_ids),
+        "label_original": list(label_names),
+        "label_suggested": [classes[s] for s in d["suggested"]],
+        "label_final": [classes[f] if f >= 0 else None for f in fin],
+        "action": list(action),
+        "alpha": None if alpha is None else [float(a) for a in alpha],
+        "p_original": nan_to_none(d["p_original"]),
+        "p_suggested": [float(v) for v in d["p_suggested"]],
+        "margin": nan_to_none(d["margin"]),
+        "sem_dist_original": None if sem_o is None else nan_to_none(sem_o),
+        "sem_dist_suggested": None if sem_s is None else [float(v) for v in sem_s],
+        "priority": nan_to_none(d["priority"]),
+        "method": [method] * len(rows),
+        "reasons": d["reasons"],
+        "source": ["model"] * len(rows),
+        "reviewer": pa.nulls(len(rows), pa.string()),
+        "decided_at": [now] * len(rows),
+    }) if len(rows) else pa.table({})
+
+
+def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = True) -> dict[str, Any]:
+    """Write one `relabels` row per sample from the stored predictions of `config.method`.
+
+    Samples without predictions (no face, or not trained on) get `no_face_action` with reason
+    no_face when they have no faces row, else review with reason not_scored.
+    """
+    samples = store.read("samples", columns=["sample_id", "label_original"]).to_pydict()
+    preds = _load_predictions(store, config.method, config.fold)
+    faces = _face_info(store)
+    pd_ = preds.to_pydict()
+    by_id = {sid: i for i, sid in enumerate(pd_["sample_id"])}
+    classes = _class_order(preds)
+    scored = [i for i, sid in enumerate(samples["sample_id"]) if sid in by_id]
+    unscored = [i for i, sid in enumerate(samples["sample_id"]) if sid not in by_id]
+    parts = []
+    if scored:
+        pi = [by_id[samples["sample_id"][i]] for i in scored]
+        probs = np.array([pd_["probs"][j] for j in pi], dtype=np.float64)
+        alpha = None if any(pd_["alpha"][j] is None for j in pi) else np.array([pd_["alpha"][j] for j in pi])
+        sem = None if any(pd_["sem_dist"][j] is None for j in pi) else np.array([pd_["sem_dist"][j] for j in pi])
+        sids = [samples["sample_id"][i] for i in scored]
+        labs = [samples["label_original"][i] for i in scored]
+        labs = [lab if lab in classes else None for lab in labs]
+        parts.append(verdict_rows(sids, labs, classes, probs, alpha, sem,
+                                  np.array([s in faces or not faces for s in sids]),
+                                  [faces.get(s) for s in sids], config, run.run_id, config.method))
+    if unscored:
+        now = datetime.now(UTC)
+        rows = []
+        for i in unscored:
+            sid, lab = samples["sample_id"][i], samples["label_original"][i]
+            no_face = sid not in faces
+            act = config.no_face_action if no_face else "review"
+            rows.append({"run_id": run.run_id, "sample_id": sid, "label_original": lab, "label_suggested": None,
+                         "label_final": None if act == "drop" else lab, "action": act, "alpha": None,
+                         "p_original": None, "p_suggested": None, "margin": None, "sem_dist_original": None,
+                         "sem_dist_suggested": None, "priority": 1.0, "method": config.method,
+                         "reasons": (["no_face"] if no_face else ["not_scored"]) + list(faces.get(sid) or []),
+                         "source": "model", "reviewer": None, "decided_at": now})
+        from ferclean.contracts import load_contract
+
+        parts.append(pa.Table.from_pylist(rows, schema=load_contract("relabels").schema()))
+    out = _concat(parts)
+    store.append("relabels", out, run.run_id)
+    counts = {a: int(v) for a, v in zip(*np.unique(np.array(out["action"].to_pylist(), dtype=object), return_counts=True))} if out.num_rows else {}
+    for a, v in counts.items():
+        run.counts[f"relabel.{a}"] += v
+    return {"rows": out.num_rows, "actions": counts, "method": config.method, "classes": classes}
+
+
+def _concat(parts: list[pa.Table]) -> pa.Table:
+    from ferclean.contracts import load_contract, validate
+
+    contract = load_contract("relabels")
+    parts = [validate(p, contract) for p in parts if p.num_rows]
+    return pa.concat_tables(parts) if parts else contract.empty()
+
+
+def _class_order(preds: pa.Table) -> list[str]:
+    if "class_order" in preds.column_names and preds.num_rows:
+        return str(preds["class_order"][0].as_py()).split(",")
+    return list(FER7)
+
+
+def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig,
+                     collection: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Apply a saved model to samples (optionally one collection) without training.
+
+    Writes `predictions` rows (method = the model's method, fold = -1; part key
+    `score-<collection>`) and one `relabels` row per scored sample with the verdict rule.
+    """
+    from ferclean.train.model_io import load_model, score
+    from ferclean.train.stage import load_inputs, prediction_table
+
+    model = load_model(model_dir)
+    classes = model.classes
+    inputs = load_inputs(store, classes, splits=None, input_size=int(model.meta["input_size"]),
+                         collection=collection, require_label=False)
+    if not len(inputs.sample_ids):
+        return {"rows": 0}
+    probs, alpha, sem, _ = score(model, inputs.images)
+    method = model.meta["method"]
+    key = f"score-{collection or 'all'}-{method}"
+    store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
+                                                          probs, alpha, sem))
+    faces = _face_info(store)
+    table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
+                         np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
+                         config, run.run_id, method)
+    store.append("relabels", table, run.run_id)
+    acts = table["action"].to_pylist()
+    for a in set(acts):
+        run.counts[f"relabel.{a}"] += acts.count(a)
+    return {"rows": table.num_rows, "actions": {a: acts.count(a) for a in set(acts)}, "method": method}

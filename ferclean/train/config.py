@@ -1,0 +1,69 @@
+"""Configuration of the train stage (pydantic, documented defaults)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ferclean.classes import FER7
+
+Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux"]
+METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux")
+
+
+class TrainConfig(BaseModel):
+    """Settings of `run_train` (cross-fitted training of one or more methods)."""
+
+    classes: list[str] = Field(default_factory=lambda: list(FER7), description="class order of probs")
+    methods: list[Method] = Field(default_factory=lambda: ["ulcag"], description="methods to cross-fit")
+    splits: list[str] = Field(default_factory=lambda: ["train", "valid", "test"], description="labelled splits used")
+    folds: int = Field(3, ge=2, description="K of the K-fold cross-fitting")
+    final_model: bool = Field(True, description="train the fold=-1 model on all samples with final labels")
+    final_method: Method = Field("ulcag", description="method of the final model and of its label verdicts")
+    # Backbone and input.
+    backbone: Literal["auto", "cnn", "resnet18"] = Field("auto", description="auto: cnn on CPU, resnet18 on CUDA")
+    input_size: int = Field(48, ge=16, description="square input side in pixels (crops are resized)")
+    width: int = Field(32, ge=4, description="channels of the compact CNN's first block (doubles per block)")
+    pretrained: str | None = Field(None, description="path to a ResNet-18 state dict; never downloaded")
+    # Optimisation.
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(128, ge=2, description="larger batches give steadier gamma and templates")
+    lr: float = Field(0.01, gt=0, description="initial LR (paper: 0.01), / 10 at 1/3 and 2/3 of the epochs")
+    aux_lr: float = Field(0.005, gt=0, description="LR of the auxiliary (AU graph) branch (paper: 0.005)")
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = Field(True, description="random flip + small affine jitter")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(1, ge=1, le=2, description="torch CPU threads; 1 by default: on 2 shared cores two threads thrashed (28 vs 475 img/s measured)")
+    # Target branch (eqs. 1-4) and SCN.
+    phi: float = Field(0.8, gt=0, lt=1, description="ULC-AG high-confidence ratio")
+    theta: float = Field(0.15, ge=0, description="ULC-AG rank-regularisation margin")
+    scn_ratio: float = Field(0.7, gt=0, lt=1, description="SCN high-importance ratio beta")
+    scn_margin: float = Field(0.15, ge=0, description="SCN RR margin delta_1")
+    scn_delta: float = Field(0.2, ge=0, description="SCN relabel margin delta_2")
+    scn_rr_weight: float = Field(0.5, ge=0, le=1, description="SCN gamma in gamma*RR + (1-gamma)*WCE")
+    relabel_start: float = Field(0.34, ge=0, le=1, description="fraction of epochs before in-training relabeling (SCN: 10/40, ULC-AG: after the 10-epoch warm-up)")
+    # Auxiliary branch (eqs. 5-13).
+    au_dim: int = Field(16, ge=1, description="per-AU node feature size d of the linear map f -> M x d")
+    gcn_channels: int = Field(64, ge=1, description="channels of each GCN layer (paper: 64)")
+    aux_warmup: float = Field(0.34, ge=0, le=1, description="fraction of epochs before the aux branch joins (beta of eqs. 12-13)")
+    template_momentum: float = Field(0.9, ge=0, lt=1, description="EMA momentum of the semantic templates across batches")
+    semantic_margin: float = Field(0.0, ge=0, description="margin of the relabel rule eq. 10 (paper: 0)")
+    pseudo_aus: Literal["auto", "aus", "prototype"] = Field(
+        "auto", description="aus: the aus table; prototype: EMFACS prototypes of the given label; auto: aus if present")
+    tta_flip: bool = Field(True, description="average predictions over the image and its mirror")
+    checkpoint: bool = Field(True, description="save a checkpoint per epoch; resume an interrupted fit")
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def resolved_backbone(self) -> str:
+        if self.backbone != "auto":
+            return self.backbone
+        return "resnet18" if self.resolved_device() == "cuda" else "cnn"

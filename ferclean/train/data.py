@@ -1,0 +1,106 @@
+"""Input preparation for training: crop decoding, pseudo AUs, the AU graph and augmentation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: OpenFace 2.0 AU presence set (the `aus` table's AUxx_c columns).
+OPENFACE_AUS: tuple[str, ...] = (
+    "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU14",
+    "AU15", "AU17", "AU20", "AU23", "AU25", "AU26", "AU28", "AU45",
+)
+
+#: EMFACS-style prototype AUs per class: the fallback pseudo AUs when no `aus` table exists.
+#: They are derived from the (noisy) given label, so they carry no information beyond it.
+EMFACS_PROTOTYPES: dict[str, tuple[str, ...]] = {
+    "neutral": (),
+    "happy": ("AU06", "AU12", "AU25"),
+    "sad": ("AU01", "AU04", "AU15", "AU17"),
+    "surprise": ("AU01", "AU02", "AU05", "AU25", "AU26"),
+    "fear": ("AU01", "AU02", "AU04", "AU05", "AU07", "AU20", "AU26"),
+    "disgust": ("AU09", "AU10", "AU15", "AU17"),
+    "angry": ("AU04", "AU05", "AU07", "AU23"),
+    "contempt": ("AU12", "AU14"),
+}
+
+#: Preprocessing recorded with a saved model.
+PREPROCESSING = "decode PNG -> grayscale -> cv2.resize INTER_AREA to input_size -> x/127.5 - 1"
+
+
+def decode_crops(crops: Sequence[bytes | np.ndarray | str | Path], size: int) -> np.ndarray:
+    """Decode image bytes / arrays / paths into a (N, size, size) uint8 grayscale array."""
+    out = np.zeros((len(crops), size, size), dtype=np.uint8)
+    for i, c in enumerate(crops):
+        if isinstance(c, (str, Path)):
+            img = cv2.imread(str(c), cv2.IMREAD_GRAYSCALE)
+        elif isinstance(c, (bytes, bytearray, memoryview)):
+            img = cv2.imdecode(np.frombuffer(bytes(c), np.uint8), cv2.IMREAD_GRAYSCALE)
+        else:
+            img = np.asarray(c)
+            if img.ndim == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY if img.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
+        if img is None:
+            raise ValueError(f"cannot decode crop {i}")
+        if img.shape != (size, size):
+            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = img
+    return out
+
+
+def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1]."""
+    t = torch.as_tensor(images)
+    return t.to(torch.float32).unsqueeze(1) / 127.5 - 1.0
+
+
+def prototype_aus(labels: Sequence[str], au_names: Sequence[str] = OPENFACE_AUS) -> np.ndarray:
+    """(N, M) float32 0/1 pseudo AU presence from EMFACS prototypes of the given labels."""
+    idx = {a: j for j, a in enumerate(au_names)}
+    out = np.zeros((len(labels), len(au_names)), dtype=np.float32)
+    for i, lab in enumerate(labels):
+        for au in EMFACS_PROTOTYPES.get(lab, ()):
+            if au in idx:
+                out[i, idx[au]] = 1.0
+    return out
+
+
+def cooccurrence_graph(presence: np.ndarray) -> np.ndarray:
+    """Data-driven AU graph A_pq = P(AU_p | AU_q) = n(p and q) / n(q) (eq. 5), row-normalised.
+
+    presence: (N, M) 0/1 (NaN treated as 0) -> (M, M) float32 whose rows sum to one; an AU that
+    never occurs keeps only its self-loop. Used when `ferclean.au_graph` has no graph for us.
+    """
+    z = np.nan_to_num(np.asarray(presence, dtype=np.float64))
+    co = z.T @ z
+    occ = np.diag(co).copy()
+    a = np.divide(co, occ[None, :], out=np.zeros_like(co), where=occ[None, :] > 0)
+    np.fill_diagonal(a, 1.0)
+    return (a / a.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None,
+            max_rot_deg: float = 10.0, scale: float = 0.1, shift: float = 0.08) -> torch.Tensor:
+    """Random horizontal flip + small rotation/scale/shift per image (x: (N, 1, H, W))."""
+    n = x.shape[0]
+    dev = x.device
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator).to(dev) * (hi - lo) + lo
+
+    ang = u(-max_rot_deg, max_rot_deg) * math.pi / 180.0
+    s = u(1.0 - scale, 1.0 + scale)
+    flip = torch.where(torch.rand(n, generator=generator).to(dev) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, u(-shift, shift)], dim=1),
+        torch.stack([sin * flip, cos, u(-shift, shift)], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)

@@ -1,0 +1,95 @@
+"""Saving, loading and applying a trained model (`OUT/model/`).
+
+Layout: `model.pt` (state dict + semantic templates + logit scale) and `model.json` (classes, AU
+names, backbone, input size, preprocessing, method, neutral AU reference if any).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ferclean.train.config import TrainConfig
+from ferclean.train.data import PREPROCESSING, decode_crops
+from ferclean.train.engine import FitResult, predict
+from ferclean.train.models import FERNet, build_model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for `score`: network, metadata and inference constants."""
+
+    net: FERNet
+    meta: dict[str, Any]
+    templates: torch.Tensor | None
+    logit_scale: float
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+def save_model(result: FitResult, cfg: TrainConfig, au_names: Sequence[str], model_dir: Path,
+               neutral_au_reference: dict[str, float] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model.pt` and `model.json` into `model_dir`; returns the folder."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    torch.save({"state_dict": state,
+                "templates": None if result.templates is None else result.templates.detach().cpu(),
+                "logit_scale": result.logit_scale}, model_dir / "model.pt")
+    meta = {
+        "classes": list(cfg.classes),
+        "au_names": list(au_names) if result.model.n_aus else [],
+        "backbone": cfg.resolved_backbone(),
+        "input_size": cfg.input_size,
+        "width": cfg.width,
+        "au_dim": cfg.au_dim,
+        "gcn_channels": cfg.gcn_channels,
+        "method": result.method,
+        "channels": 1,
+        "preprocessing": PREPROCESSING,
+        "neutral_au_reference": neutral_au_reference,
+        "logit_scale": result.logit_scale,
+        **(extra or {}),
+    }
+    (model_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return model_dir
+
+
+def load_model(model_dir: str | Path, device: str = "cpu") -> LoadedModel:
+    """Rebuild a saved model (no download; the state dict holds every weight)."""
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    blob = torch.load(model_dir / "model.pt", map_location=device, weights_only=False)
+    state = blob["state_dict"]
+    a_bar = state.get("a_bar")
+    net = build_model(meta["backbone"], len(meta["classes"]), a_bar, meta["input_size"], meta["width"],
+                      meta["au_dim"], meta["gcn_channels"])
+    net.load_state_dict(state)
+    net.to(device).eval()
+    return LoadedModel(net=net, meta=meta, templates=blob["templates"], logit_scale=float(blob["logit_scale"]))
+
+
+def score(model: LoadedModel, crops: Sequence[bytes | np.ndarray | str | Path] | np.ndarray,
+          batch_size: int = 512, tta_flip: bool = True
+          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """Apply a loaded model to face crops (PNG bytes, arrays or paths; or an (N, S, S) uint8 array).
+
+    Returns probs (N, C) in model.classes order, alpha (N,) or None, sem_dist (N, C) or None,
+    embeddings (N, D) (backbone features, for duplicate/outlier search).
+    """
+    size = int(model.meta["input_size"])
+    if isinstance(crops, np.ndarray) and crops.dtype == np.uint8 and crops.ndim == 3 and crops.shape[1:] == (size, size):
+        images = crops
+    else:
+        images = decode_crops(list(crops), size)
+    out = predict(model.net, images, model.meta["method"], model.templates, model.logit_scale,
+                  batch_size=batch_size, tta_flip=tta_flip)
+    return out["probs"], out["alpha"], out["sem_dist"], out["embeddings"]

@@ -1,0 +1,259 @@
+"""The train stage: cross-fitted training of each method, `predictions` rows, the final model.
+
+`crossfit` works on in-memory arrays (benchmarks use it directly); `run_train` reads the store
+(samples + primary faces + optional aus/au_graph), cross-fits every configured method, writes
+`predictions` parts keyed by method, fold and config hash (an interrupted stage resumes: finished
+folds are skipped, an unfinished fold restarts from its last epoch checkpoint), trains the final
+model (fold = -1) on the final labels and saves it under `OUT/model/`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sklearn.model_selection import StratifiedKFold
+
+from ferclean.shards import config_fingerprint
+from ferclean.train.config import TrainConfig
+from ferclean.train.data import OPENFACE_AUS, cooccurrence_graph, decode_crops, prototype_aus
+from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
+
+
+@dataclass
+class Inputs:
+    """Training inputs aligned by row: ids, label names, (N, S, S) uint8 crops, pseudo AUs."""
+
+    sample_ids: list[str]
+    label_names: list[str | None]
+    images: np.ndarray
+    aus: np.ndarray | None  # (N, M) 0/1 with NaN for unknown, or None when there is no aus table
+    au_names: list[str]
+
+
+def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """(N,) fold index in [0, k), stratified by label, deterministic for a seed."""
+    folds = np.zeros(len(labels), dtype=np.int64)
+    counts = np.bincount(labels)
+    strat = labels if counts[counts > 0].min() >= k else np.zeros_like(labels)
+    for f, (_, test) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(labels, strat)):
+        folds[test] = f
+    return folds
+
+
+def crossfit(
+    images: np.ndarray,
+    labels: np.ndarray,
+    method: str,
+    cfg: TrainConfig,
+    aus: np.ndarray | None = None,
+    a_bar: np.ndarray | None = None,
+    folds: np.ndarray | None = None,
+    ckpt_dir: Path | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    on_fold: Callable[[int, np.ndarray, dict[str, Any], FitResult], None] | None = None,
+    skip_fold: Callable[[int], bool] | None = None,
+) -> dict[str, Any]:
+    """Out-of-fold scores: each sample is scored by the model trained on the other folds.
+
+    Returns probs (N, C), alpha (N,) or None, sem_dist (N, C) or None, fold (N,), history.
+    `on_fold(k, test_idx, scores, fit_result)` is called after each fold; `skip_fold(k)` True
+    skips a fold already finished (its rows stay NaN here).
+    """
+    folds = fold_assignment(labels, cfg.folds, cfg.seed) if folds is None else folds
+    n, c = len(labels), len(cfg.classes)
+    probs = np.full((n, c), np.nan, np.float32)
+    alpha = np.full(n, np.nan, np.float32)
+    sem = np.full((n, c), np.nan, np.float32)
+    history: list[dict[str, Any]] = []
+    has_alpha = has_sem = False
+    for k in range(cfg.folds):
+        if skip_fold is not None and skip_fold(k):
+            continue
+        tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
+        res = fit(images[tr], labels[tr], method, cfg.model_copy(update={"seed": cfg.seed + k}),
+                  None if aus is None else aus[tr], a_bar, ckpt_path=ckpt,
+                  log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
+        out = predict(res.model, images[te], method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip)
+        probs[te] = out["probs"]
+        if out["alpha"] is not None:
+            alpha[te], has_alpha = out["alpha"], True
+        if out["sem_dist"] is not None:
+            sem[te], has_sem = out["sem_dist"], True
+        history.extend({**h, "fold": k} for h in res.history)
+        if on_fold:
+            on_fold(k, te, out, res)
+        if ckpt is not None and ckpt.exists():
+            ckpt.unlink()
+    return {"probs": probs, "alpha": alpha if has_alpha else None, "sem_dist": sem if has_sem else None,
+            "fold": folds, "history": history}
+
+
+def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: int, classes: Sequence[str],
+                     probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None) -> pa.Table:
+    """Contract `predictions` rows (+ extra column class_order, the comma-joined class list)."""
+    n = len(sample_ids)
+    clip = lambda a, hi: np.clip(np.asarray(a, np.float32), 0.0, hi)  # noqa: E731
+    return pa.table({
+        "run_id": [run_id] * n,
+        "sample_id": list(sample_ids),
+        "method": [method] * n,
+        "fold": pa.array([fold] * n, pa.int16()),
+        "alpha": pa.nulls(n, pa.float32()) if alpha is None else pa.array(clip(alpha, 1.0)),
+        "probs": [list(map(float, r)) for r in clip(probs, 1.0)],
+        "sem_dist": pa.nulls(n, pa.list_(pa.float32())) if sem_dist is None else [list(map(float, r)) for r in clip(sem_dist, 2.0)],
+        "pred_label": [classes[i] for i in np.asarray(probs).argmax(1)],
+        "class_order": [",".join(classes)] * n,
+    })
+
+
+def _au_columns(names: Sequence[str]) -> list[str]:
+    return sorted(c for c in names if c.startswith("AU") and c.endswith("_c"))
+
+
+def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None, input_size: int,
+                collection: str | None = None, require_label: bool = True) -> Inputs:
+    """Samples with a primary face crop (and label in `classes` when `require_label`)."""
+    s = store.read("samples")
+    if splits is not None:
+        s = s.filter(pc.is_in(s["split"], pa.array(list(splits))))
+    if collection is not None and "collection" in s.column_names:
+        s = s.filter(pc.equal(s["collection"], collection))
+    if require_label:
+        s = s.filter(pc.is_in(s["label_original"], pa.array(list(classes))))
+    sd = s.select(["sample_id", "label_original"]).to_pydict()
+    crops: dict[str, bytes] = {}
+    fdset = store.dataset("faces")
+    if fdset is not None:
+        cols = [c for c in ("sample_id", "face_index", "is_primary", "crop_png") if c in fdset.schema.names]
+        f = fdset.to_table(columns=cols).to_pydict()
+        prim = f.get("is_primary", [True] * len(f["sample_id"]))
+        for sid, p, png in zip(f["sample_id"], prim, f["crop_png"]):
+            if png is not None and (p or sid not in crops):
+                crops[sid] = png
+    keep = [i for i, sid in enumerate(sd["sample_id"]) if sid in crops]
+    ids = [sd["sample_id"][i] for i in keep]
+    labs = [sd["label_original"][i] for i in keep]
+    images = decode_crops([crops[sid] for sid in ids], input_size) if ids else np.zeros((0, input_size, input_size), np.uint8)
+    aus, au_names = None, list(OPENFACE_AUS)
+    adset = store.dataset("aus")
+    if adset is not None:
+        au_cols = _au_columns(adset.schema.names)
+        if au_cols:
+            cols = ["sample_id"] + (["face_index"] if "face_index" in adset.schema.names else []) + au_cols
+            a = adset.to_table(columns=cols).to_pandas()
+            if "face_index" in a.columns:
+                a = a.sort_values("face_index").drop_duplicates("sample_id")  # primary is face 0 by convention
+            a = a.set_index("sample_id")[au_cols]
+            aus = a.reindex(ids).to_numpy(dtype=np.float32)
+            au_names = [c[:-2] for c in au_cols]
+    return Inputs(ids, labs, images, aus, au_names)
+
+
+def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> np.ndarray:
+    """Row-normalised (M, M) AU graph: from `ferclean.au_graph` when it has our AUs, else eq. 5."""
+    try:
+        from ferclean.au_graph import load_au_graph, row_normalise  # type: ignore[import-not-found]
+
+        names, a = load_au_graph(store)
+        pos = {n: i for i, n in enumerate(names)}
+        if all(n in pos for n in au_names):
+            sel = [pos[n] for n in au_names]
+            return np.asarray(row_normalise(np.asarray(a)[np.ix_(sel, sel)]), np.float32)
+    except Exception:  # noqa: BLE001  (module absent or graph not built yet)
+        pass
+    return cooccurrence_graph(presence)
+
+
+def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Cross-fit each method in `config.methods`, write `predictions`, train + save the final model."""
+    from ferclean.relabel import RelabelConfig, decide, final_labels
+    from ferclean.train.model_io import save_model
+
+    classes = list(config.classes)
+    inputs = load_inputs(store, classes, config.splits, config.input_size)
+    run.counts["train.samples"] = len(inputs.sample_ids)
+    if len(inputs.sample_ids) < config.folds * 2:
+        raise ValueError(f"only {len(inputs.sample_ids)} samples with a face crop and a label; need more to train")
+    labels = np.array([classes.index(lab) for lab in inputs.label_names], dtype=np.int64)
+    use_aus = config.pseudo_aus == "aus" or (config.pseudo_aus == "auto" and inputs.aus is not None)
+    if config.pseudo_aus == "aus" and inputs.aus is None:
+        raise ValueError("pseudo_aus='aus' but the aus table is empty")
+    aus = inputs.aus if use_aus else prototype_aus(inputs.label_names, inputs.au_names)
+    a_bar = au_graph_for(store, inputs.au_names, aus) if use_aus else cooccurrence_graph(aus)
+    run.counts["train.pseudo_aus." + ("aus" if use_aus else "prototype")] += 1
+    fp = config_fingerprint({"cfg": config.model_dump(mode="json"), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
+    ckpt_dir = store.root / "checkpoints" / "train" / fp
+    curves: list[dict[str, Any]] = []
+    curves_path = Path(run.dir) / "train_curves.json"
+
+    def log(row: dict[str, Any]) -> None:
+        curves.append(row)
+        curves_path.write_text(json.dumps(curves, indent=1))
+
+    keys: set[str] = set()
+    oof: dict[str, dict[str, Any]] = {}
+    for method in config.methods:
+        def key(k: int, method: str = method) -> str:
+            return f"train-{method}-f{k}-{fp}"
+
+        def on_fold(k: int, te: np.ndarray, out: dict[str, Any], res: FitResult, method: str = method) -> None:
+            store.write_part("predictions", key(k), prediction_table(
+                run.run_id, [inputs.sample_ids[i] for i in te], method, k, classes,
+                out["probs"], out["alpha"], out["sem_dist"]))
+            run.counts[f"train.{method}.relabeled_in_training"] += int((res.labels != labels[np.flatnonzero(
+                fold_assignment(labels, config.folds, config.seed) != k)]).sum())
+
+        crossfit(inputs.images, labels, method, config, aus if method in AUX_METHODS else None,
+                 a_bar if method in AUX_METHODS else None, ckpt_dir=ckpt_dir if config.checkpoint else None,
+                 log=log, on_fold=on_fold, skip_fold=lambda k, key=key: store.has_part("predictions", key(k)))
+        keys.update(key(k) for k in range(config.folds))
+        oof[method] = _read_oof(store, [key(k) for k in range(config.folds)], inputs.sample_ids)
+    summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
+                               "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp}
+    if config.final_model:
+        method = config.final_method
+        scores = oof.get(method) or next(iter(oof.values()))
+        d = decide(labels, scores["probs"], scores["alpha"], scores["sem_dist"], RelabelConfig(method=method))
+        fin = final_labels(labels, d["action"], d["suggested"])
+        use = np.flatnonzero((fin >= 0) & (d["action"] != "review"))
+        res = fit(inputs.images[use], fin[use], method, config, aus[use] if method in AUX_METHODS else None,
+                  a_bar if method in AUX_METHODS else None,
+                  ckpt_path=ckpt_dir / f"{method}-final.pt" if config.checkpoint else None,
+                  log=lambda row: log({**row, "fold": -1}))
+        model_dir = save_model(res, config, inputs.au_names, store.root / "model",
+                               extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"]})
+        out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip)
+        fkey = f"train-{method}-final-{fp}"
+        store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
+                                                               out["probs"], out["alpha"], out["sem_dist"]))
+        keys.add(fkey)
+        summary.update({"model_dir": str(model_dir), "final_train_samples": int(len(use)),
+                        "final_labels_changed": int((fin[use] != labels[use]).sum())})
+    stale = {k for k in store.part_keys("predictions") if k.startswith("train-") and k not in keys}
+    store.keep_only("predictions", store.part_keys("predictions") - stale)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    run.counts["train.prediction_rows"] = store.count("predictions")
+    summary["curves"] = str(curves_path)
+    return summary
+
+
+def _read_oof(store: Any, keys: Sequence[str], sample_ids: Sequence[str]) -> dict[str, Any]:
+    """Re-read a method's fold parts (also those finished by an earlier, interrupted run)."""
+    tables = [pq.read_table(store.part_path("predictions", k)) for k in keys]
+    t = pa.concat_tables(tables, promote_options="default").to_pydict()
+    pos = {sid: i for i, sid in enumerate(t["sample_id"])}
+    order = [pos[s] for s in sample_ids]
+    probs = np.array([t["probs"][i] for i in order], np.float64)
+    alpha = None if t["alpha"][order[0]] is None else np.array([t["alpha"][i] for i in order], np.float64)
+    sem = None if t["sem_dist"][order[0]] is None else np.array([t["sem_dist"][i] for i in order], np.float64)
+    return {"probs": probs, "alpha": alpha, "sem_dist": sem}
