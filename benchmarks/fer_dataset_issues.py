@@ -98,6 +98,42 @@ def evaluate(store: Store) -> dict:
     return out
 
 
+def threshold_study(pairs_per_distance: int = 200) -> dict:
+    """Nearest-neighbour pHash distances over all FER2013 PNGs and, per distance, the share of
+    sampled nearest-neighbour pairs whose pixels correlate > 0.8 / > 0.9 (the same photo)."""
+    import numpy as np
+    from PIL import Image
+
+    from ferclean.dataset_issues.neighbors import hamming
+    from ferclean.dataset_issues.phash import hash_images
+
+    with open(FER / "labels.csv") as f:
+        files = sorted({str(FER / r["image_path"]) for r in csv.DictReader(f)})
+    h, *_ = hash_images(files)
+    nn = np.zeros(len(h), np.int64)
+    nnj = np.zeros(len(h), np.int64)
+    for s0 in range(0, len(h), 1000):
+        d = hamming(h[s0 : s0 + 1000, None], h[None, :]).astype(np.int16)
+        d[np.arange(len(d)), np.arange(s0, s0 + len(d))] = 99
+        nn[s0 : s0 + 1000], nnj[s0 : s0 + 1000] = d.min(1), d.argmin(1)
+
+    def pix(i: int) -> np.ndarray:
+        a = np.asarray(Image.open(files[i]).convert("L"), np.float32).ravel()
+        return (a - a.mean()) / (a.std() + 1e-6)
+
+    rng = np.random.default_rng(1)
+    out = {"files": len(files), "nn_distance_hist": {int(k): int(v) for k, v in enumerate(np.bincount(nn)) if v}}
+    for k in range(0, 12, 2):
+        cand = np.flatnonzero(nn == k)
+        if not len(cand):
+            continue
+        pick = rng.choice(cand, min(len(cand), pairs_per_distance), replace=False)
+        corr = np.array([float(np.mean(pix(i) * pix(nnj[i]))) for i in pick])
+        out[f"d{k}"] = {"pairs": len(pick), "corr_gt_0.8": round(float((corr > 0.8).mean()), 3),
+                        "corr_gt_0.9": round(float((corr > 0.9).mean()), 3)}
+    return out
+
+
 def stage(store: Store, cfg: DatasetIssuesConfig) -> dict:
     t = time.perf_counter()
     with open_run(store, "dataset_issues", cfg.model_dump()) as run:
@@ -111,7 +147,14 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/fer_dataset_issues")
     ap.add_argument("--subset-random", type=int, default=600)
     ap.add_argument("--skip-faces", action="store_true")
+    ap.add_argument("--threshold-study", action="store_true",
+                    help="only the pHash threshold study -> results/dataset_issues_threshold.json")
     args = ap.parse_args()
+    if args.threshold_study:
+        study = threshold_study()
+        (RESULTS / "dataset_issues_threshold.json").write_text(json.dumps(study, indent=1))
+        print(json.dumps(study, indent=1))
+        return
     if not (FER / "labels.csv").exists():
         raise SystemExit(f"FER2013 not found at {FER}")
     out = Path(args.out)

@@ -282,9 +282,8 @@ def test_run_dataset_issues_end_to_end(tiny_store):
     assert "c" not in reasons and "b" not in reasons and reasons["b_flip"] == ["duplicate"]
     # the unreadable file is a reject, and the catalog views work
     assert summary["unreadable"] == 1
-    if "dataset_issues" in (load_contract("rejects").column("stage").allowed or ("dataset_issues",)):
-        _, rej = query(store, "SELECT source_ref, reason_code FROM rejects WHERE stage = 'dataset_issues'")
-        assert rej == [("broken", "unreadable_image")]
+    _, rej = query(store, "SELECT source_ref, reason_code FROM rejects WHERE stage = 'dataset_issues'")
+    assert rej == [("broken", "decode_failed")]
     _, dup = query(store, "SELECT cluster_id, n_members, keep, conflicting, leak FROM duplicate_clusters ORDER BY n_members DESC")
     assert [d[1:] for d in dup] == [(3, "a_copy", True, True), (2, "b", False, False)]
     _, leaks = query(store, "SELECT sample_id, split, is_kept FROM split_leaks ORDER BY sample_id")

@@ -39,6 +39,7 @@ from ferclean.runs import Run
 from ferclean.store import Store
 
 STAGE = "dataset_issues"
+UNREADABLE = "decode_failed"  # reject reason code for an image file that cannot be decoded
 HASH_BITS = HASH_SIDE * HASH_SIDE
 
 
@@ -156,11 +157,12 @@ def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, metho
     return out
 
 
-def _rejects_allow_stage() -> bool:
-    """Whether the rejects contract lists this stage (else unreadable images are only counted
-    and listed in OUT/runs/<run_id>/dataset_issues_summary.json)."""
-    allowed = load_contract("rejects").column("stage").allowed
-    return allowed is None or STAGE in allowed
+def _rejects_allow() -> bool:
+    """Whether the rejects contract accepts this stage and reason code (else unreadable images
+    are only counted and listed in OUT/runs/<run_id>/dataset_issues_summary.json)."""
+    contract = load_contract("rejects")
+    stages, reasons = contract.column("stage").allowed, contract.column("reason_code").allowed
+    return (stages is None or STAGE in stages) and (reasons is None or UNREADABLE in reasons)
 
 
 def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | None = None,
@@ -193,10 +195,10 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         idx = todo[sl]
         _store_hashes(sig, idx, [paths[i] for i in idx], cfg, from_crop=False)
     unreadable = [sids[i] for i in todo[~sig.hashed[todo]]]
-    run.counts[f"{STAGE}.unreadable_image"] += len(unreadable)
-    if _rejects_allow_stage():
+    run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
+    if _rejects_allow():
         for sid in unreadable:
-            run.reject(sid, STAGE, "unreadable_image", f"cannot decode {paths[pos[sid]]}")
+            run.reject(sid, STAGE, UNREADABLE, f"cannot decode {paths[pos[sid]]}")
     timings["hash_s"] = time.perf_counter() - t
 
     # duplicate edges -> clusters
