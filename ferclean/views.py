@@ -29,14 +29,20 @@ EXTRA_VIEWS.update(
 )
 
 # -- verdict views (issue 7) -------------------------------------------------------------------
-#: One row per sample: its most recent verdict. Rows are ordered by decided_at (a human decision
-#: made after a model run is later, so it wins over that run's model rows), then human before
-#: model on equal timestamps, then run_id (sortable by start time).
+#: One row per sample: its most recent verdict. The latest decided_at wins (a human decision made
+#: after a model run is later, so it beats that run's model rows); on an equal decided_at a human
+#: row beats a model row. Exactly one row per sample: the winner is picked as a run_id per sample,
+#: and (run_id, sample_id) is the table's key. (Two runs of the same source with the very same
+#: microsecond decided_at would tie; one of them is taken.) A narrow aggregate + semi-join is ~5x
+#: faster than a row_number() window on 1 M rows (benchmarks/bench_views.py).
 EXTRA_VIEWS["latest_verdicts"] = """
-    SELECT * FROM relabels
-    QUALIFY row_number() OVER (
-        PARTITION BY sample_id
-        ORDER BY decided_at DESC, (source = 'human') DESC, run_id DESC) = 1"""
+    WITH winner AS (
+        SELECT sample_id,
+               arg_max(run_id, epoch_us(decided_at) * 2 + CAST(source = 'human' AS BIGINT)) AS run_id
+        FROM relabels GROUP BY sample_id
+    )
+    SELECT r.* FROM relabels r
+    SEMI JOIN winner w ON r.sample_id = w.sample_id AND r.run_id = w.run_id"""
 
 #: Samples whose latest verdict is `review`, highest priority first.
 EXTRA_VIEWS["review_queue"] = """
