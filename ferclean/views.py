@@ -33,8 +33,8 @@ EXTRA_VIEWS.update(
 #: after a model run is later, so it beats that run's model rows); on an equal decided_at a human
 #: row beats a model row. Exactly one row per sample: the winner is picked as a run_id per sample,
 #: and (run_id, sample_id) is the table's key. (Two runs of the same source with the very same
-#: microsecond decided_at would tie; one of them is taken.) A narrow aggregate + semi-join is ~5x
-#: faster than a row_number() window on 1 M rows (benchmarks/bench_views.py).
+#: microsecond decided_at would tie; one of them is taken.) A narrow aggregate + semi-join takes
+#: ~3x less CPU than a row_number() window on 1 M rows (benchmarks/bench_views.py).
 EXTRA_VIEWS["latest_verdicts"] = """
     WITH winner AS (
         SELECT sample_id,
