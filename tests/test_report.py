@@ -55,9 +55,10 @@ def test_report_on_an_empty_store_says_not_available(tmp_path):
     assert "<img" not in html
 
 
-def test_report_cli(demo, tmp_path):
+def test_report_cli(tmp_path):
+    small = make_demo_store(tmp_path / "small", n_samples=8, with_faces=False, with_curves=False)
     dest = tmp_path / "r.html"
-    res = CliRunner().invoke(app, ["report", str(demo.root), "--to", str(dest), "--top", "3"])
+    res = CliRunner().invoke(app, ["report", str(small.root), "--to", str(dest), "--top", "3"])
     assert res.exit_code == 0, res.output
     assert dest.read_text().count('class="card"') == 3
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])

@@ -44,22 +44,20 @@ def _chromium(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_all_images_load_in_chromium_and_page_screenshots(tmp_path):
-    store = make_demo_store(tmp_path / "out", n_samples=16)
-    report = build_report(store)
-    html = report.read_text()
+    store = make_demo_store(tmp_path / "out", n_samples=12)
+    html = build_report(store).read_text()
     n_img = len(re.findall(r"<img\b", html))
     assert n_img > 5
     probe = tmp_path / "probe.html"
     probe.write_text(html.replace("</body>", CHECK_SCRIPT + "</body>"))
-    res = _chromium("--dump-dom", probe.as_uri())
+    shot = tmp_path / "report.png"
+    res = _chromium("--window-size=1200,3000", f"--screenshot={shot}", "--dump-dom", probe.as_uri())
     m = re.search(r"IMAGES total=(\d+) broken=(\d+) \[([^\]]*)\]", res.stdout)
     assert m, f"no check output from chromium: {res.stderr[-2000:]}"
     assert int(m.group(1)) == n_img
     assert int(m.group(2)) == 0, f"broken images: {m.group(3)}"
-
-    shot = tmp_path / "report.png"
-    res = _chromium("--window-size=1200,3000", f"--screenshot={shot}", report.as_uri())
     assert shot.exists(), res.stderr[-2000:]
     im = Image.open(shot).convert("L")
     assert im.size == (1200, 3000)
