@@ -71,6 +71,8 @@ def test_curve_parsing_formats(tmp_path):
     curves = _as_curve("h", recs)
     assert [c.title for c in curves] == ["h [method=ce, fold=0]", "h [method=ce, fold=1]"]
     assert curves[0].x == [1.0, 2.0, 3.0] and set(curves[0].series) == {"loss", "acc"}  # seconds left out
+    restarts = [{"method": "ce", "epoch": e, "loss": 1 / e} for _fold in (0, 1) for e in (1, 2)]
+    assert [c.title for c in _as_curve("r", restarts)] == ["r [method=ce]", "r [method=ce, run 2]"]
     col = _as_curve("c", {"train_loss": [3.0, 2.0], "note": "x"})
     assert col[0].x == [1.0, 2.0] and col[0].series == {"train_loss": [3.0, 2.0]}
     assert _as_curve("n", {"a": 1, "b": "text"}) == []

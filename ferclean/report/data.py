@@ -145,8 +145,17 @@ def _as_curve(title: str, doc: Any) -> list[Curve]:
     """Recognise columnar {name: [numbers]}, record [{epoch:.., loss:..}], or nested mappings."""
     if isinstance(doc, list) and len(doc) >= 2 and all(isinstance(r, dict) for r in doc):
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        segment: dict[tuple[str, ...], int] = {}
+        last_epoch: dict[tuple[str, ...], float] = {}
         for r in doc:  # one curve per (method, fold) when the records say which
-            groups.setdefault(tuple(f"{k}={r[k]}" for k in GROUP_KEYS if k in r), []).append(r)
+            key = tuple(f"{k}={r[k]}" for k in GROUP_KEYS if k in r)
+            ep = r.get("epoch")
+            if isinstance(ep, (int, float)) and key in last_epoch and ep <= last_epoch[key]:
+                segment[key] = segment.get(key, 1) + 1  # epoch restarted: a new fold/run
+            if isinstance(ep, (int, float)):
+                last_epoch[key] = ep
+            full = key + ((f"run {segment[key]}",) if key in segment else ())
+            groups.setdefault(full, []).append(r)
         if len(groups) > 1:
             return [c for key, recs in groups.items() for c in _as_curve(f"{title} [{', '.join(key)}]", recs)]
         keys = [k for k in doc[0] if k not in GROUP_KEYS and all(
