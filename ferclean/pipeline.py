@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 import ferclean
 from ferclean.shards import Shard, ShardFn, config_fingerprint, plan_shards
@@ -67,23 +67,58 @@ CURATE_STAGES: tuple[StageSpec, ...] = (
     StageSpec("ingest", "ferclean.ingest", "run_ingest", (), ("samples",)),
     StageSpec("faces", "ferclean.faces", "run_faces", ("samples",), ("faces",), image_stage=True),
     StageSpec("aus", "ferclean.aus", "run_aus", ("samples", "faces"), ("aus",), image_stage=True),
-    StageSpec("au_graph", "ferclean.au_graph", "run_au_graph", ("aus",), ("au_graph",)),
+    StageSpec("au_graph", "ferclean.au_graph", "run_au_graph", ("samples", "faces", "aus"), ("au_graph",)),
     StageSpec(
         "train", "ferclean.train", "run_train",
         ("samples", "faces", "aus", "au_graph"), ("predictions", "model/"),
     ),
-    StageSpec("relabel", "ferclean.relabel", "run_relabel", ("samples", "predictions"), ("relabels",)),
+    StageSpec("relabel", "ferclean.relabel", "run_relabel", ("samples", "faces", "predictions"), ("relabels",)),
     StageSpec(
         "dataset_issues", "ferclean.dataset_issues", "run_dataset_issues",
-        ("samples", "faces"), ("dataset_issues",), optional=True,
+        ("samples", "faces", "model/"), ("dataset_issues",), optional=True,
     ),
-    StageSpec("export", "ferclean.export", "run_export", (), (), optional=True),
+    StageSpec(
+        "export", "ferclean.export", "run_export",
+        ("samples", "faces", "predictions", "relabels"), ("export/",), optional=True,
+    ),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in CURATE_STAGES)
 
+
+
+class ScoreConfig(BaseModel):
+    """Settings of the `score` stage of relabel-collection: apply a trained model, no training."""
+
+    model_dir: str = Field(description="folder of a trained model (a curate run's OUT/model)")
+    collection: str | None = Field(None, description="score only this samples.collection (default: all)")
+    relabel: dict[str, Any] = Field(
+        default_factory=dict, description="RelabelConfig settings of the verdict rule (thresholds)")
+
+
+def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True) -> dict:
+    """Score samples with the model in `config.model_dir` and write predictions + verdicts.
+
+    Thin adapter to :func:`ferclean.relabel.score_collection` with the stage signature.
+    """
+    from ferclean.relabel import RelabelConfig, score_collection
+
+    if not (Path(config.model_dir) / "model.json").is_file():
+        raise FileNotFoundError(f"no trained model at {config.model_dir} (model.json missing)")
+    return score_collection(store, run, config.model_dir, RelabelConfig(**config.relabel),
+                            collection=config.collection, progress=progress)
+
+
+#: relabel-collection: a trained model applied to a new collection (no training).
+RELABEL_COLLECTION_STAGES: tuple[StageSpec, ...] = (
+    CURATE_STAGES[0],
+    CURATE_STAGES[1],
+    CURATE_STAGES[2],
+    StageSpec("score", "ferclean.pipeline", "run_score", ("samples", "faces", "aus"), ("predictions", "relabels")),
+)
+
 #: Named pipelines (the flows pass the name so subflows can rebuild specs from plain parameters).
-STAGE_SETS: dict[str, tuple[StageSpec, ...]] = {"curate": CURATE_STAGES}
+STAGE_SETS: dict[str, tuple[StageSpec, ...]] = {"curate": CURATE_STAGES, "relabel_collection": RELABEL_COLLECTION_STAGES}
 
 
 def get_spec(name: str, stages: Sequence[StageSpec] = CURATE_STAGES) -> StageSpec:
@@ -178,9 +213,28 @@ def _faces_work(store: Store, config: Any, run_id: str) -> ShardWork:
     return ShardWork(STAGE, faces_shard, ShardJob(config, run_id), shards)
 
 
+def _aus_work(store: Store, config: Any, run_id: str) -> ShardWork | None:
+    # Mirrors ferclean.aus.run_aus for the geometric backend (the neutral reference is fitted
+    # from the store, or loaded from config.reference_path, exactly as run_aus does); the other
+    # backends are not sharded.
+    if config.backend != "geometric" or store.count("faces") == 0:
+        return None
+    from ferclean.aus.backends import GeometricBackend
+    from ferclean.aus.geometric import Reference
+    from ferclean.aus.stage import _geometric_shard, _ShardJob, fit_reference_from_store
+
+    ref = Reference.load(config.reference_path) if config.reference_path else fit_reference_from_store(store, config)
+    backend = GeometricBackend(ref, config.landmarks_column, config.presence_threshold, config.lips_part_iod,
+                               config.blink_ratio)
+    fingerprint = {"config": config.model_dump(mode="json", exclude={"workers", "reference_path"}),
+                   "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist()}
+    shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
+    return ShardWork("aus", _geometric_shard, _ShardJob(run_id, backend), shards)
+
+
 #: stage name -> function(store, config, run_id) -> ShardWork. A stage module can instead expose
 #: `shard_work(store, config, run_id) -> ShardWork`, which wins.
-SHARD_ADAPTERS: dict[str, Callable[[Store, Any, str], ShardWork]] = {"faces": _faces_work}
+SHARD_ADAPTERS: dict[str, Callable[[Store, Any, str], ShardWork | None]] = {"faces": _faces_work, "aus": _aus_work}
 
 
 def has_shard_work(spec: StageSpec) -> bool:
@@ -258,6 +312,13 @@ def _stat_lines(files: Iterable[Path], root: Path) -> Iterable[str]:
         except FileNotFoundError:
             continue
         yield f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+
+
+def folder_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """Hash of every file under `folder` (relative path, size, mtime); stable for an absent folder."""
+    root = Path(folder).expanduser().resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return hashlib.sha256(f"{root}\n{''.join(_stat_lines(files, root))}".encode()).hexdigest()
 
 
 def path_fingerprint(store: Store, names: Sequence[str]) -> str:

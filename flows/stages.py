@@ -93,8 +93,9 @@ def shards_flow(
     cfg = pipeline.build_configs([spec], {stage: config}, all_stages=pipeline.STAGE_SETS[stages])[stage]
     store = Store(out)
     work = pipeline.shard_work(spec, store, cfg, run_id)
-    if work is None:
-        raise ValueError(f"stage {stage!r} has no per-shard work")
+    if work is None:  # e.g. a non-sharded backend: the stage function does all the work
+        logger.info("%s: no per-shard work for this config", stage)
+        return {"shards": 0, "skipped": 0, "computed": 0, "rows": 0}
     todo = [s for s in work.shards if not store.has_part(work.out_table, s.key)]
     logger.info("%s: %d shards, %d already done, %d to compute", stage, len(work.shards),
                 len(work.shards) - len(todo), len(todo))

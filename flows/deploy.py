@@ -1,0 +1,80 @@
+"""Deployments with schedules for both flows, served by one long-running process (`ferclean serve`).
+
+`prefect.serve` registers the deployments with the Prefect API named by PREFECT_API_URL (a
+`prefect server start` server, or Prefect Cloud); without it Prefect starts its embedded
+temporary API for the life of the process. The process then polls for scheduled and manually
+triggered runs and executes them locally. See README "Scheduling" and docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.deployments.runner import RunnerDeployment
+
+from flows.curate import curate_flow
+from flows.relabel_collection import relabel_collection_flow
+
+CURATE_DEPLOYMENT = "nightly-curate"
+RELABEL_DEPLOYMENT = "nightly-relabel-collection"
+
+
+def _clean(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def build_deployments(
+    source: str | None,
+    out: str | None,
+    cron: str = "0 2 * * *",
+    timezone: str = "UTC",
+    config_file: str | None = None,
+    limit: int | None = None,
+    workers: int = 1,
+    task_runner: str = "default",
+    scheduler_address: str | None = None,
+    relabel_source: str | None = None,
+    relabel_out: str | None = None,
+    model_dir: str | None = None,
+    relabel_cron: str = "0 4 * * *",
+) -> list[RunnerDeployment]:
+    """The deployments to serve: curate `source` -> `out` on `cron`, and when `relabel_source` is
+    given, relabel-collection `relabel_source` -> `relabel_out` with `model_dir` (default
+    `out/model`) on `relabel_cron`. Cron strings are 5-field crontab in `timezone`.
+    """
+    from prefect.client.schemas.schedules import CronSchedule
+
+    common = _clean({"config_file": config_file, "limit": limit, "workers": workers, "task_runner": task_runner,
+                     "scheduler_address": scheduler_address})
+    deps: list[RunnerDeployment] = []
+    if source:
+        if not out:
+            raise ValueError("a curate deployment needs an output folder")
+        deps.append(curate_flow.to_deployment(
+            name=CURATE_DEPLOYMENT,
+            schedule=CronSchedule(cron=cron, timezone=timezone),
+            parameters={"source": source, "out": out, **common},
+            description=f"Curate {source} into {out} ({cron} {timezone}); cached stages are not recomputed.",
+            tags=["ferclean", "curate"],
+        ))
+    if relabel_source:
+        model = model_dir or (f"{out.rstrip('/')}/model" if out else None)
+        if not (relabel_out and model):
+            raise ValueError("a relabel-collection deployment needs relabel_out and model_dir (or out)")
+        deps.append(relabel_collection_flow.to_deployment(
+            name=RELABEL_DEPLOYMENT,
+            schedule=CronSchedule(cron=relabel_cron, timezone=timezone),
+            parameters={"source": relabel_source, "out": relabel_out, "model_dir": model, **common},
+            description=f"Score {relabel_source} with {model} into {relabel_out} ({relabel_cron} {timezone}).",
+            tags=["ferclean", "relabel-collection"],
+        ))
+    if not deps:
+        raise ValueError("nothing to serve: give a curate source and/or a relabel source")
+    return deps
+
+
+def serve(deployments: list[RunnerDeployment], limit: int | None = None) -> None:
+    """Register `deployments` and run their scheduled runs until interrupted (blocks)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments, limit=limit)
