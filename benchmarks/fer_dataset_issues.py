@@ -4,7 +4,8 @@ and not-a-face recall against the FER+ crowd (NF votes).
 Part A, all 32,139 rows, samples only: ingest labels.csv -> run_dataset_issues.
 Part B, faces signals on a subset (every row with an NF or >= 5 unknown votes plus a random
 sample of the rest): ingest -> run_faces (dlib) -> run_dataset_issues; not-a-face recall and
-false positives with the detection/quality evidence. No model is used (none is trained here).
+false positives with the detection/quality evidence.
+Part C (--with-model): train a small CE model on that subset and rerun with its embeddings.
 
     python benchmarks/fer_dataset_issues.py [--subset-random 600] [--out /tmp/fer_issues]
 writes benchmarks/results/dataset_issues_fer.json (the Markdown summary is dataset_issues.md).
@@ -147,6 +148,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/fer_dataset_issues")
     ap.add_argument("--subset-random", type=int, default=600)
     ap.add_argument("--skip-faces", action="store_true")
+    ap.add_argument("--with-model", action="store_true", help="part C: train a toy model on the subset")
     ap.add_argument("--threshold-study", action="store_true",
                     help="only the pHash threshold study -> results/dataset_issues_threshold.json")
     args = ap.parse_args()
@@ -200,11 +202,25 @@ def main() -> None:
             fs = run_faces(sstore, run, FacesConfig(workers=1), progress=False)
         result["subset_faces"] = {"wall_s": round(time.perf_counter() - t, 1),
                                   "detector_counts": fs.get("detector_counts")}
-        result["subset_stage"] = stage(sstore, cfg)
+        result["subset_stage"] = stage(sstore, cfg.model_copy(update={"use_model": False}))
         result["subset"] = evaluate(sstore)
         det = sstore.read("faces", columns=["sample_id", "detector", "is_primary"])
         det = det.filter(pc.field("is_primary"))
         result["subset"]["full_frame_primary_faces"] = det.filter(pc.field("detector") == "full_frame").num_rows
+
+    # C: the same subset with a small model trained on it (integration of the model signals)
+    if args.with_model and not args.skip_faces:
+        from ferclean.train import TrainConfig, run_train
+
+        tcfg = TrainConfig(methods=["ce"], final_method="ce", epochs=4, folds=2)
+        t = time.perf_counter()
+        if not (sstore.root / "model" / "model.pt").exists():
+            with open_run(sstore, "train", tcfg.model_dump()) as run:
+                run_train(sstore, run, tcfg, progress=False)
+        result["subset_model"] = {"train": "ce, 2 folds, 4 epochs, on the subset only (a toy model)",
+                                  "wall_s": round(time.perf_counter() - t, 1)}
+        result["subset_model_stage"] = stage(sstore, cfg)
+        result["subset_model_eval"] = evaluate(sstore)
 
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     RESULTS.mkdir(exist_ok=True)

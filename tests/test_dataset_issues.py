@@ -20,7 +20,7 @@ from ferclean.dataset_issues.clusters import analyze_clusters, choose_keep, grou
 from ferclean.dataset_issues.embeddings import centroid_distances, cosine_pairs_blocked, robust_z
 from ferclean.dataset_issues.issues import issues_table
 from ferclean.dataset_issues.neighbors import band_layout, hamming, near_pairs_banded, near_pairs_brute
-from ferclean.dataset_issues.nonface import blank_evidence, nonface_score, quality_evidence
+from ferclean.dataset_issues.nonface import blank_evidence, embedding_evidence, nonface_score, quality_evidence
 from ferclean.dataset_issues.phash import hash_images, phash_from_resized
 from ferclean.runs import open_run
 from ferclean.store import Store
@@ -190,6 +190,7 @@ def test_nonface_score_needs_two_signals_or_blank():
     no_det = np.array([np.nan, np.nan, 1.0, 1.0, 0.0])
     quality = quality_evidence([None, None, [], ["tiny"], ["tiny", "blurry", "extreme_pose"]])
     emb = np.array([np.nan, np.nan, 0.0, 1.0, 1.0])
+    assert embedding_evidence(np.array([-1.0, 2.0, 3.0, 4.0, 9.0]), 4.0).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
     s = nonface_score(blank, no_det, quality, emb)
     assert s[0] == 1.0 and s[1] == 0.5
     assert s[2] == pytest.approx(0.4)  # failed detection alone stays below 0.6
@@ -209,11 +210,17 @@ def test_cosine_pairs_blocked_matches_full_matrix():
     rng = np.random.default_rng(0)
     e = rng.normal(size=(50, 8))
     e[10] = e[3] * 2 + 0.01
-    pairs, sims = cosine_pairs_blocked(e, 0.95, block=7)
+    e[20:23] = e[5] + rng.normal(0, 0.01, (3, 8))  # four near-identical rows: 5, 20, 21, 22
+    pairs, sims = cosine_pairs_blocked(e, 0.95, block=7, mutual=False)
     n = e / np.linalg.norm(e, axis=1, keepdims=True)
     full = n @ n.T
     ref = {(i, j) for i in range(50) for j in range(i + 1, 50) if full[i, j] >= 0.95}
     assert {tuple(p) for p in pairs.tolist()} == ref and (3, 10) in ref
+    mpairs, _ = cosine_pairs_blocked(e, 0.95, block=7, mutual=True)
+    got = {tuple(p) for p in mpairs.tolist()}
+    assert (3, 10) in got and got <= ref and len(got) < len(ref)
+    np.fill_diagonal(full, -2)
+    assert all(full[i].argmax() == j and full[j].argmax() == i for i, j in got)
 
 
 # -- the stage --------------------------------------------------------------------------------

@@ -27,7 +27,10 @@ class DatasetIssuesConfig(BaseModel):
     use_model: bool = Field(True, description="use model embeddings when OUT/model (or model_dir) exists")
     model_dir: str | None = Field(None, description="trained model folder; None = OUT/model")
     embed_batch: int = Field(512, ge=1, description="crops per model.score call")
-    embed_cosine_min: float = Field(0.98, ge=0, le=1, description="embedding cosine similarity for a near duplicate")
+    embed_cosine_min: float = Field(
+        0.995, ge=0, le=1, description="cosine similarity of centred embeddings for a near duplicate; pairs must "
+        "also be mutual nearest neighbours (with a small FER model, 0.1 % of unrelated pairs exceed 0.98)"
+    )
     embed_max_n: int = Field(
         200_000, ge=0, description="embedding near-duplicate search is blocked all-pairs (O(N^2) time, "
         "O(N * block) memory); it is skipped above this many samples"

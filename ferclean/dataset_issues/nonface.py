@@ -7,7 +7,8 @@ Components, each in [0, 1] per sample; a missing signal is NaN and counts as 0:
   or the sample has no face row), 0 when a detector found one;
 - ``quality``: fraction of the crop's quality flags tiny / blurry / extreme_pose that are raised;
 - ``embedding``: far from every class centroid in the model's embedding space:
-  clip(z / outlier_z, 0, 1) with z the robust z-score of the distance to the nearest centroid.
+  clip((z - 2) / (outlier_z - 2), 0, 1) with z the robust z-score of the distance to the nearest
+  centroid (0 within the normal spread z <= 2, 1 at z >= outlier_z).
 
 score = max(blank, w_no_detection * no_detection + w_quality * quality + w_embedding * embedding).
 With the default weights (0.4, 0.2, 0.4) and threshold 0.6 a blank image is flagged alone,
@@ -37,6 +38,14 @@ def quality_evidence(flags: list[list[str] | None]) -> np.ndarray:
         if f is not None:
             out[i] = sum(1 for q in QUALITY_FLAGS if q in f) / len(QUALITY_FLAGS)
     return out
+
+
+def embedding_evidence(z: np.ndarray, outlier_z: float, floor: float = 2.0) -> np.ndarray:
+    """(n,) clip((z - floor) / (outlier_z - floor), 0, 1): 0 for z <= floor, 1 for z >= outlier_z."""
+    z = np.asarray(z, dtype=np.float64)
+    if outlier_z <= floor:
+        return (z >= outlier_z).astype(np.float64)
+    return np.clip((z - floor) / (outlier_z - floor), 0.0, 1.0)
 
 
 def nonface_score(

@@ -32,7 +32,7 @@ from ferclean.dataset_issues.embeddings import (
 )
 from ferclean.dataset_issues.issues import cluster_issue_rows, issues_table, sample_issue_rows
 from ferclean.dataset_issues.neighbors import near_pairs_banded
-from ferclean.dataset_issues.nonface import blank_evidence, nonface_score, quality_evidence
+from ferclean.dataset_issues.nonface import blank_evidence, embedding_evidence, nonface_score, quality_evidence
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
 from ferclean.progress import track
 from ferclean.runs import Run
@@ -212,6 +212,8 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     emb_ok = None
     if sig.embedding is not None:
         emb_ok = np.flatnonzero(~np.isnan(sig.embedding).any(axis=1))
+        # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
+        sig.embedding[emb_ok] -= sig.embedding[emb_ok].mean(axis=0)
         if 0 < len(emb_ok) <= cfg.embed_max_n:
             ep, es = cosine_pairs_blocked(sig.embedding[emb_ok], cfg.embed_cosine_min)
             edges = np.concatenate([edges, emb_ok[ep]])
@@ -237,7 +239,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         classes = sorted({x for x in labels if x is not None})
         cidx = np.array([classes.index(labels[i]) if labels[i] is not None else -1 for i in emb_ok])
         own, nearest = centroid_distances(sig.embedding[emb_ok], cidx, max(1, len(classes)))
-        emb_far[emb_ok] = np.clip(robust_z(nearest) / cfg.outlier_z, 0, 1)
+        emb_far[emb_ok] = embedding_evidence(robust_z(nearest), cfg.outlier_z)
         lab = cidx >= 0
         z_own = np.full(len(emb_ok), np.nan)
         z_own[lab] = robust_z(own[lab], cidx[lab])
