@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from flows.curate import curate_flow
 from flows.relabel_collection import relabel_collection_flow
@@ -56,6 +56,7 @@ def build_deployments(
             parameters={"source": source, "out": out, **common},
             description=f"Curate {source} into {out} ({cron} {timezone}); cached stages are not recomputed.",
             tags=["ferclean", "curate"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ))
     if relabel_source:
         model = model_dir or (f"{out.rstrip('/')}/model" if out else None)
@@ -67,6 +68,7 @@ def build_deployments(
             parameters={"source": relabel_source, "out": relabel_out, "model_dir": model, **common},
             description=f"Score {relabel_source} with {model} into {relabel_out} ({relabel_cron} {timezone}).",
             tags=["ferclean", "relabel-collection"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ))
     if not deps:
         raise ValueError("nothing to serve: give a curate source and/or a relabel source")

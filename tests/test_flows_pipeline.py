@@ -172,3 +172,42 @@ def test_value_shares_and_verdicts(tmp_path):
 
 def test_publish_is_noop_outside_flows():
     assert artifacts.publish("faces", "# x") is False
+
+
+def test_deployments_have_cron_schedules_and_parameters():
+    from flows.deploy import build_deployments
+
+    deps = build_deployments("/data/in.csv", "/data/out", cron="30 1 * * *", limit=100, workers=4,
+                             relabel_source="/data/web", relabel_out="/data/web_out")
+    cur, rel = deps
+    assert (cur.flow_name, cur.name, cur.entrypoint) == ("ferclean-curate", "nightly-curate", "flows.curate.curate_flow")
+    assert cur.schedules[0].schedule.cron == "30 1 * * *"
+    assert cur.parameters == {"source": "/data/in.csv", "out": "/data/out", "limit": 100, "workers": 4,
+                              "task_runner": "default"}
+    assert rel.parameters["model_dir"] == "/data/out/model" and rel.schedules[0].schedule.cron == "0 4 * * *"
+    with pytest.raises(ValueError, match="nothing to serve"):
+        build_deployments(None, None)
+    with pytest.raises(ValueError, match="relabel_out"):
+        build_deployments(None, None, relabel_source="/data/web")
+
+
+def test_model_au_reference_lookup(tmp_path):
+    from flows.relabel_collection import model_au_reference
+
+    train_out = tmp_path / "train"
+    model = train_out / "model"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text(json.dumps({"neutral_au_reference": None}))
+    assert model_au_reference(model) is None
+    ref = train_out / "runs" / "r1" / "aus_reference.json"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("{}")
+    m = pipeline.StageManifest("aus", "i", "c", "v", summary={"reference_path": str(ref)})
+    pipeline.write_manifest(Store(train_out), m)
+    assert model_au_reference(model) == str(ref)  # found through the training run's aus manifest
+    (model / "aus_reference.json").write_text("{}")
+    assert model_au_reference(model) == str(model / "aus_reference.json")
+    own = tmp_path / "ref.json"
+    own.write_text("{}")
+    (model / "model.json").write_text(json.dumps({"neutral_au_reference": str(own)}))
+    assert model_au_reference(model) == str(own)
