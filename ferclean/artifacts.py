@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -141,7 +142,37 @@ def verdict_counts(store: Store, run_id: str | None) -> list[dict[str, Any]]:
     return [{"action": r["value"], "n": r["n"], "share": r["share"]} for r in value_shares(t.column("action"))]
 
 
-def stage_sections(store: Store, stage: str, run_id: str | None) -> dict[str, list[dict[str, Any]]]:
+def curve_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, fold) of per-epoch training log rows: epochs, first/last loss, last
+    accuracy, seconds. Rows need `epoch`; `method`, `fold`, `loss`, `acc`, `seconds` are optional."""
+    groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if "epoch" in r:
+            groups.setdefault((r.get("method"), r.get("fold")), []).append(r)
+    out = []
+    for (method, fold), g in groups.items():
+        g = sorted(g, key=lambda r: r["epoch"])
+        out.append({
+            "method": method, "fold": fold, "epochs": len(g),
+            "first_loss": g[0].get("loss"), "last_loss": g[-1].get("loss"), "last_acc": g[-1].get("acc"),
+            "seconds": sum(float(r.get("seconds") or 0) for r in g),
+        })
+    return out
+
+
+def _train_curves(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    path = summary.get("curves")
+    if not isinstance(path, str):
+        return []
+    try:
+        return curve_summary(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+def stage_sections(
+    store: Store, stage: str, run_id: str | None, summary: Mapping[str, Any] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
     """The stage-specific tables of a report (read from the stage's output table)."""
     if stage == "faces":
         return {"Detector (primary faces; full_frame = fallback)": detector_shares(store)}
@@ -149,6 +180,8 @@ def stage_sections(store: Store, stage: str, run_id: str | None) -> dict[str, li
         return {"AU prevalence": au_prevalence(store)}
     if stage in ("relabel", "score"):
         return {"Verdicts": verdict_counts(store, run_id)}
+    if stage == "train":
+        return {"Training curves (per method and fold)": _train_curves(summary or {})}
     return {}
 
 
@@ -159,7 +192,7 @@ def stage_report(
     """The Markdown report of one finished stage (see :func:`render_report`)."""
     rejects = dict(summary.get("rejects_by_reason") or {}) or rejects_by_reason(counts, stage)
     try:
-        sections = stage_sections(store, stage, run_id)
+        sections = stage_sections(store, stage, run_id, summary)
     except (pa.ArrowInvalid, KeyError) as exc:  # an output without the columns a section reads
         sections = {"Note": f"extra tables unavailable: {exc}"}
     return render_report(stage, summary, cached=cached, rejects=rejects, sections=sections)

@@ -162,6 +162,17 @@ def test_markdown_rendering():
     assert artifacts.artifact_key("au_graph", "ferclean-curate") == "ferclean-curate-au-graph"
 
 
+def test_curve_summary_groups_by_method_and_fold():
+    rows = [{"method": "ce", "fold": 0, "epoch": 1, "loss": 0.5, "acc": 0.7, "seconds": 2.0},
+            {"method": "ce", "fold": 0, "epoch": 0, "loss": 1.0, "acc": 0.4, "seconds": 3.0},
+            {"method": "ce", "fold": 1, "epoch": 0, "loss": 0.9, "acc": 0.5},
+            {"note": "not an epoch row"}]
+    assert artifacts.curve_summary(rows) == [
+        {"method": "ce", "fold": 0, "epochs": 2, "first_loss": 1.0, "last_loss": 0.5, "last_acc": 0.7, "seconds": 5.0},
+        {"method": "ce", "fold": 1, "epochs": 1, "first_loss": 0.9, "last_loss": 0.9, "last_acc": 0.5, "seconds": 0.0},
+    ]
+
+
 def test_value_shares_and_verdicts(tmp_path):
     shares = artifacts.value_shares(pa.array(["dlib", "full_frame", "dlib", "dlib"]))
     assert shares[0] == {"value": "dlib", "n": 3, "share": 0.75}
