@@ -136,9 +136,15 @@ def _numeric_list(v: Any) -> bool:
 GROUP_KEYS = ("method", "fold", "stage", "phase")
 
 
+#: Series names worth plotting as training curves (substring match, lower case).
+CURVE_WORDS = ("loss", "acc", "f1", "auc", "err", "precision", "recall")
+
+
 def _plottable(name: str, values: list[float]) -> bool:
-    """Loss-like series (any scale) and metrics in [0, 1]; counts, timings and rates are left out."""
-    return "loss" in name.lower() or all(0.0 <= x <= 1.0 for x in values)
+    """Loss-like series (any scale) and accuracy-like metrics in [0, 1]; schedules, counts and
+    timings are left out."""
+    n = name.lower()
+    return "loss" in n or (any(w in n for w in CURVE_WORDS) and all(0.0 <= x <= 1.0 for x in values))
 
 
 def _as_curve(title: str, doc: Any) -> list[Curve]:

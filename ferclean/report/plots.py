@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -87,17 +88,19 @@ def curves(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str
     """Line plot of several series against x; loss-like and [0, 1] metrics on twin axes."""
     fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
     ax2 = None
-    for name, ys in series.items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, ys) in enumerate(series.items()):
         ys = np.asarray(ys, dtype=float)
         xs = np.asarray(x[: len(ys)], dtype=float)
+        color = colors[i % len(colors)]  # one cycle across both axes
         if "loss" in name.lower():
-            ax.plot(xs, ys, marker=".", label=name)
+            ax.plot(xs, ys, marker=".", color=color, label=name)
         else:
             ax2 = ax2 or ax.twinx()
-            ax2.plot(xs, ys, marker=".", linestyle="--", label=name)
+            ax2.plot(xs, ys, marker=".", linestyle="--", color=color, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)
     handles, labels = ax.get_legend_handles_labels()
     if ax2 is not None:
         ax2.set_ylabel("metric")
