@@ -126,3 +126,36 @@ def test_pure_helpers():
     assert find_classes({"seed": 1, "train": {"classes": ["sad", "happy"]}}) == ["sad", "happy"]
     assert find_classes({"stages": [{"x": 1}, {"classes": ["a", "b"]}]}) == ["a", "b"]
     assert find_classes({"classes": "sad,happy"}) is None
+
+
+@pytest.mark.shared
+def test_real_fer2013_slice_exports_with_ferplus_soft_labels(tmp_path, fer_dir):
+    """Ingest 120 real FER2013 rows, export without verdicts: original labels, FER+ vote shares."""
+    from torchvision.datasets import ImageFolder
+
+    from ferclean.ingest import IngestConfig, run_ingest
+
+    store = Store(tmp_path / "out")
+    cfg = IngestConfig(source=str(fer_dir / "labels.csv"), limit=120)
+    with open_run(store, "ingest", cfg.model_dump(mode="json")) as run:
+        run_ingest(store, run, cfg, progress=False)
+    summary = _export(store, to=str(tmp_path / "fer"), layout="folder")
+    assert summary["written"] == store.count("samples") > 0 and summary["soft_label_columns"]
+    rows = {r["sample_id"]: r for r in _manifest(tmp_path / "fer")}
+    from ferclean.classes import FERPLUS_VOTE_COLUMNS
+
+    cols = list(FERPLUS_VOTE_COLUMNS)
+    sel = ", ".join(f'"{c}"' for c in cols)
+    checked = 0
+    for sid, label, *v in query(store, f"SELECT sample_id, label_original, {sel} FROM samples")[1]:
+        r = rows[sid]
+        assert r["label"] == label and r["action"] == "unreviewed"
+        total = sum(x or 0 for x in v)
+        if total:
+            for col, n in zip(cols, v, strict=True):
+                assert abs(float(r[f"soft_{FERPLUS_VOTE_COLUMNS[col]}"]) - (n or 0) / total) < 1e-3
+            checked += 1
+    assert checked > 100
+    ds = ImageFolder(str(tmp_path / "fer" / "train"))
+    assert len(ds) == sum(1 for r in rows.values() if r["split"] == "train")
+    assert ds[0][0].size == (48, 48)
