@@ -96,7 +96,11 @@ def fit(
     groups = [{"params": [p for p in model.parameters() if id(p) not in aux_ids], "base_lr": cfg.lr}]
     if aux_ids:
         groups.append({"params": model.aux_parameters(), "base_lr": cfg.aux_lr})
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                                     weight_decay=cfg.weight_decay, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     imgs = torch.as_tensor(images)
     if cuda:
@@ -126,7 +130,7 @@ def fit(
     gamma_sum, gamma_n = 0.0, 0
     for epoch in range(start, cfg.epochs):
         model.train()
-        factor = L.step_lr_factor(epoch, cfg.epochs)
+        factor = L.step_lr_factor(epoch, cfg.epochs, tuple(cfg.lr_milestones))
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)

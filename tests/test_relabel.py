@@ -1,0 +1,90 @@
+"""Verdict rules of ferclean.relabel (pure) and run_relabel on a tiny store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ferclean.relabel import RelabelConfig, apply_face_rules, decide, final_labels, run_relabel
+from ferclean.runs import open_run
+from ferclean.store import Store
+from ferclean.train.stage import prediction_table
+
+CFG = RelabelConfig(flag_below=0.3, disagree_margin=0.25, borderline=0.1, relabel_min_p=0.55,
+                    relabel_margin=0.3, low_alpha=0.35, semantic_weight=0.0)
+
+
+def test_keep_review_relabel_by_probability():
+    probs = np.array([
+        [0.80, 0.10, 0.10],  # confident agreement -> keep
+        [0.20, 0.70, 0.10],  # confident disagreement -> relabel to 1
+        [0.25, 0.35, 0.40],  # doubtful -> review
+        [0.45, 0.40, 0.15],  # p(label)=0.40 >= flag_below, margin 0.05 -> keep
+    ])
+    d = decide(np.array([0, 0, 0, 1]), probs, None, None, CFG)
+    assert d["action"].tolist() == ["keep", "relabel", "review", "keep"]
+    assert d["suggested"].tolist() == [0, 1, 2, 0]
+    assert d["margin"][1] == pytest.approx(0.5)
+    assert "low_confidence" in d["reasons"][1] and "model_disagrees" in d["reasons"][1]
+    assert d["reasons"][0] == []
+    assert final_labels(np.array([0, 0, 0, 1]), d["action"], d["suggested"]).tolist() == [0, 1, 0, 1]
+
+
+def test_low_alpha_flags_borderline_only():
+    probs = np.array([[0.35, 0.5, 0.15], [0.7, 0.2, 0.1]])
+    d = decide(np.array([0, 0]), probs, np.array([0.2, 0.2]), None, CFG)
+    assert d["action"].tolist() == ["review", "keep"]  # support 0.35 < 0.3 + 0.1 with low alpha; 0.7 not
+    assert d["reasons"][1] == ["low_alpha"]
+
+
+def test_semantic_agreement_required_for_relabel():
+    probs = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]])
+    sem = np.array([[0.9, 0.1, 0.5], [0.9, 0.5, 0.1]])  # nearest template 1 (agrees) / 2 (disagrees)
+    d = decide(np.array([0, 0]), probs, None, sem, CFG.model_copy(update={"semantic_weight": 0.25}))
+    assert d["action"].tolist() == ["relabel", "review"]
+    assert "semantic_mismatch" in d["reasons"][0]
+    q = np.exp(-sem[0] / 0.1) / np.exp(-sem[0] / 0.1).sum()
+    assert d["support"][0] == pytest.approx(0.75 * 0.1 + 0.25 * q[0])
+
+
+def test_unlabelled_samples():
+    d = decide(np.array([-1, -1]), np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]]), None, None, CFG)
+    assert d["action"].tolist() == ["relabel", "review"]
+    assert np.isnan(d["p_original"]).all()
+    assert final_labels(np.array([-1, -1]), d["action"], d["suggested"]).tolist() == [0, -1]
+
+
+def test_face_rules():
+    cfg = CFG.model_copy(update={"review_flags": ["blurry"], "drop_flags": ["multiple_faces"]})
+    reasons = [[], [], [], []]
+    act = apply_face_rules(np.array(["keep", "keep", "keep", "relabel"], dtype=object), reasons,
+                           np.array([False, True, True, True]), [None, ["blurry"], ["multiple_faces"], ["tiny"]], cfg)
+    assert act.tolist() == ["review", "review", "drop", "relabel"]
+    assert reasons == [["no_face"], ["blurry"], ["multiple_faces"], ["tiny"]]
+
+
+def _samples(ids, labels):
+    n = len(ids)
+    return pa.table({"sample_id": ids, "source_path": ids, "content_sha256": ["0" * 64] * n, "split": ["train"] * n,
+                     "label_original": labels, "label_raw": labels, "collection": ["c"] * n, "width": [8] * n,
+                     "height": [8] * n, "channels": [1] * n, "source_row": list(range(n)), "run_id": ["r"] * n})
+
+
+def test_run_relabel_writes_one_row_per_sample(tmp_path):
+    store = Store(tmp_path)
+    classes = ["neutral", "happy", "sad"]
+    store.write_part("samples", "a", _samples(["a", "b", "c", "d"], ["neutral", "neutral", "sad", "happy"]))
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.4, 0.3, 0.3]])
+    store.write_part("predictions", "train-ulcag-f0", prediction_table(
+        "r", ["a", "b", "c"], "ulcag", 0, classes, probs, np.array([0.9, 0.8, 0.3]), None))
+    with open_run(store, "relabel", {}) as run:
+        summary = run_relabel(store, run, CFG, progress=False)
+    t = store.read("relabels").to_pandas().set_index("sample_id")
+    assert summary["rows"] == 4 and len(t) == 4
+    assert t.loc["a", "action"] == "keep" and t.loc["a", "label_final"] == "neutral"
+    assert t.loc["b", "action"] == "relabel" and t.loc["b", "label_final"] == "happy"
+    assert t.loc["c", "action"] == "review" and t.loc["c", "label_final"] == "sad"
+    assert t.loc["d", "action"] == "review" and "no_face" in list(t.loc["d", "reasons"])
+    assert (t.source == "model").all() and t.decided_at.notna().all()
+    assert t.loc["b", "p_original"] == pytest.approx(0.1) and t.loc["b", "margin"] == pytest.approx(0.7)

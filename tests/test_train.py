@@ -1,0 +1,168 @@
+"""Training engine, cross-fitting, the train stage and the saved-model API on tiny synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ferclean.runs import open_run
+from ferclean.store import Store
+from ferclean.train import TrainConfig, crossfit, load_model, run_train, score
+from ferclean.train.data import cooccurrence_graph, prototype_aus
+from ferclean.train.engine import fit, predict
+
+CLASSES = ["neutral", "happy", "sad"]
+
+
+def toy_images(n: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Class k = a bright band in horizontal third k, plus noise: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    imgs = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+    t = size // 3
+    for i, k in enumerate(y):
+        imgs[i, k * t : (k + 1) * t, :] += 150
+    return imgs, y.astype(np.int64)
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(classes=CLASSES, input_size=16, width=4, epochs=3, batch_size=16, lr=0.01, folds=2,
+                backbone="cnn", device="cpu", au_dim=4, gcn_channels=8, tta_flip=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def toy_aus(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    aus = prototype_aus([CLASSES[k] for k in y])
+    return aus, cooccurrence_graph(aus)
+
+
+def test_ce_learns_toy_task():
+    x, y = toy_images(96)
+    res = fit(x, y, "ce", tiny_cfg(epochs=4, checkpoint=False))
+    out = predict(res.model, x, "ce", tta_flip=False)
+    assert (out["probs"].argmax(1) == y).mean() > 0.8
+    assert np.allclose(out["probs"].sum(1), 1, atol=1e-5)
+    assert out["alpha"] is None and out["sem_dist"] is None
+
+
+@pytest.mark.parametrize("method", ["scn", "ulcag", "ulcag_target", "ulcag_aux"])
+def test_methods_train_and_score(method):
+    x, y = toy_images(64)
+    aus, a = toy_aus(y)
+    res = fit(x, y, method, tiny_cfg(checkpoint=False, aux_warmup=0.0), aus, a)
+    out = predict(res.model, x, method, res.templates, res.logit_scale, tta_flip=True)
+    assert out["probs"].shape == (64, 3) and np.isfinite(out["probs"]).all()
+    assert out["embeddings"].shape == (64, 32)
+    if method in ("scn", "ulcag", "ulcag_target"):
+        assert ((out["alpha"] > 0) & (out["alpha"] < 1)).all()
+    if method in ("ulcag", "ulcag_aux"):
+        assert out["sem_dist"].shape == (64, 3)
+        assert ((out["sem_dist"] >= 0) & (out["sem_dist"] <= 2)).all()
+        assert res.templates is not None and res.templates.abs().sum() > 0
+    assert [h["epoch"] for h in res.history] == [0, 1, 2]
+
+
+def test_aux_methods_need_aus():
+    x, y = toy_images(16)
+    with pytest.raises(ValueError, match="pseudo AUs"):
+        fit(x, y, "ulcag", tiny_cfg(checkpoint=False))
+
+
+def test_interrupted_fit_resumes_from_checkpoint(tmp_path):
+    x, y = toy_images(48)
+    aus, a = toy_aus(y)
+    ckpt = tmp_path / "c.pt"
+    seen: list[int] = []
+
+    def crash(row):
+        seen.append(row["epoch"])
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(x, y, "ulcag", tiny_cfg(epochs=4), aus, a, ckpt_path=ckpt, log=crash)
+    assert ckpt.exists()
+    again: list[int] = []
+    res = fit(x, y, "ulcag", tiny_cfg(epochs=4), aus, a, ckpt_path=ckpt, log=lambda r: again.append(r["epoch"]))
+    assert seen == [0, 1] and again == [2, 3]
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+
+
+def test_fit_is_seeded():
+    x, y = toy_images(32)
+    a = predict(fit(x, y, "ce", tiny_cfg(epochs=1, checkpoint=False)).model, x, "ce", tta_flip=False)["probs"]
+    b = predict(fit(x, y, "ce", tiny_cfg(epochs=1, checkpoint=False)).model, x, "ce", tta_flip=False)["probs"]
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_crossfit_scores_every_sample_out_of_fold():
+    x, y = toy_images(60)
+    calls = []
+    out = crossfit(x, y, "ce", tiny_cfg(folds=3, epochs=1, checkpoint=False),
+                   on_fold=lambda k, te, o, r: calls.append((k, set(te.tolist()), len(r.labels))))
+    assert sorted(k for k, *_ in calls) == [0, 1, 2]
+    held = [s for _, s, _ in calls]
+    assert set().union(*held) == set(range(60)) and sum(len(s) for s in held) == 60
+    assert all(n_train == 60 - len(s) for (_, s, n_train) in calls)  # trained without its held-out fold
+    assert np.isfinite(out["probs"]).all()
+    assert np.bincount(out["fold"]).tolist() == [20, 20, 20]
+
+
+# -- stage ----------------------------------------------------------------------------------------
+
+def make_store(tmp_path, n: int = 36, no_face: int = 1) -> tuple[Store, list[str]]:
+    """samples (via the contract) + a minimal faces part (sample_id, face_index, is_primary, crop_png, quality_flags)."""
+    store = Store(tmp_path / "out")
+    x, y = toy_images(n)
+    ids = [f"s{i:03d}" for i in range(n)]
+    samples = pa.table({
+        "sample_id": ids, "source_path": [f"/x/{i}.png" for i in ids], "content_sha256": ["0" * 64] * n,
+        "split": ["train"] * n, "label_original": [CLASSES[k] for k in y], "label_raw": [CLASSES[k] for k in y],
+        "collection": ["toy"] * n, "width": [16] * n, "height": [16] * n, "channels": [1] * n,
+        "source_row": list(range(n)), "run_id": ["r0"] * n,
+    })
+    store.write_part("samples", "all", samples)
+    keep = ids[: n - no_face]
+    faces = pa.table({
+        "sample_id": keep, "face_index": pa.array([0] * len(keep), pa.int16()), "is_primary": [True] * len(keep),
+        "crop_png": [cv2.imencode(".png", x[i])[1].tobytes() for i in range(len(keep))],
+        "quality_flags": [["blurry"] if i == 0 else [] for i in range(len(keep))],
+        "run_id": ["r0"] * len(keep),
+    })
+    d = store.table_dir("faces")
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(faces, d / "part-all.parquet")
+    return store, ids
+
+
+def test_run_train_writes_predictions_model_and_curves(tmp_path):
+    store, ids = make_store(tmp_path)
+    cfg = tiny_cfg(methods=["ce", "ulcag"], final_method="ulcag", epochs=2, aux_warmup=0.0)
+    with open_run(store, "train", cfg.model_dump(mode="json")) as run:
+        summary = run_train(store, run, cfg, progress=False)
+        curves = json.loads((run.dir / "train_curves.json").read_text())
+    assert summary["samples"] == 35 and summary["pseudo_aus"] == "prototype"
+    preds = store.read("predictions").to_pandas()
+    oof = preds[preds.fold >= 0]
+    assert len(oof) == 2 * 35 and oof.groupby(["method", "sample_id"]).size().max() == 1
+    assert set(oof.fold) == {0, 1}
+    assert oof[oof.method == "ce"].alpha.isna().all() and oof[oof.method == "ulcag"].alpha.notna().all()
+    assert oof[oof.method == "ulcag"].sem_dist.map(len).eq(3).all()
+    assert (preds.fold == -1).sum() == 35
+    assert {c["method"] for c in curves} == {"ce", "ulcag"} and {-1, 0, 1} <= {c["fold"] for c in curves}
+    model = load_model(store.root / "model")
+    meta = json.loads((store.root / "model" / "model.json").read_text())
+    assert meta["classes"] == CLASSES and meta["input_size"] == 16 and meta["au_names"]
+    crops = [cv2.imencode(".png", im)[1].tobytes() for im in toy_images(5)[0]]
+    probs, alpha, sem, emb = score(model, crops)
+    assert probs.shape == (5, 3) and alpha.shape == (5,) and sem.shape == (5, 3) and emb.shape[0] == 5
+    # a second run with the same config reuses the finished folds (resume) and keeps one set of parts
+    with open_run(store, "train", cfg.model_dump(mode="json")) as run:
+        run_train(store, run, cfg.model_copy(update={"final_model": False}), progress=False)
+    assert len(store.read("predictions").to_pandas().query("fold >= 0")) == 2 * 35
