@@ -145,14 +145,18 @@ class Context:
     verdict: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_context(store: Store) -> Context:
-    """Known samples (from `samples`, plus any sample with a verdict) and their latest verdicts."""
+def load_context(store: Store, sample_ids: list[str]) -> Context:
+    """For `sample_ids`: the known ones (in `samples`, or with a verdict), their original labels
+    and latest verdicts. Unknown ids are simply absent."""
     con = connect(store)
+    ids = sorted(set(sample_ids))
     try:
         ctx = Context()
-        for sid, lo in con.execute("SELECT sample_id, label_original FROM samples").fetchall():
+        for sid, lo in con.execute(
+            "SELECT sample_id, label_original FROM samples WHERE sample_id IN (SELECT unnest(?))", [ids]
+        ).fetchall():
             ctx.label_original[sid] = lo
-        cur = con.execute("SELECT * FROM latest_verdicts")
+        cur = con.execute("SELECT * FROM latest_verdicts WHERE sample_id IN (SELECT unnest(?))", [ids])
         names = [d[0] for d in cur.description]
         for row in cur.fetchall():
             d = dict(zip(names, row, strict=True))
@@ -283,7 +287,7 @@ def import_decisions(store: Store, csv_path: str | Path, reviewer: str) -> dict[
     if not reviewer:
         raise ValueError("a reviewer name is required")
     rows = read_decisions_csv(csv_path)
-    ctx = load_context(store)
+    ctx = load_context(store, [(r.get("sample_id") or "").strip() for r in rows])
     decisions, errors, undecided = validate_decisions(rows, ctx)
     config = {"csv": str(Path(csv_path).resolve()), "reviewer": reviewer}
     if errors:
