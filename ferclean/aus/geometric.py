@@ -61,7 +61,7 @@ MEASURES: tuple[str, ...] = (
 
 #: AU -> ((measure, signed weight), ...); |weights| sum to 1 so a score is in robust SDs.
 AU_RECIPES: dict[str, tuple[tuple[str, float], ...]] = {
-    "AU01": (("inner_brow", 0.75), ("outer_brow", -0.25)),  # inner part raised: oblique brow
+    "AU01": (("inner_brow", 1.0),),
     "AU02": (("outer_brow", 1.0),),
     "AU04": (("inner_brow", -0.25), ("brow_gap", -0.5), ("upper_lid", -0.25)),  # lowered, drawn together
     "AU05": (("upper_lid", 0.5), ("eye_open", 0.5)),
