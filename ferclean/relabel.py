@@ -54,6 +54,10 @@ class RelabelConfig(BaseModel):
     no_face_action: Literal["review", "drop"] = "review"
     review_flags: list[str] = Field(default_factory=list, description="quality flags that send a kept sample to review")
     drop_flags: list[str] = Field(default_factory=list, description="quality flags that drop a sample")
+    issue_actions: dict[str, Literal["keep", "review", "drop"]] = Field(
+        default_factory=lambda: {"duplicate": "drop", "split_leak": "drop", "not_a_face": "review",
+                                 "conflicting_labels": "review", "outlier": "keep"},
+        description="dataset_issues reason -> action (keep = reason only); read when that table exists")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -135,6 +139,32 @@ def apply_face_rules(action: np.ndarray, reasons: list[list[str]], has_face: np.
     return action
 
 
+_SEVERITY = {"keep": 0, "relabel": 1, "review": 2, "drop": 3}
+
+
+def apply_issue_rules(action: np.ndarray, reasons: list[list[str]], sample_ids: Sequence[str],
+                      issues: dict[str, list[str]], cfg: RelabelConfig) -> np.ndarray:
+    """Add dataset_issues reasons; escalate the action per `issue_actions` (never de-escalate)."""
+    action = action.copy()
+    for i, sid in enumerate(sample_ids):
+        for reason in issues.get(sid, []):
+            if reason not in reasons[i]:
+                reasons[i].append(reason)
+            target = cfg.issue_actions.get(reason, "keep")
+            if _SEVERITY[target] > _SEVERITY[str(action[i])] and target != "keep":
+                action[i] = target
+    return action
+
+
+def _issue_reasons(store: Any) -> dict[str, list[str]]:
+    try:
+        from ferclean.dataset_issues.issues import sample_issue_reasons
+
+        return sample_issue_reasons(store) if store.count("dataset_issues") else {}
+    except Exception:  # noqa: BLE001  (stage absent or table not built)
+        return {}
+
+
 def final_labels(labels: np.ndarray, action: np.ndarray, suggested: np.ndarray) -> np.ndarray:
     """label_final as class index: keep/review -> label, relabel -> suggested, drop -> -1."""
     out = np.where(action == "relabel", suggested, labels).astype(np.int64)
@@ -171,12 +201,15 @@ def _face_info(store: Any) -> dict[str, list[str]]:
 def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], classes: Sequence[str],
                  probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
                  has_face: np.ndarray, quality: Sequence[Sequence[str] | None],
-                 cfg: RelabelConfig, run_id: str, method: str) -> pa.Table:
+                 cfg: RelabelConfig, run_id: str, method: str,
+                 issues: dict[str, list[str]] | None = None) -> pa.Table:
     """Build contract `relabels` rows for scored samples."""
     idx = {c: i for i, c in enumerate(classes)}
     labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
     d = decide(labels, probs, alpha, sem_dist, cfg)
     action = apply_face_rules(d["action"], d["reasons"], has_face, quality, cfg)
+    if issues:
+        action = apply_issue_rules(action, d["reasons"], sample_ids, issues, cfg)
     fin = final_labels(labels, action, d["suggested"])
     rows = np.arange(len(labels))
     now = datetime.now(UTC)
@@ -232,7 +265,8 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
         labs = [lab if lab in classes else None for lab in labs]
         parts.append(verdict_rows(sids, labs, classes, probs, alpha, sem,
                                   np.array([s in faces or not faces for s in sids]),
-                                  [faces.get(s) for s in sids], config, run.run_id, config.method))
+                                  [faces.get(s) for s in sids], config, run.run_id, config.method,
+                                  issues=_issue_reasons(store)))
     if unscored:
         now = datetime.now(UTC)
         rows = []

@@ -88,3 +88,13 @@ def test_run_relabel_writes_one_row_per_sample(tmp_path):
     assert t.loc["d", "action"] == "review" and "no_face" in list(t.loc["d", "reasons"])
     assert (t.source == "model").all() and t.decided_at.notna().all()
     assert t.loc["b", "p_original"] == pytest.approx(0.1) and t.loc["b", "margin"] == pytest.approx(0.7)
+
+
+def test_dataset_issue_reasons_escalate_but_never_relax():
+    from ferclean.relabel import apply_issue_rules
+
+    reasons = [[], [], ["low_confidence"]]
+    act = apply_issue_rules(np.array(["keep", "keep", "review"], dtype=object), reasons, ["a", "b", "c"],
+                            {"a": ["duplicate"], "b": ["outlier"], "c": ["outlier"]}, RelabelConfig())
+    assert act.tolist() == ["drop", "keep", "review"]
+    assert reasons == [["duplicate"], ["outlier"], ["low_confidence", "outlier"]]

@@ -114,7 +114,7 @@ def fit(
         templates = torch.zeros(n_classes, s_dim, device=device)
         seen = torch.zeros(n_classes, dtype=torch.bool, device=device)
     history: list[dict[str, Any]] = []
-    start = 0
+    start, resumed_scale = 0, 1.0
     if cfg.checkpoint and ckpt_path is not None and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state.get("n") == n and state.get("method") == method:
@@ -124,6 +124,7 @@ def fit(
             templates, seen = state["templates"], state["seen"]
             history = state["history"]
             start = state["epoch"] + 1
+            resumed_scale = float(state.get("logit_scale", 1.0))
 
     warm = int(round(cfg.aux_warmup * cfg.epochs))
     relabel_epoch = int(round(cfg.relabel_start * cfg.epochs))
@@ -212,10 +213,10 @@ def fit(
         if cfg.checkpoint and ckpt_path is not None:
             _save_atomic({"epoch": epoch, "n": n, "method": method, "model": model.state_dict(),
                           "opt": opt.state_dict(), "labels": cur, "templates": templates, "seen": seen,
-                          "history": history}, ckpt_path)
+                          "history": history, "logit_scale": gamma_sum / gamma_n if gamma_n else 1.0}, ckpt_path)
         if log:
             log(row)
-    scale = gamma_sum / gamma_n if gamma_n else 1.0
+    scale = gamma_sum / gamma_n if gamma_n else resumed_scale
     return FitResult(model=model, method=method, labels=cur, templates=templates, logit_scale=scale, history=history)
 
 
