@@ -183,6 +183,16 @@ def test_openface_csv_backend(tiny_store: Store, tmp_path: Path):
     assert row["AU28_c"] == int(ref["AU28_c"])
 
 
+def test_landmarks_array_fast_path_and_nulls():
+    from ferclean.aus.backends import landmarks_array
+
+    fixed = pa.array([[float(i)] * 136 for i in range(3)], pa.list_(pa.float32(), 136))
+    assert landmarks_array(pa.chunked_array([fixed[:1], fixed[1:]]))[:, 0].tolist() == [0, 1, 2]
+    ragged = pa.array([[1.0] * 136, None, [2.0] * 5], pa.list_(pa.float32()))
+    got = landmarks_array(ragged)
+    assert got[0, 0] == 1 and np.isnan(got[1:]).all()
+
+
 def test_pyfeat_backend_without_weights_is_a_clear_error(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     try:

@@ -65,11 +65,14 @@ class GeometricBackend:
 
 
 def landmarks_array(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(N, 136) float64 from a list<float>[136] column; null rows become NaN."""
-    n = len(col)
+    """(N, 136) float64 from a list<float>[136] column; null or wrong-length rows become NaN."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    if pa.types.is_fixed_size_list(arr.type) and arr.type.list_size == 136 and arr.null_count == 0:
+        flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        return flat.reshape(n, 136)
     out = np.full((n, 136), np.nan)
-    values = col.to_pylist()
-    for i, v in enumerate(values):
+    for i, v in enumerate(arr.to_pylist()):
         if v is not None and len(v) == 136:
             out[i] = np.asarray(v, dtype=np.float64)
     return out
