@@ -169,7 +169,9 @@ def run_au_graph(store: Store, run: Any, config: AuGraphConfig, progress: bool =
         rows = con.sql(sql, params=params).to_arrow_table()
     finally:
         con.close()
-    au_names = tuple(a for a in AU_NAMES if f"{a}_c" in rows.column_names)
+    # Every presence column of `aus` is a node, AU28 included (null for the geometric backend,
+    # so it is reported as never present), so readers can select any AUxx_c they train on.
+    au_names = tuple(a for a in (*AU_NAMES, "AU28") if f"{a}_c" in rows.column_names)
     x = presence_matrix(rows, au_names)
     co = cooccurrence(x, smoothing=config.smoothing)
     store.write_part("au_graph", "graph", graph_table(run.run_id, au_names, co))
@@ -192,12 +194,13 @@ def run_au_graph(store: Store, run: Any, config: AuGraphConfig, progress: bool =
 
 
 def load_au_graph(store: Store) -> tuple[list[str], np.ndarray]:
-    """(au_names, A (M, M) float32) from table `au_graph`, AU order of :data:`AU_NAMES`."""
+    """(au_names, A (M, M) float32) from table `au_graph`, AU order of :data:`AU_NAMES` then AU28."""
     t = store.read("au_graph", columns=["au_p", "au_q", "p_given_q"])
     if t.num_rows == 0:
         raise ValueError("table `au_graph` is empty: run the au_graph stage first")
     present = set(pc.unique(t.column("au_p")).to_pylist())
-    names = [a for a in AU_NAMES if a in present] + sorted(present - set(AU_NAMES))
+    order = (*AU_NAMES, "AU28")
+    names = [a for a in order if a in present] + sorted(present - set(order))
     idx = {a: i for i, a in enumerate(names)}
     A = np.full((len(names), len(names)), np.nan, np.float32)
     for p, q, v in zip(t.column("au_p").to_pylist(), t.column("au_q").to_pylist(),
