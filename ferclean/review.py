@@ -68,6 +68,9 @@ def export_review_queue(
     """
     dest = Path(to) if to else store.root / "review"
     thumbs = dest / THUMB_DIR
+    if (dest / QUEUE_FILE).exists():  # an earlier export: drop its thumbnails so none go stale
+        for old in thumbs.glob("*.png"):
+            old.unlink()
     thumbs.mkdir(parents=True, exist_ok=True)
     con = connect(store)
     try:

@@ -61,6 +61,8 @@ def test_export_writes_queue_in_priority_order_with_thumbnails(demo, tmp_path):
         with Image.open(tmp_path / "rev" / r["thumbnail"]) as im:
             assert max(im.size) <= 128
     assert res["missing_images"] == 0
+    again = export_review_queue(demo, tmp_path / "rev", limit=1)  # re-export replaces the thumbnails
+    assert again["rows"] == 1 and len(list((tmp_path / "rev" / "thumbnails").glob("*.png"))) == 1
 
 
 def test_import_appends_human_rows_that_win(demo, tmp_path):
