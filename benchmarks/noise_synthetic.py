@@ -3,7 +3,7 @@
 Truth = FER+ plurality. For each rate r in 10/20/30 %: flip r of every class's labels to a random
 other class; cross-fit `ulcag` on the noisy labels; verdicts with `ferclean.relabel.decide`;
 noise-detection precision/recall/F1 (flag = relabel or review); then train `ce` on noisy labels,
-on cleaned labels (relabels applied, review samples left out) and on true labels and report
+on cleaned labels (label_final: relabels applied, drops removed) and on true labels and report
 accuracy on a clean held-out set (high-agreement rows of the valid split).
 
 Usage: python benchmarks/noise_synthetic.py --train 2400 --test 800 --epochs 6
@@ -102,7 +102,7 @@ def main() -> None:
         d = decide(noisy, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"], RelabelConfig())
         flag = np.isin(d["action"], ["relabel", "review"])
         fin = final_labels(noisy, d["action"], d["suggested"])
-        keep = d["action"] != "review"
+        keep = fin >= 0  # label_final: relabels applied, review keeps its label, drop removed
         row = prf(flag, noisy != y_tr)
         row.update({"relabel": int((d["action"] == "relabel").sum()), "review": int((d["action"] == "review").sum()),
                     "label_acc_noisy": round(float((noisy == y_tr).mean()), 4),
