@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from ferclean.aus import AU_NAMES, fit_reference, geometric_aus, measure, normalise_landmarks
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ferclean.aus.geometric import Reference, geometric_aus
-from ferclean.aus.names import AU28_C, AU_NAMES, intensity_columns, presence_columns
+from ferclean.aus.names import AU28_C, intensity_columns, presence_columns
 
 
 class BackendUnavailable(RuntimeError):
