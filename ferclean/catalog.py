@@ -65,7 +65,8 @@ def refresh_catalog(store: Store, on_error: Callable[[str, Exception], None] | N
     """(Re)create `OUT/catalog.duckdb` with a view per table and the analyst views."""
     _ensure_extra_views_loaded()
     store.root.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(store.root / "catalog.duckdb"))
+    # Written in the v1.0 storage format so older duckdb CLIs (1.x from PyPI) can open it too.
+    con = duckdb.connect(str(store.root / "catalog.duckdb"), config={"storage_compatibility_version": "v1.0.0"})
     try:
         for table in contract_tables():
             con.execute(f"CREATE OR REPLACE VIEW {_quote(table)} AS {table_view_sql(store, table)}")
