@@ -7,9 +7,9 @@ Steps (each cached, so a rerun only does what is missing):
    /tmp/ferclean_fastlm/targets.npz (never in the repo): paths, split, lm (N, 68, 2) original px,
    detector (N,) ("dlib" | "full_frame"), images (N, 48, 48) uint8.
 2. `train`: :class:`ferclean.faces.fastlm.FastLandmarkNet` on the train split, horizontal flips
-   with the 68-point mirror permutation as augmentation (plus small brightness/contrast jitter),
-   AdamW + one-cycle, L1 loss on [0, 1] coordinates; 2 torch threads, bounded by --epochs and
-   --max-minutes. Writes ferclean/faces/weights/fastlm.pt (float16 state dict + metadata).
+   with the 68-point mirror permutation and small random similarity warps as augmentation,
+   AdamW + one-cycle, L1 loss on [0, 1] coordinates; 1 torch thread (--threads), bounded by
+   --epochs and --max-minutes. Writes ferclean/faces/weights/fastlm.pt (float16 state dict + metadata).
 3. `eval`: NME (mean point error / inter-ocular distance of the dlib target, outer eye corners)
    on the valid split, mean / median / 90th percentile, overall and by dlib detector; written to
    benchmarks/results/fastlm_eval.json.
@@ -131,13 +131,14 @@ def nme(pred_px: np.ndarray, true_px: np.ndarray) -> np.ndarray:
     return np.linalg.norm(pred_px - true_px, axis=2).mean(1) / np.maximum(iod, 1e-6)
 
 
-def train(epochs: int, max_minutes: float, width: int, batch: int, lr: float, seed: int, out: Path) -> dict:
+def train(epochs: int, max_minutes: float, width: int, batch: int, lr: float, seed: int, out: Path,
+          threads: int = 1) -> dict:
     """Train on the FER2013 train split; returns a log dict. Saves float16 weights to `out`."""
     import torch
 
     from ferclean.faces.fastlm import FastLandmarkNet, flip_landmarks
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     z = load_targets()
@@ -169,7 +170,7 @@ def train(epochs: int, max_minutes: float, width: int, batch: int, lr: float, se
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss)
+            tot += loss.item()
         v = evaluate_model(model, z, va)
         log["epochs"].append({"epoch": ep + 1, "train_l1": tot / steps_per_epoch, "valid_nme_mean": v["nme_mean"],
                               "seconds": round(time.time() - t0, 1)})
@@ -230,6 +231,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on 2 cores shared with other jobs, 2 threads ran ~5x slower)")
     ap.add_argument("--out", type=Path, default=ROOT / "ferclean" / "faces" / "weights" / "fastlm.pt")
     args = ap.parse_args()
     if not (FER / "labels.csv").exists():
@@ -241,7 +244,8 @@ def main() -> None:
     res_path = RESULTS / "fastlm_eval.json"
     res = json.loads(res_path.read_text()) if res_path.exists() else {}
     if "train" in steps:
-        res["train"] = train(args.epochs, args.max_minutes, args.width, args.batch, args.lr, args.seed, args.out)
+        res["train"] = train(args.epochs, args.max_minutes, args.width, args.batch, args.lr, args.seed, args.out,
+                             args.threads)
         res["train"]["args"] = {k: str(v) for k, v in vars(args).items()}
     if "eval" in steps:
         res["eval"] = evaluate(args.out)

@@ -39,6 +39,10 @@ class FacesConfig(BaseModel):
     prealigned_max_side: int = Field(128, ge=1, description="px; auto mode treats images up to this size as pre-aligned crops")
     prealigned_detect: bool = Field(
         True, description="run the detector on pre-aligned images (False: always full_frame, ~2x faster on FER crops)")
+    landmarks: Literal["dlib", "fastlm"] = Field(
+        "dlib", description="landmarks of pre-aligned images: dlib (per image, with prealigned_detect) or fastlm "
+        "(ferclean.faces.fastlm: no detection, a tiny CNN distilled from dlib, batched per shard; "
+        "detector = 'fastlm'). Photos always use the detector + dlib")
     detect_min_side: int = Field(144, ge=1, description="px; smaller images are upscaled so their longer side is this before detection and landmarks")
     detect_max_side: int = Field(1280, ge=64, description="px; larger images are downscaled to this longer side for detection and landmarks")
     upsample: int = Field(0, ge=0, le=2, description="dlib detector pyramid upsampling steps")
@@ -53,4 +57,11 @@ class FacesConfig(BaseModel):
 
     def fingerprint_dict(self) -> dict:
         """The settings that change the output (used for shard keys): all but workers/sheet."""
-        return self.model_dump(mode="json", exclude={"workers", "contact_sheet_n", "seed"})
+        d = self.model_dump(mode="json", exclude={"workers", "contact_sheet_n", "seed"})
+        if d["landmarks"] == "dlib":  # the default keeps the shard keys of stores written before it existed
+            del d["landmarks"]
+        else:  # new weights -> new shard keys
+            from ferclean.faces.fastlm import weights_digest
+
+            d["fastlm_weights"] = weights_digest()
+        return d

