@@ -279,7 +279,8 @@ def build_configs(
     flow can pass `limit`/`workers` without knowing each class). Unknown stage names in `raw`
     raise ValueError; unknown fields raise pydantic's ValidationError when the class forbids them.
     """
-    known = {s.name for s in all_stages}
+    # Any stage name of any pipeline is accepted, so one file can configure both flows.
+    known = {s.name for s in all_stages} | {s.name for ss in STAGE_SETS.values() for s in ss}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"config file names unknown stages {sorted(unknown)}; stages are {sorted(known)}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
+from flows.stages import TASK_RUNNERS, call_stage, catalog_task  # first: sets Prefect defaults
+
+from prefect import flow, get_run_logger  # noqa: I001
 
 from ferclean import pipeline
 from ferclean.runs import open_run
 from ferclean.store import Store
-from flows.stages import TASK_RUNNERS, call_stage, catalog_task
 
 
 def curate_plan(

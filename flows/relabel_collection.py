@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from flows.stages import TASK_RUNNERS, call_stage, catalog_task  # first: sets Prefect defaults
+
+from prefect import flow, get_run_logger  # noqa: I001
 
 from ferclean import pipeline
 from ferclean.runs import open_run
 from ferclean.store import Store
-from flows.stages import TASK_RUNNERS, call_stage, catalog_task
 
 STAGES = "relabel_collection"
 

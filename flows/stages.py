@@ -14,23 +14,30 @@ No maths here: every task calls a ferclean library function.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
-from typing import Any
+import os
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
-from prefect.states import State
-from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
-from prefect.utilities.annotations import quote, unmapped
-from pydantic import BaseModel
+# Prefect's embedded temporary API must answer within 20 s by default, which a busy 2-core
+# machine misses; allow 120 s unless set otherwise. Takes effect when this module is imported
+# before Prefect (flows/__init__.py does the same for `import flows`).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from ferclean import artifacts, pipeline
-from ferclean.runs import Run
-from ferclean.shards import Shard, ShardFn, process_shard
-from ferclean.store import Store
+import time  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import wait  # noqa: E402
+from prefect.states import State  # noqa: E402
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+from prefect.utilities.annotations import quote, unmapped  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+from ferclean import artifacts, pipeline  # noqa: E402
+from ferclean.runs import Run  # noqa: E402
+from ferclean.shards import Shard, ShardFn, process_shard  # noqa: E402
+from ferclean.store import Store  # noqa: E402
 
 TASK_RUNNERS = ("default", "process", "dask")
 

@@ -192,3 +192,46 @@ def test_stages_publish_markdown_artifacts(prefect_server, collection, config_fi
     assert f"| samples | {res['stages']['ingest']['summary']['samples']} |" in ingest["data"]
     cat = latest("ferclean-curate-catalog")
     assert "| faces | 12 |" in cat["data"]
+
+
+TINY_TRAIN = ("train: {epochs: 1, width: 4, folds: 2, batch_size: 4, methods: [ce], final_method: ce, "
+              "checkpoint: false, input_size: 24, num_threads: 1}\n")
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: every stage, including a 1-epoch training, then scoring
+def test_all_stages_then_relabel_collection(prefect_server, collection, tmp_path):
+    from flows.curate import curate_flow
+    from flows.relabel_collection import relabel_collection_flow
+
+    pytest.importorskip("ferclean.train")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("faces: {shard_size: 4, contact_sheet_n: 0}\n" + TINY_TRAIN)
+    out = tmp_path / "out"
+    res = curate_flow(source=str(collection), out=str(out), config_file=str(cfg), **FAST)
+    plan = [s.name for s in pipeline.resolve_until(None)]
+    assert list(res["stages"]) == plan and "train" in plan and "relabel" in plan
+    store = Store(out)
+    (run,) = _runs(store)
+    assert run["status"] == "completed" and json.loads(run["config"])["configs"]["train"]["epochs"] == 1
+    assert store.count("relabels") == 12 and (out / "model" / "model.json").is_file()
+
+    new = tmp_path / "new"
+    for i in range(5):
+        write_png(new / f"web{i}.png", (48, 48), seed=100 + i)
+    new_out = tmp_path / "new_out"
+    rc = relabel_collection_flow(source=str(new), out=str(new_out), model_dir=str(out / "model"),
+                                 config_file=str(cfg), **FAST)
+    assert list(rc["stages"]) == ["ingest", "faces", "aus", "score"]
+    nstore = Store(new_out)
+    (nrun,) = _runs(nstore)
+    assert nrun["kind"] == "relabel-collection" and nrun["status"] == "completed"
+    aus_manifest = pipeline.read_manifest(store, "aus")
+    assert json.loads(nrun["config"])["au_reference"] == aus_manifest.summary["reference_path"]
+    preds = nstore.read("predictions").to_pylist()
+    assert len(preds) == 5 and {p["fold"] for p in preds} == {-1}
+    verdicts = nstore.read("relabels").to_pylist()
+    assert len(verdicts) == 5 and {v["run_id"] for v in verdicts} == {nrun["run_id"]}
+    assert not (new_out / "model").exists() and store.count("relabels") == 12  # no training, training OUT untouched
+    again = relabel_collection_flow(source=str(new), out=str(new_out), model_dir=str(out / "model"),
+                                    config_file=str(cfg), **FAST)
+    assert all(v["cached"] for v in again["stages"].values())
