@@ -68,8 +68,16 @@ def evaluate(df: pd.DataFrame, labels: np.ndarray, scores: dict, cfg: RelabelCon
         "acc_after": round(float((fin[ev] == plural[ev]).mean()), 4),
         "model_argmax_acc": round(float((scores["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
     })
-    # Diagnostic only (chosen on the reference, not a deployable number): best single threshold on p(label).
+    out["temperature"] = round(float(d["temperature"]), 3)
+    from sklearn.metrics import roc_auc_score
+
     p_orig = scores["probs"][np.arange(len(labels)), labels]
+    out["auc_1_minus_p_label"] = round(float(roc_auc_score(truth[ev], -p_orig[ev])), 4)
+    if scores["sem_dist"] is not None:
+        out["auc_sem_dist_label"] = round(float(roc_auc_score(truth[ev], scores["sem_dist"][np.arange(len(labels)), labels][ev])), 4)
+    if scores["alpha"] is not None:
+        out["auc_1_minus_alpha"] = round(float(roc_auc_score(truth[ev], -scores["alpha"][ev])), 4)
+    # Diagnostic only (chosen on the reference, not a deployable number): best single threshold on p(label).
     best = max((prf((p_orig < t)[ev], truth[ev])["f1"], t) for t in np.linspace(0.05, 0.8, 31))
     out["oracle_threshold_f1_on_p_label"] = {"f1": best[0], "threshold": round(float(best[1]), 3)}
     return out

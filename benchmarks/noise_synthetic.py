@@ -3,7 +3,8 @@
 Truth = FER+ plurality. For each rate r in 10/20/30 %: flip r of every class's labels to a random
 other class; cross-fit `ulcag` on the noisy labels; verdicts with `ferclean.relabel.decide`;
 noise-detection precision/recall/F1 (flag = relabel or review); then train `ce` on noisy labels,
-on cleaned labels (label_final: relabels applied, drops removed) and on true labels and report
+on cleaned labels (label_final: relabels applied, drops removed), on filtered labels (cleaned
+minus the review samples) and on true labels and report
 accuracy on a clean held-out set (high-agreement rows of the valid split).
 
 Usage: python benchmarks/noise_synthetic.py --train 2400 --test 800 --epochs 6
@@ -109,7 +110,11 @@ def main() -> None:
                     "label_acc_final": round(float((fin == y_tr).mean()), 4),
                     "test_acc_noisy": test_acc(x_tr, noisy),
                     "test_acc_cleaned": test_acc(x_tr[keep], fin[keep]),
-                    "cleaned_train_rows": int(keep.sum())})
+                    "cleaned_train_rows": int(keep.sum()),
+                    "temperature": round(float(d["temperature"]), 3)})
+        unflagged = keep & (d["action"] != "review")
+        row["test_acc_filtered"] = test_acc(x_tr[unflagged], fin[unflagged])
+        row["filtered_train_rows"] = int(unflagged.sum())
         result["rates"][str(rate)] = row
         result["wall_seconds"] = round(time.time() - t0, 1)
         out_path.write_text(json.dumps(result, indent=2))

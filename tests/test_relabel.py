@@ -12,7 +12,8 @@ from ferclean.store import Store
 from ferclean.train.stage import prediction_table
 
 CFG = RelabelConfig(flag_below=0.3, disagree_margin=0.25, borderline=0.1, relabel_min_p=0.55,
-                    relabel_margin=0.3, low_alpha=0.35, semantic_weight=0.0)
+                    relabel_margin=0.3, low_alpha=0.35, semantic_weight=0.0,
+                    calibrate=False)
 
 
 def test_keep_review_relabel_by_probability():
@@ -98,3 +99,14 @@ def test_dataset_issue_reasons_escalate_but_never_relax():
                             {"a": ["duplicate"], "b": ["outlier"], "c": ["outlier"]}, RelabelConfig())
     assert act.tolist() == ["drop", "keep", "review"]
     assert reasons == [["duplicate"], ["outlier"], ["low_confidence", "outlier"]]
+
+
+def test_temperature_calibration_recovers_sharpening():
+    from ferclean.relabel import apply_temperature, calibrate_temperature
+
+    rng = np.random.default_rng(0)
+    true_p = rng.dirichlet(np.ones(4) * 0.5, size=4000)
+    labels = np.array([rng.choice(4, p=p) for p in true_p])
+    flat = apply_temperature(true_p, 2.0)  # a model whose probabilities are too flat
+    assert calibrate_temperature(flat, labels) == pytest.approx(0.5, rel=0.1)
+    assert np.allclose(apply_temperature(flat, 0.5), true_p, atol=1e-6)
