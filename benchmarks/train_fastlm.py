@@ -13,6 +13,8 @@ Steps (each cached, so a rerun only does what is missing):
 3. `eval`: NME (mean point error / inter-ocular distance of the dlib target, outer eye corners)
    on the valid split, mean / median / 90th percentile, overall and by dlib detector; written to
    benchmarks/results/fastlm_eval.json.
+4. `floor` (optional): the same NME between dlib on the mirrored valid images (mapped back) and
+   dlib on the originals, i.e. how far dlib's own output moves under a flip.
 
     python benchmarks/train_fastlm.py [--epochs 12] [--max-minutes 8] [--steps targets,train,eval]
 """
@@ -185,7 +187,7 @@ def train(epochs: int, max_minutes: float, width: int, batch: int, lr: float, se
             "valid_nme_mean": log["epochs"][-1]["valid_nme_mean"]}
     torch.save({"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
                 "meta": meta}, out)
-    log["weights"] = str(out.relative_to(ROOT))
+    log["weights"] = str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
     log["weights_bytes"] = out.stat().st_size
     return log
 
@@ -222,6 +224,44 @@ def evaluate(weights: Path) -> dict:
     return res
 
 
+def _dlib_flipped_chunk(paths: list[str]) -> np.ndarray:
+    """dlib landmarks (stage path) of the horizontally mirrored images, mapped back to the originals."""
+    import cv2
+
+    from ferclean.faces import FacesConfig, analyze_image, get_backend, load_image
+    from ferclean.faces.fastlm import MIRROR_68
+
+    cfg = FacesConfig()
+    backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
+    out = np.zeros((len(paths), 68, 2))
+    for i, p in enumerate(paths):
+        img = cv2.flip(load_image(p), 1)
+        r = next(r for r in analyze_image(img, backend, cfg) if r["is_primary"])
+        lm = np.asarray(r["landmarks68"]).reshape(68, 2)[MIRROR_68]
+        lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
+        out[i] = lm
+    return out
+
+
+def dlib_flip_floor(procs: int = 2) -> dict:
+    """NME of dlib on the mirrored valid images (mapped back) vs dlib on the originals: how much
+    dlib disagrees with itself, a floor for any model distilled from it."""
+    z = load_targets()
+    va = np.flatnonzero(z["split"] == "valid")
+    paths = [str(FER / z["paths"][i]) for i in va]
+    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
+    t0 = time.time()
+    with Pool(procs) as pool:
+        lm = np.concatenate(pool.map(_dlib_flipped_chunk, chunks))
+    e = nme(lm, z["lm"][va].astype(np.float64))
+    det = z["detector"][va]
+    res = {"n": len(va), "seconds": round(time.time() - t0, 1)}
+    for name, m in (("all", np.ones(len(va), bool)), ("target_dlib", det == "dlib"), ("target_full_frame", det == "full_frame")):
+        res[name] = {"nme_mean": round(float(e[m].mean()), 5), "nme_median": round(float(np.median(e[m])), 5),
+                     "nme_p90": round(float(np.percentile(e[m], 90)), 5)}
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="targets,train,eval")
@@ -249,6 +289,9 @@ def main() -> None:
         res["train"]["args"] = {k: str(v) for k, v in vars(args).items()}
     if "eval" in steps:
         res["eval"] = evaluate(args.out)
+        res["eval"]["weights_bytes"] = args.out.stat().st_size
+    if "floor" in steps:
+        res["dlib_flip_floor_valid"] = dlib_flip_floor()
     res["machine"] = f"{os.cpu_count()} CPU cores shared (load average {os.getloadavg()[0]:.1f})"
     res_path.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

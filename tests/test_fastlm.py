@@ -22,10 +22,10 @@ from ferclean.faces.fastlm import (
     predict_normalised,
     similarity_transforms,
 )
-from ferclean.faces.geometry import landmarks5_from_68, similarity_transform, template5
+from ferclean.faces.geometry import align_face, landmarks5_from_68, similarity_transform, template5
 from ferclean.runs import open_run
 from ferclean.store import Store
-from tests.test_faces import FEAT_DATA, small_store  # noqa: F401  (fixture)
+from tests.test_faces import FEAT_DATA
 
 
 def _nme(pred: np.ndarray, true: np.ndarray) -> float:
@@ -119,18 +119,31 @@ def test_fingerprint_default_unchanged_and_fastlm_keyed_by_weights():
     assert fp["landmarks"] == "fastlm" and len(fp["fastlm_weights"]) == 16
 
 
-def test_run_faces_fastlm_on_tiny_store(small_store: Store, tmp_path: Path, face_crop: np.ndarray):  # noqa: F811
-    crop_path = tmp_path / "imgs" / "crop.png"
-    cv2.imwrite(str(crop_path), face_crop)
+@pytest.fixture
+def crop_store(tmp_path: Path, face_crop: np.ndarray) -> Store:
+    """Samples: a photo (dlib path), a random 300 px image (no face), a broken file and two 48 px crops."""
     from tests.test_faces import _samples_table
 
-    extra = _samples_table({"f_crop": crop_path})
-    small_store.write_part("samples", "t2", extra)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(1)
+    cv2.imwrite(str(imgs / "tiny.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    cv2.imwrite(str(imgs / "noise.png"), rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    cv2.imwrite(str(imgs / "crop.png"), face_crop)
+    (imgs / "broken.png").write_bytes(b"\x89PNG not really")
+    paths = {"a_single": FEAT_DATA / "single_face.jpg", "c_tiny": imgs / "tiny.png", "d_noise": imgs / "noise.png",
+             "e_broken": imgs / "broken.png", "f_crop": imgs / "crop.png"}
+    store = Store(tmp_path / "out")
+    store.write_part("samples", "t", _samples_table(paths))
+    return store
+
+
+def test_run_faces_fastlm_on_tiny_store(crop_store: Store, face_crop: np.ndarray):
     cfg = FacesConfig(landmarks="fastlm", shard_size=3, workers=1, contact_sheet_n=4)
-    with open_run(small_store, "test", cfg.model_dump(mode="json")) as run:
-        s = run_faces(small_store, run, cfg, progress=False)  # every part is contract-validated on write
-    faces = {(r["sample_id"], r["face_index"]): r for r in small_store.read("faces").to_pylist()}
-    assert {k[0] for k in faces} == {"a_single", "b_multi", "c_tiny", "f_crop"}
+    with open_run(crop_store, "test", cfg.model_dump(mode="json")) as run:
+        s = run_faces(crop_store, run, cfg, progress=False)  # every part is contract-validated on write
+    faces = {(r["sample_id"], r["face_index"]): r for r in crop_store.read("faces").to_pylist()}
+    assert {k[0] for k in faces} == {"a_single", "c_tiny", "f_crop"}
     for sid in ("c_tiny", "f_crop"):  # 48 px crops: one fastlm row each, whole image as the box
         r = faces[(sid, 0)]
         assert r["detector"] == "fastlm" and r["score"] is None and r["is_primary"] and r["n_faces"] == 1
@@ -140,7 +153,11 @@ def test_run_faces_fastlm_on_tiny_store(small_store: Store, tmp_path: Path, face
         lm_crop = np.asarray(r["landmarks68_crop"]).reshape(68, 2)
         np.testing.assert_allclose(landmarks5_from_68(lm_crop), template5(112), atol=12)  # aligned to the template
     assert faces[("a_single", 0)]["detector"] == "dlib"  # photos keep the detector path
-    assert s["detector_counts"] == {"dlib": 2, "fastlm": 2}
+    assert s["detector_counts"] == {"dlib": 1, "fastlm": 2}
     assert s["rejects"] == {"no_face": 1, "decode_failed": 1}
     f = faces[("f_crop", 0)]
     assert abs(f["yaw"]) < 25 and abs(f["roll"]) < 20  # the frontal test face
+    lm = np.asarray(f["landmarks68"]).reshape(68, 2)
+    np.testing.assert_allclose(lm, predict_landmarks([face_crop])[0], atol=1e-3)  # float32 column
+    _, m, _ = align_face(face_crop, lm, 112)  # the per-image alignment gives the same matrix
+    np.testing.assert_allclose(np.asarray(f["align_matrix"]).reshape(2, 3), m, atol=1e-3)
