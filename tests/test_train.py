@@ -44,7 +44,7 @@ def toy_aus(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def test_ce_learns_toy_task():
     x, y = toy_images(72)
-    res = fit(x, y, "ce", tiny_cfg(epochs=3, checkpoint=False))
+    res = fit(x, y, "ce", tiny_cfg(epochs=4, checkpoint=False, lr_milestones=(1.0, 1.0)))
     out = predict(res.model, x, "ce", tta_flip=False)
     assert (out["probs"].argmax(1) == y).mean() > 0.8
     assert np.allclose(out["probs"].sum(1), 1, atol=1e-5)
