@@ -64,19 +64,20 @@ def curate_flow(
     if task_runner not in TASK_RUNNERS:
         raise ValueError(f"task_runner must be one of {TASK_RUNNERS}")
     logger = get_run_logger()
-    plan, configs = curate_plan(source, until, config_file, limit, workers)
     store = Store(out)
-    run_config = {
+    run_config: dict[str, Any] = {
         "flow": "curate", "source": source, "until": until, "config_file": config_file, "limit": limit,
         "workers": workers, "task_runner": task_runner, "scheduler_address": scheduler_address, "force": force,
-        "stages": [s.name for s in plan],
-        "configs": {k: pipeline.config_dump(v) for k, v in configs.items()},
     }
     shard_runner = {"kind": task_runner, "workers": workers, "scheduler_address": scheduler_address,
                     "retries": retries, "retry_delay_s": retry_delay_s}
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     with open_run(store, "curate", run_config) as run:
+        # Inside the run, so a bad config file or --until also leaves a failed `runs` row.
+        plan, configs = curate_plan(source, until, config_file, limit, workers)
+        run.config["stages"] = [s.name for s in plan]
+        run.config["configs"] = {k: pipeline.config_dump(v) for k, v in configs.items()}
         logger.info("run %s: stages %s", run.run_id, [s.name for s in plan])
         for spec in plan:
             results[spec.name] = call_stage(

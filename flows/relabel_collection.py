@@ -75,45 +75,47 @@ def relabel_collection_flow(
     if task_runner not in TASK_RUNNERS:
         raise ValueError(f"task_runner must be one of {TASK_RUNNERS}")
     logger = get_run_logger()
-    if Path(out).expanduser().resolve() == Path(model_dir).expanduser().resolve().parent:
-        raise ValueError("relabel-collection writes a new OUT: pick a folder other than the model's run folder")
-    stages = pipeline.STAGE_SETS[STAGES]
-    plan = pipeline.resolve_until(None, stages)
-    raw = pipeline.read_config_file(config_file)
-    reference = raw.get("aus", {}).get("reference_path") or model_au_reference(model_dir)
-    if reference is None and not allow_refit_reference:
-        raise FileNotFoundError(
-            f"no neutral AU reference found for the model at {model_dir} (model.json, "
-            "aus_reference.json, or its run's stages/aus.json); set aus.reference_path in the config "
-            "or pass allow_refit_reference=True"
-        )
-    overrides: dict[str, dict[str, Any]] = {s.name: {"workers": workers} for s in plan}
-    overrides["ingest"] = {"source": source, "limit": limit, "workers": workers}
-    overrides["aus"] = {"reference_path": reference, "workers": workers}
-    overrides["score"] = {"model_dir": str(Path(model_dir).expanduser().resolve())}
-    configs = pipeline.build_configs(plan, raw, overrides, all_stages=stages)
     store = Store(out)
-    run_config = {
-        "flow": "relabel-collection", "source": source, "model_dir": model_dir, "au_reference": reference,
-        "config_file": config_file, "limit": limit, "workers": workers, "task_runner": task_runner,
-        "scheduler_address": scheduler_address, "force": force, "stages": [s.name for s in plan],
-        "configs": {k: pipeline.config_dump(v) for k, v in configs.items()},
+    run_config: dict[str, Any] = {
+        "flow": "relabel-collection", "source": source, "model_dir": model_dir, "config_file": config_file,
+        "limit": limit, "workers": workers, "task_runner": task_runner, "scheduler_address": scheduler_address,
+        "force": force,
     }
     shard_runner = {"kind": task_runner, "workers": workers, "scheduler_address": scheduler_address,
                     "retries": retries, "retry_delay_s": retry_delay_s}
-    extra = {
-        "score": {"model": pipeline.folder_fingerprint(model_dir)},
-        "aus": {"reference_sha256": hashlib.sha256(Path(reference).read_bytes()).hexdigest()} if reference else None,
-    }
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     with open_run(store, "relabel-collection", run_config) as run:
+        if Path(out).expanduser().resolve() == Path(model_dir).expanduser().resolve().parent:
+            raise ValueError("relabel-collection writes a new OUT: pick a folder other than the model's run folder")
+        stages = pipeline.STAGE_SETS[STAGES]
+        plan = pipeline.resolve_until(None, stages)
+        raw = pipeline.read_config_file(config_file)
+        reference = raw.get("aus", {}).get("reference_path") or model_au_reference(model_dir)
+        if reference is None and not allow_refit_reference:
+            raise FileNotFoundError(
+                f"no neutral AU reference found for the model at {model_dir} (model.json, "
+                "aus_reference.json, or its run's stages/aus.json); set aus.reference_path in the config "
+                "or pass allow_refit_reference=True"
+            )
+        overrides: dict[str, dict[str, Any]] = {s.name: {"workers": workers} for s in plan}
+        overrides["ingest"] = {"source": source, "limit": limit, "workers": workers}
+        overrides["aus"] = {"reference_path": reference, "workers": workers}
+        overrides["score"] = {"model_dir": str(Path(model_dir).expanduser().resolve())}
+        configs = pipeline.build_configs(plan, raw, overrides, all_stages=stages)
+        run.config.update({
+            "au_reference": reference, "stages": [s.name for s in plan],
+            "configs": {k: pipeline.config_dump(v) for k, v in configs.items()},
+        })
+        extra = {
+            "score": {"model": pipeline.folder_fingerprint(model_dir)},
+            "aus": {"reference_sha256": hashlib.sha256(Path(reference).read_bytes()).hexdigest()} if reference else None,
+        }
         logger.info("run %s: stages %s, AU reference %s", run.run_id, [s.name for s in plan], reference)
         for spec in plan:
             results[spec.name] = call_stage(
                 spec.name, store, run, configs[spec.name], source=source, force=force, progress=progress,
-                shard_runner=shard_runner, stages=STAGES,
-                extra_inputs=extra.get(spec.name),
+                shard_runner=shard_runner, stages=STAGES, extra_inputs=extra.get(spec.name),
             )
         tables = catalog_task(store, prefix="ferclean-relabel-collection")
         run.counts["flow.seconds"] = round(time.perf_counter() - t0)

@@ -156,6 +156,12 @@ def test_bad_source_gives_failed_run_row(prefect_server, tmp_path, config_file):
     (row,) = _runs(Store(out))
     assert row["status"] == "failed" and "does not exist" in row["error"]
     assert Store(out).count("samples") == 0
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("facez: {shard_size: 3}\n")
+    state = curate_flow(source=str(tmp_path), out=str(out), config_file=str(bad_cfg), return_state=True, **FAST)
+    assert state.is_failed()
+    rows = _runs(Store(out))
+    assert len(rows) == 2 and rows[1]["status"] == "failed" and "unknown stages ['facez']" in rows[1]["error"]
 
 
 @pytest.mark.slow  # ~25 s on 2 cores: two worker processes import OpenCV/dlib
