@@ -9,7 +9,8 @@
     benchmarks/train_fastlm.py in /tmp/ferclean_fastlm/targets.npz; run that first).
 
     python benchmarks/bench_fastlm.py [--fer-n 2000] [--workers 2]
-Writes benchmarks/results/fastlm_bench.json.
+Writes benchmarks/results/fastlm_bench.json (`--out`); e.g. the larger fastlm-only run:
+    python benchmarks/bench_fastlm.py --fer-n 10000 --landmarks fastlm --skip-aus-auroc --out fastlm_bench_10k.json
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def au_comparison(min_votes: int = 7) -> dict:
         out[name] = {"AU12_happy_auroc": round(res["aurocs"]["happy"]["AU12"], 4),
                      "AU12_happy_auroc_valid": round(va["happy"]["AU12"], 4),
                      "mean_prototype_auroc": round(res["mean_auroc"], 4),
-                     "mean_prototype_auroc_valid": round(float(np.mean([v for d in va.values() for v in d.values()])), 4),
+                     "mean_prototype_auroc_valid": round(float(np.mean([v for d in va.values() for v in d.values()])),
+                                                         4),
                      "lr_5fold_accuracy": round(res["lr_acc"], 4),
                      "prototype_auroc": {k: {a: round(v, 3) for a, v in d.items()} for k, d in res["aurocs"].items()}}
     return out
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--fer-n", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-aus-auroc", action="store_true")
+    ap.add_argument("--landmarks", default="fastlm,dlib", help="stage variants to time, comma separated")
+    ap.add_argument("--out", default="fastlm_bench.json", help="file name under benchmarks/results")
     args = ap.parse_args()
     if not (FER / "labels.csv").exists():
         sys.exit(f"FER2013 data not found at {FER}")
@@ -150,7 +154,7 @@ def main() -> None:
     best = max(res["decode_per_s"], res["decode_per_s_1proc"])
     base = FacesConfig(workers=args.workers, shard_size=250)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("fastlm", "dlib"):
+        for name in args.landmarks.split(","):
             r = faces_and_aus(items, base.model_copy(update={"landmarks": name}), Path(tmp) / name)
             r["faces_ratio_to_decode"] = r["faces_per_s"] / best
             r["faces_aus_ratio_to_decode"] = r["faces_aus_per_s"] / best
@@ -162,7 +166,7 @@ def main() -> None:
         res["au_auroc"] = au_comparison()
     res["load_avg_end"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fastlm_bench.json").write_text(json.dumps(res, indent=1, default=str))
+    (RESULTS / args.out).write_text(json.dumps(res, indent=1, default=str))
     print(json.dumps(res, indent=1, default=str))
 
 

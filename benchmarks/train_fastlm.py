@@ -118,7 +118,8 @@ def random_affine(x, y, rng, max_deg: float = 8.0, max_scale: float = 0.06, max_
     ang = torch.from_numpy(rng.uniform(-max_deg, max_deg, n)).float().deg2rad()
     sc = torch.from_numpy(rng.uniform(1 - max_scale, 1 + max_scale, n)).float()
     t = torch.from_numpy(rng.uniform(-2 * max_shift, 2 * max_shift, (n, 2))).float()
-    a = torch.stack([torch.stack([ang.cos(), -ang.sin()], 1), torch.stack([ang.sin(), ang.cos()], 1)], 1) * sc[:, None, None]
+    rows = [torch.stack([ang.cos(), -ang.sin()], 1), torch.stack([ang.sin(), ang.cos()], 1)]
+    a = torch.stack(rows, 1) * sc[:, None, None]
     theta = torch.cat([a, t[:, :, None]], 2)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     xw = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -219,8 +220,10 @@ def evaluate(weights: Path) -> dict:
     e0 = nme(np.broadcast_to(mean_shape, z["lm"][va].shape), z["lm"][va].astype(np.float64))
     res["baseline_mean_shape_valid"] = {"nme_mean": round(float(e0.mean()), 5),
                                         "nme_p90": round(float(np.percentile(e0, 90)), 5)}
-    res["iod_px_valid_median"] = round(float(np.median(np.linalg.norm(z["lm"][va][:, 45] - z["lm"][va][:, 36], axis=1))), 2)
-    res["target_detector_share_valid"] = {d: round(float((z["detector"][va] == d).mean()), 4) for d in ("dlib", "full_frame")}
+    iod = np.linalg.norm(z["lm"][va][:, 45] - z["lm"][va][:, 36], axis=1)
+    res["iod_px_valid_median"] = round(float(np.median(iod)), 2)
+    res["target_detector_share_valid"] = {d: round(float((z["detector"][va] == d).mean()), 4)
+                                          for d in ("dlib", "full_frame")}
     return res
 
 
@@ -256,7 +259,8 @@ def dlib_flip_floor(procs: int = 2) -> dict:
     e = nme(lm, z["lm"][va].astype(np.float64))
     det = z["detector"][va]
     res = {"n": len(va), "seconds": round(time.time() - t0, 1)}
-    for name, m in (("all", np.ones(len(va), bool)), ("target_dlib", det == "dlib"), ("target_full_frame", det == "full_frame")):
+    subsets = (("all", np.ones(len(va), bool)), ("target_dlib", det == "dlib"), ("target_full_frame", det == "full_frame"))
+    for name, m in subsets:
         res[name] = {"nme_mean": round(float(e[m].mean()), 5), "nme_median": round(float(np.median(e[m])), 5),
                      "nme_p90": round(float(np.percentile(e[m], 90)), 5)}
     return res

@@ -16,6 +16,7 @@ from ferclean.faces.fastlm import (
     FastLandmarkNet,
     default_weights_path,
     flip_landmarks,
+    fuse_for_inference,
     landmarks5_batch,
     load_model,
     predict_landmarks,
@@ -77,11 +78,31 @@ def test_batched_similarity_matches_single_fits():
 def test_weights_ship_as_small_package_data_and_load():
     p = default_weights_path()
     assert p.is_file(), f"packaged weights missing at {p}"
-    assert p.parent.name == "weights" and p.parent.parent == Path(__file__).resolve().parents[1] / "ferclean" / "faces"
+    import ferclean.faces
+
+    assert p.parent == Path(ferclean.faces.__file__).resolve().parent / "weights"  # inside the package
     assert p.stat().st_size < 2_000_000
     model = load_model()
     assert isinstance(model, FastLandmarkNet) and not model.training
     assert load_model() is model  # cached per process
+
+
+def test_fused_inference_model_matches_the_trained_network():
+    torch.manual_seed(0)
+    net = FastLandmarkNet()
+    for m in net.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    net.head.weight.data.normal_(0, 0.01)
+    net.eval()
+    x = torch.rand(4, 1, 48, 48)
+    with torch.inference_mode():
+        ref = net(x)
+        fused = fuse_for_inference(net)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), ref, atol=1e-5, rtol=1e-4)
 
 
 def test_missing_weights_give_a_clear_error(tmp_path: Path):

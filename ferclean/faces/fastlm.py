@@ -18,6 +18,7 @@ Public: :data:`MIRROR_68`, :func:`flip_landmarks`, :class:`FastLandmarkNet`, :fu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.resources
 import os
@@ -131,7 +132,20 @@ def load_model(path: str | None = None) -> FastLandmarkNet:
     blob = torch.load(p, map_location="cpu", weights_only=True)
     model = FastLandmarkNet(width=int(blob["meta"]["width"]))
     model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
-    return model.eval()
+    return fuse_for_inference(model)
+
+
+def fuse_for_inference(model: FastLandmarkNet) -> FastLandmarkNet:
+    """Eval-mode copy with each BatchNorm folded into its conv, in channels_last memory format
+    (same outputs to ~1e-7; ~2x faster on CPU). For inference only."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for block in fused.features:
+        if isinstance(block[1], nn.BatchNorm2d):
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return fused.to(memory_format=torch.channels_last)
 
 
 def limit_threads(workers: int) -> None:
@@ -159,7 +173,8 @@ def predict_normalised(images: Sequence[np.ndarray], model: FastLandmarkNet | No
     out = np.empty((len(images), 68, 2), np.float64)
     with torch.inference_mode():
         for s in range(0, len(images), batch_size):
-            out[s : s + batch_size] = model(to_input(images[s : s + batch_size])).numpy()
+            x = to_input(images[s : s + batch_size]).contiguous(memory_format=torch.channels_last)
+            out[s : s + batch_size] = model(x).numpy()
     return out
 
 
@@ -245,6 +260,6 @@ def analyze_batch(images: Sequence[np.ndarray], config: FacesConfig,
 
 __all__ = [
     "BATCH_SIZE", "DETECTOR", "INPUT_SIZE", "MIRROR_68", "FastLandmarkNet", "analyze_batch",
-    "default_weights_path", "flip_landmarks", "landmarks5_batch", "limit_threads", "load_model", "predict_landmarks",
+    "default_weights_path", "flip_landmarks", "fuse_for_inference", "landmarks5_batch", "limit_threads", "load_model", "predict_landmarks",
     "predict_normalised", "similarity_transforms", "to_input", "weights_digest",
 ]

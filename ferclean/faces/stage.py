@@ -4,7 +4,8 @@ Each shard (a :class:`ferclean.shards.Shard` of `samples`) is processed by the m
 :func:`faces_shard` (possibly in a worker process), which writes the shard's `faces` part and a
 small JSON sidecar of its rejected images under `OUT/work/faces/<shard key>.rejects.json`. The
 stage records every shard's rejects (done now or earlier) in this run's `rejects` rows, so a
-resumed run still accounts for every input image.
+resumed run still accounts for every input image. With `FacesConfig.landmarks = "fastlm"` the
+shard's pre-aligned images are analysed together by `ferclean.faces.fastlm.analyze_batch`.
 """
 
 from __future__ import annotations
