@@ -60,7 +60,8 @@ def breakdown(paths: list[str], n: int = 500) -> dict:
     import cv2
     import torch
 
-    from ferclean.faces.fastlm import landmarks5_batch, load_model, predict_landmarks, similarity_transforms, to_input
+    from ferclean.faces.fastlm import (
+        head_pose_batch, landmarks5_batch, load_model, predict_landmarks, similarity_transforms, to_input)
     from ferclean.faces.geometry import template5, warp_crop
     from ferclean.faces.pose import head_pose
     from ferclean.faces.quality import crop_stats
@@ -78,7 +79,7 @@ def breakdown(paths: list[str], n: int = 500) -> dict:
     s = time.perf_counter()
     with torch.inference_mode():
         for k in range(0, n, 256):
-            model(x[k : k + 256])
+            model(x[k : k + 256].contiguous(memory_format=torch.channels_last))
     t["cnn_forward"] = time.perf_counter() - s
     lm = predict_landmarks(imgs, model)
     s = time.perf_counter()
@@ -94,7 +95,10 @@ def breakdown(paths: list[str], n: int = 500) -> dict:
     s = time.perf_counter()
     for p in lm:
         head_pose(p, 48, 48)
-    t["head_pose_solvepnp"] = time.perf_counter() - s
+    t["head_pose_solvepnp_per_image"] = time.perf_counter() - s
+    s = time.perf_counter()
+    head_pose_batch(lm, np.full(n, 48.0), np.full(n, 48.0))
+    t["head_pose_batched_used"] = time.perf_counter() - s
     s = time.perf_counter()
     for c in crops:
         cv2.imencode(".png", c)

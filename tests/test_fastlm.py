@@ -17,6 +17,7 @@ from ferclean.faces.fastlm import (
     default_weights_path,
     flip_landmarks,
     fuse_for_inference,
+    head_pose_batch,
     landmarks5_batch,
     load_model,
     predict_landmarks,
@@ -72,6 +73,22 @@ def test_batched_similarity_matches_single_fits():
     for i in range(6):
         np.testing.assert_allclose(p5[i], landmarks5_from_68(lm68[i]))
         np.testing.assert_allclose(mats[i], similarity_transform(p5[i], template5(112)), atol=1e-9)
+
+
+def test_batched_head_pose_matches_solvepnp():
+    from ferclean.faces.pose import MODEL_INDEX, camera_matrix, head_pose, project_model, rotation_from_angles
+
+    rng = np.random.default_rng(3)
+    cases = [(0, 0, 0), (25, 0, 0), (-30, 10, 0), (0, -20, 12), (20, -10, 8), (40, 25, -20)]
+    lm = np.zeros((len(cases), 68, 2))
+    for i, ang in enumerate(cases):
+        rot = rotation_from_angles(*ang)
+        lm[i, MODEL_INDEX] = project_model(rot, np.array([10.0, -5.0, 600.0]), camera_matrix(640, 480))
+    got = head_pose_batch(lm, np.full(len(cases), 640), np.full(len(cases), 480))
+    np.testing.assert_allclose(got, cases, atol=0.05)  # exact projections: the true angles
+    noisy = lm + rng.normal(0, 2.0, lm.shape)  # noisy points: the same optimum as cv2.solvePnP
+    ref = np.array([head_pose(p, 640, 480) for p in noisy])
+    np.testing.assert_allclose(head_pose_batch(noisy, np.full(len(cases), 640), np.full(len(cases), 480)), ref, atol=0.2)
 
 
 # ------------------------------------------------------------------------------ model + weights

@@ -13,7 +13,8 @@ forward pass per batch of whole images:
   from dlib on FER2013 train with `benchmarks/train_fastlm.py`; never downloaded.
 
 Public: :data:`MIRROR_68`, :func:`flip_landmarks`, :class:`FastLandmarkNet`, :func:`load_model`,
-:func:`predict_landmarks`, :func:`similarity_transforms`, :func:`analyze_batch`.
+:func:`predict_landmarks`, :func:`similarity_transforms`, :func:`head_pose_batch`,
+:func:`analyze_batch`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from torch import nn
 from ferclean.faces.backends import BackendUnavailable
 from ferclean.faces.config import FacesConfig
 from ferclean.faces.geometry import template5, warp_crop
-from ferclean.faces.pose import head_pose
 from ferclean.faces.quality import crop_stats, quality_flags, to_gray
 
 INPUT_SIZE = 48
@@ -215,6 +215,86 @@ def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def _skew(a: np.ndarray) -> np.ndarray:
+    """(..., 3) vectors -> (..., 3, 3) cross-product matrices [a]x."""
+    z = np.zeros(a.shape[:-1])
+    return np.stack([np.stack([z, -a[..., 2], a[..., 1]], -1), np.stack([a[..., 2], z, -a[..., 0]], -1),
+                     np.stack([-a[..., 1], a[..., 0], z], -1)], -2)
+
+
+def _rodrigues(w: np.ndarray) -> np.ndarray:
+    """(N, 3) rotation vectors (rad) -> (N, 3, 3) rotation matrices."""
+    th = np.linalg.norm(w, axis=1)[:, None, None]
+    k = _skew(w / np.maximum(th[:, :, 0], 1e-12))
+    return np.eye(3) + np.sin(th) * k + (1 - np.cos(th)) * (k @ k)
+
+
+def head_pose_batch(lm68: np.ndarray, width: np.ndarray, height: np.ndarray, iters: int = 50) -> np.ndarray:
+    """(N, 3) yaw, pitch, roll in degrees: `pose.head_pose` for many faces at once.
+
+    Same 3D model, pinhole guess and starting point as `pose.head_pose`; the reprojection error
+    is minimised by a batched Levenberg-Marquardt (rotation updated as exp([dw]x) R) instead of
+    one cv2.solvePnP call per face. `lm68` (N, 68, 2) px; `width`, `height` (N,) px. Faces whose
+    fit does not give finite angles get NaN.
+    """
+    from ferclean.faces.pose import MODEL_INDEX, MODEL_XYZ
+
+    obs = np.asarray(lm68, np.float64)[:, MODEL_INDEX]  # (N, 10, 2)
+    n = len(obs)
+    w = np.asarray(width, np.float64).reshape(n)
+    h = np.asarray(height, np.float64).reshape(n)
+    f, cx, cy = np.maximum(w, h), w / 2.0, h / 2.0
+    eye_px = np.linalg.norm(lm68[:, 45] - lm68[:, 36], axis=1)
+    z0 = f * 90.0 / np.maximum(eye_px, 1e-3)
+    t = np.stack([(obs[:, 0, 0] - cx) * z0 / f, (obs[:, 0, 1] - cy) * z0 / f, z0], 1)
+    rot = np.repeat(np.eye(3)[None], n, 0)
+    lam = np.full(n, 1e-3)
+
+    def residual(rot_: np.ndarray, t_: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a = MODEL_XYZ @ rot_.transpose(0, 2, 1)  # (K, 10, 3) rotated model of faces k
+        p = a + t_[:, None]
+        zz = np.where(np.abs(p[..., 2]) < 1e-6, 1e-6, p[..., 2])
+        proj = np.stack([f[k, None] * p[..., 0] / zz + cx[k, None], f[k, None] * p[..., 1] / zz + cy[k, None]], -1)
+        return (proj - obs[k]).reshape(len(k), -1), a, p
+
+    everyone = np.arange(n)
+    r, a, p = residual(rot, t, everyone)
+    cost = (r**2).sum(1)
+    active = np.ones(n, bool)
+    for _ in range(iters):  # LM on the faces still moving
+        k = np.flatnonzero(active)
+        if not len(k):
+            break
+        fk, pk, zz = f[k, None], p[k], p[k][..., 2]
+        dproj = np.zeros((len(k), 10, 2, 3))
+        dproj[..., 0, 0] = dproj[..., 1, 1] = fk / zz
+        dproj[..., 0, 2] = -fk * pk[..., 0] / zz**2
+        dproj[..., 1, 2] = -fk * pk[..., 1] / zz**2
+        dp = np.concatenate([-_skew(a[k]), np.broadcast_to(np.eye(3), (len(k), 10, 3, 3))], -1)  # (K, 10, 3, 6)
+        jac = (dproj @ dp).reshape(len(k), 20, 6)
+        hess = jac.transpose(0, 2, 1) @ jac
+        grad = jac.transpose(0, 2, 1) @ r[k][..., None]
+        diag = np.eye(6) * np.diagonal(hess, axis1=1, axis2=2)[:, None, :]
+        step = -np.linalg.solve(hess + lam[k, None, None] * diag + 1e-9 * np.eye(6), grad)[..., 0]
+        rot_new = _rodrigues(step[:, :3]) @ rot[k]
+        t_new = t[k] + step[:, 3:]
+        r_new, a_new, p_new = residual(rot_new, t_new, k)
+        cost_new = (r_new**2).sum(1)
+        ok = np.isfinite(cost_new) & (cost_new < cost[k])
+        kk = k[ok]
+        small = cost[kk] - cost_new[ok] <= 1e-10 * (1.0 + cost[kk])
+        rot[kk], t[kk], r[kk], a[kk], p[kk], cost[kk] = rot_new[ok], t_new[ok], r_new[ok], a_new[ok], p_new[ok], cost_new[ok]
+        lam[k] = np.where(ok, lam[k] * 0.1, lam[k] * 10.0).clip(1e-9, 1e9)
+        active[kk[small]] = False
+        active[k[~ok & (lam[k] >= 1e8)]] = False  # no descent direction left: converged or stuck
+    yaw = np.rad2deg(np.arcsin(np.clip(rot[:, 2, 0], -1.0, 1.0)))
+    pitch = -np.rad2deg(np.arctan2(rot[:, 2, 1], rot[:, 2, 2]))
+    roll = np.rad2deg(np.arctan2(rot[:, 1, 0], rot[:, 0, 0]))
+    out = np.stack([yaw, pitch, roll], 1)
+    out[~np.isfinite(out).all(1) | (p[..., 2] <= 0).any(1)] = np.nan
+    return out
+
+
 def _png(crop: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", crop)
     if not ok:
@@ -227,8 +307,8 @@ def analyze_batch(images: Sequence[np.ndarray], config: FacesConfig,
     """One `faces` record (keys = faces columns but run_id / sample_id) per pre-aligned image.
 
     The whole image is the face box (`detector = 'fastlm'`, score None); landmarks come from one
-    forward pass per batch, the 5-point similarity fits are batched; warp, pose, quality and PNG
-    encoding run per image.
+    forward pass per batch, the 5-point similarity fits and head poses are batched; warp,
+    quality and PNG encoding run per image.
     """
     if not len(images):
         return []
@@ -237,12 +317,14 @@ def analyze_batch(images: Sequence[np.ndarray], config: FacesConfig,
     size = config.crop_size
     mats = similarity_transforms(lm5, template5(size))
     crop_lm = np.einsum("nij,nkj->nki", mats[:, :, :2], lm68) + mats[:, None, :, 2]
+    hw = np.array([img.shape[:2] for img in images], np.float64)
+    poses = head_pose_batch(lm68, hw[:, 1], hw[:, 0])
     out = []
-    for img, lm, p5, m, clm in zip(images, lm68, lm5, mats, crop_lm, strict=True):
+    for img, lm, p5, m, clm, pose in zip(images, lm68, lm5, mats, crop_lm, poses, strict=True):
         h, w = img.shape[:2]
         crop = warp_crop(img, m, size)
         blur, brightness, contrast = crop_stats(crop)
-        yaw, pitch, roll = head_pose(lm, w, h)
+        yaw, pitch, roll = (float(v) for v in pose)
         fpx = float(np.sqrt(w * h))
         out.append({
             "face_index": 0, "is_primary": True, "n_faces": 1, "detector": DETECTOR, "score": None,
@@ -259,7 +341,7 @@ def analyze_batch(images: Sequence[np.ndarray], config: FacesConfig,
 
 
 __all__ = [
-    "BATCH_SIZE", "DETECTOR", "INPUT_SIZE", "MIRROR_68", "FastLandmarkNet", "analyze_batch",
-    "default_weights_path", "flip_landmarks", "fuse_for_inference", "landmarks5_batch", "limit_threads", "load_model", "predict_landmarks",
-    "predict_normalised", "similarity_transforms", "to_input", "weights_digest",
+    "BATCH_SIZE", "DETECTOR", "INPUT_SIZE", "MIRROR_68", "FastLandmarkNet", "analyze_batch", "default_weights_path",
+    "flip_landmarks", "fuse_for_inference", "head_pose_batch", "landmarks5_batch", "limit_threads", "load_model",
+    "predict_landmarks", "predict_normalised", "similarity_transforms", "to_input", "weights_digest",
 ]
