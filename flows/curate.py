@@ -1,4 +1,4 @@
-"""The curate flow: ingest -> faces -> aus -> au_graph -> train -> relabel -> dataset_issues ->
+"""The curate flow: ingest -> faces -> aus -> au_graph -> train -> dataset_issues -> relabel ->
 export, then a catalog refresh. One `runs` row (kind `curate`) per flow run.
 
 Run it from Python (`curate_flow(source=..., out=...)`), from the CLI (`ferclean curate`), or
