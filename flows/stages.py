@@ -20,6 +20,8 @@ import os
 # machine misses; allow 120 s unless set otherwise. Takes effect when this module is imported
 # before Prefect (flows/__init__.py does the same for `import flows`).
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# ferclean runs offline; Prefect's telemetry would only log a failed DNS lookup on every run.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import time  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
