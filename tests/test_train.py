@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -166,3 +167,16 @@ def test_run_train_writes_predictions_model_and_curves(tmp_path):
     with open_run(store, "train", cfg.model_dump(mode="json")) as run:
         run_train(store, run, cfg.model_copy(update={"final_model": False}), progress=False)
     assert len(store.read("predictions").to_pandas().query("fold >= 0")) == 2 * 35
+
+
+def test_model_folder_carries_the_aus_reference(tmp_path):
+    store, _ = make_store(tmp_path)
+    older = store.run_dir("r1") / "aus_reference.json"
+    older.write_text('{"which": "old"}')
+    newer = store.run_dir("r2") / "aus_reference.json"
+    newer.write_text('{"which": "new"}')
+    os.utime(older, (1, 1))  # make r1's file the older one whatever the clock resolution
+    cfg = tiny_cfg(methods=["ce"], final_method="ce", epochs=1)
+    with open_run(store, "train", cfg.model_dump(mode="json")) as run:
+        run_train(store, run, cfg, progress=False)
+    assert json.loads((store.root / "model" / "aus_reference.json").read_text()) == {"which": "new"}

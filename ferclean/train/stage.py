@@ -174,6 +174,12 @@ def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> n
     return cooccurrence_graph(presence)
 
 
+def latest_aus_reference(out: Path) -> Path | None:
+    """The neutral AU reference the aus stage saved most recently under `OUT/runs/*/`, if any."""
+    refs = sorted(Path(out).glob("runs/*/aus_reference.json"), key=lambda p: p.stat().st_mtime)
+    return refs[-1] if refs else None
+
+
 def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Cross-fit each method in `config.methods`, write `predictions`, train + save the final model."""
     from ferclean.relabel import RelabelConfig, decide, final_labels
@@ -232,6 +238,9 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                   log=lambda row: log({**row, "fold": -1}))
         model_dir = save_model(res, config, inputs.au_names, store.root / "model",
                                extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"]})
+        ref = latest_aus_reference(store.root)
+        if ref is not None:  # a model folder must work on its own for relabel-collection
+            shutil.copyfile(ref, Path(model_dir) / "aus_reference.json")
         out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip)
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
