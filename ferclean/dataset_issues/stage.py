@@ -214,7 +214,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         emb_ok = np.flatnonzero(~np.isnan(sig.embedding).any(axis=1))
         # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
         sig.embedding[emb_ok] -= sig.embedding[emb_ok].mean(axis=0)
-        if 0 < len(emb_ok) <= cfg.embed_max_n:
+        if cfg.embed_duplicates and 0 < len(emb_ok) <= cfg.embed_max_n:
             ep, es = cosine_pairs_blocked(sig.embedding[emb_ok], cfg.embed_cosine_min)
             edges = np.concatenate([edges, emb_ok[ep]])
             sims = np.concatenate([sims, es])
