@@ -232,7 +232,10 @@ def test_all_stages_then_relabel_collection(prefect_server, collection, tmp_path
     (nrun,) = _runs(nstore)
     assert nrun["kind"] == "relabel-collection" and nrun["status"] == "completed"
     aus_manifest = pipeline.read_manifest(store, "aus")
-    assert json.loads(nrun["config"])["au_reference"] == aus_manifest.summary["reference_path"]
+    # The model folder carries its own copy of the training run's neutral AU reference, and that is used.
+    used = json.loads(nrun["config"])["au_reference"]
+    assert used == str(out / "model" / "aus_reference.json")
+    assert Path(used).read_text() == Path(aus_manifest.summary["reference_path"]).read_text()
     preds = nstore.read("predictions").to_pylist()
     assert len(preds) == 5 and {p["fold"] for p in preds} == {-1}
     verdicts = nstore.read("relabels").to_pylist()
