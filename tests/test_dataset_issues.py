@@ -379,7 +379,8 @@ def test_stage_with_faces_and_model_embeddings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stage_mod, "load_embedder", fake_loader)
     with open_run(store, "dataset_issues", {}) as run:
-        summary = run_dataset_issues(store, run, DatasetIssuesConfig(embed_duplicates=True), progress=False)
+        summary = run_dataset_issues(store, run, DatasetIssuesConfig(embed_duplicates=True, hash_source="auto"),
+                                     progress=False)
     assert summary["faces_used"] and summary["model_used"] and summary["hashed_from_crop"] == 14
     assert sum(calls) == 14
     issues = store.read("dataset_issues").to_pylist()
@@ -393,5 +394,5 @@ def test_stage_with_faces_and_model_embeddings(tmp_path, monkeypatch):
 
     # Embedding pairs are opt-in: with the default config only hashes join duplicates.
     with open_run(store, "dataset_issues", {}) as run:
-        run_dataset_issues(store, run, DatasetIssuesConfig(), progress=False)
+        run_dataset_issues(store, run, DatasetIssuesConfig(hash_source="auto"), progress=False)
     assert not [r for r in store.read("dataset_issues").to_pylist() if r["issue_type"] == "near_duplicate"]

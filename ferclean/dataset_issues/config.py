@@ -16,9 +16,11 @@ class DatasetIssuesConfig(BaseModel):
     """
 
     hash_source: Literal["auto", "image", "crop"] = Field(
-        "auto",
-        description="what the pHash is computed on: the image file, the primary aligned crop of the "
-        "faces table, or auto = the crop when the sample has a face row, else the file",
+        "image",
+        description="what the pHash is computed on: the image file (default; the Hamming <= 4 threshold "
+        "was validated on files: 97 % of such pairs are the same photo), the primary aligned crop of the "
+        "faces table, or auto = the crop when the sample has a face row, else the file. On FER2013 the "
+        "crop hashes joined 4,722 samples into near-duplicate clusters vs 2,789 exact copies, unvalidated",
     )
     max_hamming: int = Field(4, ge=0, le=16, description="pHash Hamming distance (of 64 bits) for a near duplicate")
     mirror: bool = Field(True, description="also match horizontally mirrored copies (pHash of the flipped image)")
