@@ -180,3 +180,14 @@ def test_model_folder_carries_the_aus_reference(tmp_path):
     with open_run(store, "train", cfg.model_dump(mode="json")) as run:
         run_train(store, run, cfg, progress=False)
     assert json.loads((store.root / "model" / "aus_reference.json").read_text()) == {"which": "new"}
+
+
+def test_final_training_indices_fall_back_when_almost_everything_is_review():
+    from ferclean.train.stage import final_training_indices
+
+    final = np.array([0, 1, 2, 1, -1, 0, 2, 1])
+    action = np.array(["keep", "relabel", "keep", "keep", "drop", "review", "keep", "keep"])
+    idx, fallback = final_training_indices(final, action, n_classes=2)
+    assert not fallback and idx.tolist() == [0, 1, 2, 3, 6, 7]
+    idx, fallback = final_training_indices(final, np.array(["review"] * 4 + ["drop"] + ["review"] * 3), n_classes=2)
+    assert fallback and idx.tolist() == [0, 1, 2, 3, 5, 6, 7]  # every labelled row, drops still out

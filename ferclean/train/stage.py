@@ -174,6 +174,19 @@ def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> n
     return cooccurrence_graph(presence)
 
 
+def final_training_indices(final: np.ndarray, action: np.ndarray, n_classes: int) -> tuple[np.ndarray, bool]:
+    """Rows the final model trains on: samples with a final label whose verdict is not `review`.
+
+    When fewer than max(2 * n_classes, N / 4) such rows remain (a weak cross-fitted model sends
+    nearly everything to review, e.g. on a tiny collection), train on every labelled row instead
+    of on almost nothing; the second value says whether that fallback was taken.
+    """
+    confident = np.flatnonzero((final >= 0) & (action != "review"))
+    if len(confident) >= max(2 * n_classes, len(final) // 4):
+        return confident, False
+    return np.flatnonzero(final >= 0), True
+
+
 def latest_aus_reference(out: Path) -> Path | None:
     """The neutral AU reference the aus stage saved most recently under `OUT/runs/*/`, if any."""
     refs = sorted(Path(out).glob("runs/*/aus_reference.json"), key=lambda p: p.stat().st_mtime)
@@ -231,7 +244,9 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         scores = oof.get(method) or next(iter(oof.values()))
         d = decide(labels, scores["probs"], scores["alpha"], scores["sem_dist"], RelabelConfig(method=method))
         fin = final_labels(labels, d["action"], d["suggested"])
-        use = np.flatnonzero((fin >= 0) & (d["action"] != "review"))
+        use, fallback = final_training_indices(fin, d["action"], len(classes))
+        if fallback:
+            summary["final_train_fallback"] = "too few confident samples: trained on every labelled sample"
         res = fit(inputs.images[use], fin[use], method, config, aus[use] if method in AUX_METHODS else None,
                   a_bar if method in AUX_METHODS else None,
                   ckpt_path=ckpt_dir / f"{method}-final.pt" if config.checkpoint else None,
