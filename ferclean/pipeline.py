@@ -41,7 +41,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 import ferclean
-from ferclean.shards import Shard, ShardFn, config_fingerprint, plan_shards
+from ferclean.shards import Shard, ShardFn, config_fingerprint
 from ferclean.store import Store
 
 
@@ -210,31 +210,20 @@ class ShardWork:
 
 
 def _faces_work(store: Store, config: Any, run_id: str) -> ShardWork:
-    # Mirrors the plan inside ferclean.faces.run_faces (tests/test_flows.py checks that after the
-    # mapped shards, run_faces finds every shard done).
-    from ferclean.faces.stage import STAGE, ShardJob, faces_shard
+    from ferclean.faces.stage import STAGE, faces_shard, shard_plan
 
-    shards = plan_shards(store, STAGE, config.fingerprint_dict(), shard_size=config.shard_size)
-    return ShardWork(STAGE, faces_shard, ShardJob(config, run_id), shards)
+    shards, job = shard_plan(store, config, run_id)
+    return ShardWork(STAGE, faces_shard, job, shards)
 
 
 def _aus_work(store: Store, config: Any, run_id: str) -> ShardWork | None:
-    # Mirrors ferclean.aus.run_aus for the geometric backend (the neutral reference is fitted
-    # from the store, or loaded from config.reference_path, exactly as run_aus does); the other
-    # backends are not sharded.
+    # Only the geometric backend is sharded; the others run whole.
     if config.backend != "geometric" or store.count("faces") == 0:
         return None
-    from ferclean.aus.backends import GeometricBackend
-    from ferclean.aus.geometric import Reference
-    from ferclean.aus.stage import _geometric_shard, _ShardJob, fit_reference_from_store
+    from ferclean.aus.stage import geometric_shard, geometric_shard_plan, resolve_reference
 
-    ref = Reference.load(config.reference_path) if config.reference_path else fit_reference_from_store(store, config)
-    backend = GeometricBackend(ref, config.landmarks_column, config.presence_threshold, config.lips_part_iod,
-                               config.blink_ratio)
-    fingerprint = {"config": config.model_dump(mode="json", exclude={"workers", "reference_path"}),
-                   "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist()}
-    shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
-    return ShardWork("aus", _geometric_shard, _ShardJob(run_id, backend), shards)
+    shards, job = geometric_shard_plan(store, config, resolve_reference(store, config), run_id)
+    return ShardWork("aus", geometric_shard, job, shards)
 
 
 #: stage name -> function(store, config, run_id) -> ShardWork. A stage module can instead expose

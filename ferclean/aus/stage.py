@@ -90,7 +90,7 @@ def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
     return ref
 
 
-def _geometric_shard(store: Store, shard: Shard, job: _ShardJob) -> pa.Table:
+def geometric_shard(store: Store, shard: Shard, job: _ShardJob) -> pa.Table:
     rows = load_rows(store, shard, "faces", ["sample_id", "face_index", *job.backend.columns()])
     inten, pres = job.backend.predict(rows)
     return aus_table(job.run_id, rows.column("sample_id").to_pylist(),
@@ -124,6 +124,28 @@ def _openface(store: Store, run: Any, config: AusConfig) -> dict:
     return {"rows": table.num_rows, "shards": 1, "skipped": 0}
 
 
+def resolve_reference(store: Store, config: AusConfig) -> Reference:
+    """The neutral reference: loaded from `config.reference_path`, else fitted on the store."""
+    if config.reference_path:
+        ref = Reference.load(config.reference_path)
+        ref.source = f"loaded from {config.reference_path} ({ref.source})"
+        return ref
+    return fit_reference_from_store(store, config)
+
+
+def geometric_shard_plan(store: Store, config: AusConfig, ref: Reference, run_id: str) -> tuple[list[Shard], _ShardJob]:
+    """Shards of `faces` and the per-shard job of the geometric backend (run_aus and the flows).
+
+    The reference is part of the shard keys, so a new reference recomputes every shard.
+    """
+    backend = GeometricBackend(ref, config.landmarks_column, config.presence_threshold,
+                               config.lips_part_iod, config.blink_ratio)
+    fingerprint = {"config": config.model_dump(mode="json", exclude={"workers", "reference_path"}),
+                   "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist()}
+    shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
+    return shards, _ShardJob(run_id, backend)
+
+
 def run_aus(store: Store, run: Any, config: AusConfig, progress: bool = True) -> dict:
     """Score every face in `faces` and write table `aus` (key (sample_id, face_index)).
 
@@ -143,18 +165,10 @@ def run_aus(store: Store, run: Any, config: AusConfig, progress: bool = True) ->
     else:
         if store.count("faces") == 0:
             raise ValueError("table `faces` is empty: run the faces stage first")
-        if config.reference_path:
-            ref = Reference.load(config.reference_path)
-            ref.source = f"loaded from {config.reference_path} ({ref.source})"
-        else:
-            ref = fit_reference_from_store(store, config)
+        ref = resolve_reference(store, config)
         ref_path = ref.save(run.dir / REFERENCE_FILE)
-        backend = GeometricBackend(ref, config.landmarks_column, config.presence_threshold,
-                                   config.lips_part_iod, config.blink_ratio)
-        fingerprint = {"config": config.model_dump(mode="json", exclude={"workers", "reference_path"}),
-                       "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist()}
-        shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
-        done = run_sharded(store, shards, "aus", _geometric_shard, _ShardJob(run.run_id, backend),
+        shards, job = geometric_shard_plan(store, config, ref, run.run_id)
+        done = run_sharded(store, shards, "aus", geometric_shard, job,
                            config.workers, description="aus", progress=progress)
         summary.update(done)
         summary.update({"reference_source": ref.source, "reference_path": str(ref_path),

@@ -149,6 +149,16 @@ def contact_sheet(store: Store, path: Path, n: int = 64, seed: int = 0, cols: in
     return len(items)
 
 
+def shard_plan(store: Store, config: FacesConfig, run_id: str) -> tuple[list[Shard], ShardJob]:
+    """The shards of `samples` and the per-shard job that `faces_shard` runs.
+
+    run_faces processes them in a process pool; the Prefect flows map the same shards as tasks,
+    so both write identical part keys (a run interrupted under one resumes under the other).
+    """
+    shards = plan_shards(store, STAGE, config.fingerprint_dict(), shard_size=config.shard_size)
+    return shards, ShardJob(config, run_id)
+
+
 def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progress: bool = True) -> dict:
     """Detect, align and measure every face of `samples`; write `faces`; record rejects.
 
@@ -157,8 +167,8 @@ def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progres
     """
     config = config or FacesConfig()
     t0 = time.perf_counter()
-    shards = plan_shards(store, STAGE, config.fingerprint_dict(), shard_size=config.shard_size)
-    res = run_sharded(store, shards, STAGE, faces_shard, ShardJob(config, run.run_id),
+    shards, job = shard_plan(store, config, run.run_id)
+    res = run_sharded(store, shards, STAGE, faces_shard, job,
                       workers=config.workers, description="faces", progress=progress)
     keep = {f"{s.key}.rejects.json" for s in shards}
     rdir = rejects_dir(store)
