@@ -17,33 +17,8 @@ from ferclean.aus.geometric import Reference
 from ferclean.contracts import ContractViolation, load_contract, validate
 from ferclean.runs import open_run
 from ferclean.store import Store
+from ferclean.report.synthetic import fill_contract_rows
 from tests.test_aus_geometric import template
-
-_DEFAULTS = {"string": "x", "bool": False, "int8": 1, "int16": 1, "int32": 1, "int64": 1,
-             "float32": 1.0, "float64": 1.0, "binary": b"", "json": "{}"}
-
-
-def contract_rows(table: str, rows: list[dict]) -> pa.Table:
-    """Rows of `table` filled with type-appropriate dummies for every column not given."""
-    contract = load_contract(table)
-    out = []
-    for r in rows:
-        full = {}
-        for c in contract.columns:
-            if c.name in r:
-                full[c.name] = r[c.name]
-            elif c.allowed:
-                full[c.name] = c.allowed[0]
-            elif c.type.startswith("list<"):
-                n = int(c.type.split("[")[1].rstrip("]")) if "[" in c.type else 0
-                full[c.name] = [] if "string" in c.type else [0.0] * n
-            elif c.type == "timestamp":
-                full[c.name] = None if c.nullable else __import__("datetime").datetime.now()
-            else:
-                full[c.name] = _DEFAULTS[c.type]
-        out.append(full)
-    return pa.Table.from_pylist(out, schema=contract.schema())
-
 
 def smile(p: np.ndarray, k: float) -> np.ndarray:
     q = p.copy()
@@ -86,8 +61,8 @@ def tiny_store(tmp_path: Path) -> Store:
                   "landmarks68": (smile(template(), 1.0) * 30 + 200).ravel().tolist(),
                   "landmarks68_crop": [0.0] * 136, "run_id": "r0"})
     store = Store(tmp_path / "out")
-    store.write_part("samples", "all", contract_rows("samples", samples))
-    store.write_part("faces", "all", contract_rows("faces", faces))
+    store.write_part("samples", "all", fill_contract_rows("samples", samples))
+    store.write_part("faces", "all", fill_contract_rows("faces", faces))
     return store
 
 
