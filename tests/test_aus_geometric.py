@@ -149,3 +149,68 @@ def test_reference_prefers_neutral_median_and_round_trips(tmp_path):
     r2 = Reference.load(r.save(tmp_path / "ref.json"))
     assert r2 == r
     assert min(r.scale) >= 0.01
+
+
+def test_brows_drawn_together_raise_au04_without_lowering(ref):
+    knit = template().copy()
+    knit[[20, 21], 0] += 0.06  # inner brow ends pulled toward the midline, same height
+    knit[[22, 23], 0] -= 0.06
+    inten, _ = geometric_aus(np.stack([template(), knit]), ref)
+    assert au(inten, "AU04")[1] > au(inten, "AU04")[0] + 1.0
+    assert au(inten, "AU01")[1] < 0.5
+
+
+def test_oblique_inner_brow_raise_is_au01_not_au02(ref):
+    sad = template().copy()
+    sad[[20, 21, 22, 23], 1] -= 0.06  # only the inner brow ends rise
+    inten, _ = geometric_aus(np.stack([template(), sad]), ref)
+    assert au(inten, "AU01")[1] > 1.0
+    assert au(inten, "AU02")[1] < 0.5
+
+
+def test_outer_brow_raise_is_au02(ref):
+    up = template().copy()
+    up[[17, 18, 19, 24, 25, 26], 1] -= 0.06
+    inten, _ = geometric_aus(np.stack([template(), up]), ref)
+    assert au(inten, "AU02")[1] > 1.0
+
+
+def test_lip_stretch_raises_au20_but_a_smile_does_not(ref):
+    stretch, smile = template().copy(), template().copy()
+    stretch[[48, 60], 0] -= 0.06
+    stretch[[54, 64], 0] += 0.06
+    smile[[48, 60], 0] -= 0.06
+    smile[[54, 64], 0] += 0.06
+    smile[[48, 54, 60, 64], 1] -= 0.08
+    inten, _ = geometric_aus(np.stack([stretch, smile]), ref)
+    assert au(inten, "AU20")[0] > 1.0
+    assert au(inten, "AU20")[1] < au(inten, "AU20")[0] - 1.0
+
+
+def test_thinner_upper_lip_raises_au23(ref):
+    tight = template().copy()
+    tight[[49, 50, 51, 52, 53], 1] += 0.04  # upper red lip thinner
+    tight[[48, 60], 0] += 0.02
+    tight[[54, 64], 0] -= 0.02
+    inten, _ = geometric_aus(np.stack([template(), tight]), ref)
+    assert au(inten, "AU23")[1] > au(inten, "AU23")[0] + 1.0
+
+
+def test_lid_tightening_is_au07_only_without_a_smile(ref):
+    tight, smile = template().copy(), template().copy()
+    for f in (tight, smile):
+        f[[40, 41, 46, 47], 1] -= 0.03  # lower lids raised, aperture narrowed
+    smile[[48, 54, 60, 64], 1] -= 0.1  # lip corners pulled up toward the eyes
+    smile[48, 0] -= 0.05
+    smile[54, 0] += 0.05
+    inten, _ = geometric_aus(np.stack([tight, smile]), ref)
+    assert au(inten, "AU07")[0] > 1.0
+    assert au(inten, "AU07")[1] < au(inten, "AU07")[0]
+    assert au(inten, "AU12")[1] > 1.0
+
+
+def test_lip_corners_pulled_toward_the_lower_lip_raise_au15(ref):
+    down = template().copy()
+    down[[48, 54], 1] += 0.05  # outer corners drop toward the lower lip, inner lips unchanged
+    inten, _ = geometric_aus(np.stack([template(), down]), ref)
+    assert au(inten, "AU15")[1] > au(inten, "AU15")[0] + 1.0

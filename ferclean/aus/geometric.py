@@ -4,7 +4,8 @@ Pipeline (all arrays float64 internally, results float32):
 
 1. :func:`normalise_landmarks` removes translation, in-plane rotation and scale: the midpoint of
    the two eye centres goes to the origin, the eye line becomes horizontal and the inter-ocular
-   distance (IOD, eye centre to eye centre) becomes 1. Units below are IOD; y points down.
+   distance (IOD, eye centre to eye centre) becomes 1. Units below are IOD (``mouth_face`` is a
+   ratio); y points down.
 2. :func:`measure` computes FACS-motivated distances (:data:`MEASURES`), each averaged over the
    two face halves where the face has two.
 3. A :class:`Reference` holds, per measure, the neutral value (median over neutral-labelled
@@ -40,8 +41,9 @@ MIN_SCALE = 0.01
 
 MEASURES: tuple[str, ...] = (
     "inner_brow",      # inner-brow height above the inner eye corner (AU01 +, AU04 -)
-    "outer_brow",      # outer-brow height above the outer eye corner (AU02 +)
-    "brow_gap",        # horizontal distance between the inner brow ends (AU04 -)
+    "outer_brow",      # lateral-brow (points 18-19 / 24-25) height above the outer eye corner (AU02 +)
+    "brow_slope",      # inner brow end above the brow's middle point: oblique brow (AU01 +, AU04 -)
+    "brow_gap",        # horizontal distance between the inner brow ends: glabella width (AU04 -)
     "upper_lid",       # upper-lid height above the eye-corner line (AU05 +, AU07 -)
     "lower_lid",       # lower-lid height above the eye-corner line, usually < 0 (AU06/AU07 +)
     "eye_open",        # lid-to-lid aperture (AU05 +, AU07/AU45 -)
@@ -49,34 +51,45 @@ MEASURES: tuple[str, ...] = (
     "nose_lip",        # nose base to upper-lip top (AU10/AU09 -)
     "nose_width",      # nostril-wing to nostril-wing (AU09/AU10 +: wings raised and widened)
     "corner_lift",     # lip-corner height above the inner-lip midline centre (AU12 +, AU15 -)
+    "corner_lower",    # lower lip next to the corner (59 / 55) below the lip corner (AU15 -)
     "corner_depth",    # lip-corner depth below the nose base (AU12 -, AU15 +)
     "mouth_width",     # lip-corner to lip-corner (AU12/AU20 +, AU23 -)
+    "mouth_face",      # horizontal mouth width / face width at ear level (jaw points 0-16), unitless (AU20 +)
     "corner_eye",      # lip corner to the outer eye corner, same side (AU12 -: oblique pull)
     "lip_gap",         # inner-lip opening (AU25 +)
     "jaw_drop",        # chin depth below the nose base (AU26 +)
     "lower_lip_drop",  # lower-lip bottom depth below the nose base (AU26 +)
     "chin_lip",        # lower-lip bottom to chin (AU17 -)
     "lip_thickness",   # visible red-lip height, upper + lower (AU23 -)
+    "upper_lip",       # visible upper red-lip height (AU23 -)
 )
 
 #: AU -> ((measure, signed weight), ...); |weights| sum to 1 so a score is in robust SDs.
 AU_RECIPES: dict[str, tuple[tuple[str, float], ...]] = {
-    "AU01": (("inner_brow", 1.0),),
+    # inner brow raised, mostly as height above the eye, partly as the oblique (inner-end-up) shape
+    "AU01": (("inner_brow", 0.75), ("brow_slope", 0.25)),
     "AU02": (("outer_brow", 1.0),),
-    "AU04": (("inner_brow", -0.25), ("brow_gap", -0.5), ("upper_lid", -0.25)),  # lowered, drawn together
+    # corrugator: brows drawn together (glabella narrows) and lowered at the inner ends
+    "AU04": (("brow_gap", -0.75), ("inner_brow", -0.25)),
     "AU05": (("upper_lid", 0.5), ("eye_open", 0.5)),
     "AU06": (("lower_lid", 0.5), ("corner_depth", -0.25), ("eye_open", -0.25)),  # eye narrowed from below
-    "AU07": (("eye_open", -0.5), ("lower_lid", 0.5)),
+    # lower lid raised / aperture narrowed *without* the cheek raise of a smile (corners not pulled
+    # up toward the eyes)
+    "AU07": (("eye_open", -0.4), ("lower_lid", 0.3), ("corner_eye", 0.3)),
     "AU09": (("nose_lip", -0.4), ("nose_width", 0.3), ("inner_brow", -0.3)),  # also lowers inner brow
     "AU10": (("nose_lip", -0.6), ("nose_width", 0.4)),
     "AU12": (("corner_lift", 1 / 3), ("mouth_width", 1 / 3), ("corner_eye", -1 / 3)),  # oblique pull
     "AU14": (("mouth_width", 0.5), ("lip_thickness", -0.25), ("lip_gap", -0.25)),
-    "AU15": (("corner_lift", -0.75), ("corner_depth", 0.25)),
+    # corners pulled down: below the inner-lip midline and toward the lower lip beside them
+    "AU15": (("corner_lift", -0.5), ("corner_lower", -0.5)),
     "AU17": (("chin_lip", -0.5), ("lip_gap", -0.25), ("lip_thickness", 0.25)),
-    "AU20": (("mouth_width", 0.5), ("corner_lift", -0.25), ("corner_depth", 0.25)),
-    "AU23": (("lip_thickness", -0.5), ("mouth_width", -0.5)),
+    # lips stretched sideways (relative to the face width, so yaw cancels), corners not raised
+    "AU20": (("mouth_face", 0.5), ("corner_lift", -0.5)),
+    # lips thinned (upper red lip: the lower one's inner contour moves with the jaw) and narrowed
+    "AU23": (("upper_lip", -0.5), ("mouth_width", -0.5)),
     "AU25": (("lip_gap", 1.0),),
-    "AU26": (("lower_lip_drop", 0.7), ("jaw_drop", 0.3)),
+    # the lower lip rides on the mandible; the 68-point chin (8) is poorly placed on small crops
+    "AU26": (("lower_lip_drop", 0.8), ("jaw_drop", 0.2)),
     "AU45": (("eye_open", -1.0),),
 }
 
@@ -118,13 +131,15 @@ def normalise_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def measure(points: np.ndarray) -> np.ndarray:
     """FACS distances (:data:`MEASURES` order) from normalised points (N, 68, 2) -> (N, K)."""
     x, y = points[..., 0], points[..., 1]
+    face_w = x[:, 16] - x[:, 0]
 
     def pair(a: float | np.ndarray, b: float | np.ndarray) -> np.ndarray:
         return (a + b) / 2
 
     m = {
         "inner_brow": pair(y[:, 39] - y[:, [20, 21]].mean(1), y[:, 42] - y[:, [22, 23]].mean(1)),
-        "outer_brow": pair(y[:, 36] - y[:, [17, 18]].mean(1), y[:, 45] - y[:, [25, 26]].mean(1)),
+        "outer_brow": pair(y[:, 36] - y[:, [18, 19]].mean(1), y[:, 45] - y[:, [24, 25]].mean(1)),
+        "brow_slope": pair(y[:, 19] - y[:, 21], y[:, 24] - y[:, 22]),
         "brow_gap": x[:, 22] - x[:, 21],
         "upper_lid": pair(pair(y[:, 36], y[:, 39]) - pair(y[:, 37], y[:, 38]),
                           pair(y[:, 42], y[:, 45]) - pair(y[:, 43], y[:, 44])),
@@ -136,8 +151,10 @@ def measure(points: np.ndarray) -> np.ndarray:
         "nose_lip": y[:, 51] - y[:, 33],
         "nose_width": x[:, 35] - x[:, 31],
         "corner_lift": pair(y[:, 62], y[:, 66]) - pair(y[:, 48], y[:, 54]),
+        "corner_lower": pair(y[:, 59] - y[:, 48], y[:, 55] - y[:, 54]),
         "corner_depth": pair(y[:, 48], y[:, 54]) - y[:, 33],
         "mouth_width": np.hypot(x[:, 54] - x[:, 48], y[:, 54] - y[:, 48]),
+        "mouth_face": (x[:, 54] - x[:, 48]) / np.where(np.abs(face_w) > 1e-6, face_w, np.nan),
         "corner_eye": pair(np.hypot(x[:, 48] - x[:, 36], y[:, 48] - y[:, 36]),
                            np.hypot(x[:, 54] - x[:, 45], y[:, 54] - y[:, 45])),
         "lip_gap": (y[:, [65, 66, 67]] - y[:, [63, 62, 61]]).mean(1).clip(min=0),
@@ -145,6 +162,7 @@ def measure(points: np.ndarray) -> np.ndarray:
         "lower_lip_drop": y[:, 57] - y[:, 33],
         "chin_lip": y[:, 8] - y[:, 57],
         "lip_thickness": (y[:, 62] - y[:, 51]) + (y[:, 57] - y[:, 66]),
+        "upper_lip": y[:, 62] - y[:, 51],
     }
     return np.stack([m[k] for k in MEASURES], 1)
 
