@@ -128,6 +128,17 @@ def lr_accuracy(features: np.ndarray, truth: np.ndarray, folds: int = 5) -> tupl
     return float(acc.mean()), float(counts.max() / counts.sum())
 
 
+def lr_holdout(features: np.ndarray, truth: np.ndarray, fit: np.ndarray, test: np.ndarray) -> float:
+    """Accuracy on `test` rows of the same logistic regression fitted on `fit` rows only."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.nan_to_num(features)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x[fit], truth[fit])
+    return float((clf.predict(x[test]) == truth[test]).mean())
+
+
 def evaluate(rows: pd.DataFrame, lm: np.ndarray, reference: str = "neutral", presence_threshold: float = 1.0) -> dict:
     from ferclean.au_graph import cooccurrence
     from ferclean.aus.geometric import fit_reference, geometric_aus, measure, normalise_landmarks
@@ -244,7 +255,9 @@ def main() -> None:
     res = evaluate(rows, lm, args.reference)
     truth = rows.truth.to_numpy()
     valid = (rows.split == "valid").to_numpy()
+    train = (rows.split == "train").to_numpy()
     va = prototype_aurocs(res["intensity"][valid], truth[valid], AU_NAMES)
+    ta = prototype_aurocs(res["intensity"][train], truth[train], AU_NAMES)
     hog = prototype_aurocs(res["intensity"][found], truth[found], AU_NAMES)
     co = res["co"]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -255,6 +268,7 @@ def main() -> None:
     base = {f"P({p})": round(float(co.n_q[ix[p]] / max(1, (rows.split == "train").sum())), 3) for p in
             ("AU01", "AU02", "AU06", "AU12", "AU25", "AU26")}
     flat_va = [v for d in va.values() for v in d.values()]
+    flat_ta = [v for d in ta.values() for v in d.values()]
     out = {
         "rows": int(len(rows)), "train_rows": int((~valid).sum()), "valid_rows": int(valid.sum()),
         "hog_found_rate": round(float(found.mean()), 4),
@@ -262,10 +276,13 @@ def main() -> None:
         "reference": {"source": res["reference"].source, "faces": res["reference"].n_neutral_value},
         "prototype_auroc": {k: {a: round(v, 3) for a, v in d.items()} for k, d in res["aurocs"].items()},
         "mean_prototype_auroc": round(res["mean_auroc"], 4),
+        "prototype_auroc_train_only": {k: {a: round(v, 3) for a, v in d.items()} for k, d in ta.items()},
+        "mean_prototype_auroc_train_only": round(float(np.mean(flat_ta)), 4),
         "prototype_auroc_valid_only": {k: {a: round(v, 3) for a, v in d.items()} for k, d in va.items()},
         "mean_prototype_auroc_valid_only": round(float(np.mean(flat_va)), 4),
         "mean_prototype_auroc_hog_found_only": round(float(np.mean([v for d in hog.values() for v in d.values()])), 4),
         "lr_5fold_accuracy": round(res["lr_acc"], 4), "majority_rate": round(res["majority"], 4),
+        "lr_train_fit_valid_accuracy": round(lr_holdout(res["intensity"], truth, train, valid), 4),
         "presence_rate_train": {a: round(float(v), 3) for a, v in zip(AU_NAMES, res["presence"][~valid].mean(0), strict=True)},
         "facs_links": links, "base_rates": base,
         "never_present": [AU_NAMES[i] for i in co.never_present],
