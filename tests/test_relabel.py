@@ -11,7 +11,7 @@ from ferclean.runs import open_run
 from ferclean.store import Store
 from ferclean.train.stage import prediction_table
 
-CFG = RelabelConfig(flag_below=0.3, disagree_margin=0.25, borderline=0.1, relabel_min_p=0.55,
+CFG = RelabelConfig(rule="threshold", flag_below=0.3, disagree_margin=0.25, borderline=0.1, relabel_min_p=0.55,
                     relabel_margin=0.3, low_alpha=0.35, semantic_weight=0.0,
                     calibrate=False)
 
@@ -110,3 +110,63 @@ def test_temperature_calibration_recovers_sharpening():
     flat = apply_temperature(true_p, 2.0)  # a model whose probabilities are too flat
     assert calibrate_temperature(flat, labels) == pytest.approx(0.5, rel=0.1)
     assert np.allclose(apply_temperature(flat, 0.5), true_p, atol=1e-6)
+
+
+def test_confident_joint_matches_cleanlab_on_a_small_problem():
+    from cleanlab.count import estimate_joint
+
+    from ferclean.relabel import confident_joint
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=300)
+    labels = np.where(rng.random(300) < 0.8, probs.argmax(1), rng.integers(0, 3, 300))
+    j = confident_joint(labels, probs)
+    assert j.sum() == pytest.approx(1.0)
+    assert np.allclose(j.sum(1), np.bincount(labels, minlength=3) / 300)
+    assert np.abs(j - estimate_joint(labels, probs)).max() < 0.01  # cleanlab rounds counts to integers
+
+
+def test_bayes_posterior_weighs_the_label_by_the_noise_matrix():
+    from ferclean.relabel import bayes_posterior, noise_matrix
+
+    joint = np.array([[0.4, 0.1], [0.0, 0.5]])  # given 0 is sometimes truly 1; given 1 always truly 1
+    nm = noise_matrix(joint)
+    assert nm[:, 0].tolist() == [1.0, 0.0] and nm[:, 1] == pytest.approx([1 / 6, 5 / 6])
+    probs = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+    post = bayes_posterior(np.array([0, 1, -1]), probs, joint)
+    assert post[0] == pytest.approx([6 / 7, 1 / 7])  # 0.5 * 1 vs 0.5 * 1/6
+    assert post[1, 1] == pytest.approx(1.0, abs=1e-5)  # a true 0 is never given 1
+    assert post[2] == pytest.approx([0.5, 0.5])  # unlabelled: the model alone
+    shifted = bayes_posterior(np.array([-1]), probs[:1], joint, class_prior=[0.8, 0.2])
+    assert shifted[0] == pytest.approx([0.8 / 0.4 / (0.8 / 0.4 + 0.2 / 0.6), 0.2 / 0.6 / (0.8 / 0.4 + 0.2 / 0.6)])
+    empty = noise_matrix(np.array([[0.5, 0.0], [0.5, 0.0]]))
+    assert empty[1, 1] == 1.0  # a true class with no mass keeps its own label
+
+
+def test_bayes_rule_actions():
+    cfg = RelabelConfig(calibrate=False, bayes_flag_below=0.5)
+    assert RelabelConfig().rule == "bayes"
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    probs = np.array([
+        [0.9, 0.1],   # agrees -> keep
+        [0.8, 0.2],   # keep
+        [0.05, 0.95],  # strongly disagrees -> relabel to 1
+        [0.2, 0.8],   # keep
+        [0.1, 0.9],   # keep
+        [0.45, 0.55],  # keep
+        [0.4, 0.6],   # disagrees mildly
+        [0.7, 0.3],   # disagrees
+    ])
+    d = decide(labels, probs, None, None, cfg)
+    post = d["support"]
+    assert np.all((post >= 0) & (post <= 1))
+    assert d["action"][0] == "keep" and d["action"][2] == "relabel" and d["suggested"][2] == 1
+    for i, a in enumerate(d["action"]):
+        assert (a != "keep") == (post[i] < 0.5)
+        if a == "review":  # the suggestion of a review row is never its own label
+            assert d["suggested"][i] != labels[i]
+    fin = final_labels(labels, d["action"], d["suggested"])
+    assert fin[2] == 1 and fin[0] == 0
+    auto = decide(labels, probs, None, None, cfg.model_copy(update={"bayes_flag_below": None}))
+    assert 1 <= int((auto["action"] != "keep").sum()) <= len(labels)
+    assert np.argmin(auto["support"]) in np.flatnonzero(auto["action"] != "keep")
