@@ -11,17 +11,25 @@ cleanlab's find_label_issues on the ce probabilities.
     python benchmarks/noise_real_full.py --store RUN --method ce &      # one core each
     python benchmarks/noise_real_full.py --store RUN --method ulcag &
     python benchmarks/noise_real_full.py --store RUN --evaluate         # -> results/noise_real_full.json/.md
+    python benchmarks/noise_real_full.py --store RUN --analyse-only     # no training: --evaluate plus the
+                                                                        # held-out rule study (relabel_rules.py)
+
+--evaluate reports each method under both verdict rules (rule=threshold, the previous default, and
+rule=bayes, the current one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ferclean.classes import FER7
 from ferclean.relabel import RelabelConfig, decide, final_labels
@@ -97,20 +105,9 @@ def evaluate(args: argparse.Namespace, data: dict, cache: Path) -> None:
     for f in sorted(cache.glob("*.npz")):
         z = np.load(f, allow_pickle=True)
         scores = {k: (None if z[k].shape == () else z[k]) for k in ("probs", "alpha", "sem_dist")}
+        for rule in ("threshold", "bayes"):
+            res["methods"][f"{f.stem} ({rule})"] = _score_rule(labels, plural, ev, truth, scores, z, f.stem, rule)
         method = f.stem
-        d = decide(labels, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"],
-                   RelabelConfig(method=method))
-        flag = np.isin(d["action"], ["relabel", "review"])
-        fin = final_labels(labels, d["action"], d["suggested"])
-        m = prf(flag[ev], truth[ev])
-        rel = d["action"] == "relabel"
-        m.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
-                  "relabel_precision": round(float((d["suggested"][rel & ev] == plural[rel & ev]).mean()), 4) if (rel & ev).any() else None,
-                  "acc_final": round(float((fin[ev] == plural[ev]).mean()), 4),
-                  "model_argmax_acc": round(float((scores["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
-                  "crossfit_seconds": round(float(z["seconds"]), 1),
-                  "train_config": json.loads(str(z["config"]))})
-        res["methods"][method] = m
         if method == "ce":
             p = scores["probs"].astype(np.float64)
             issues = find_label_issues(labels, p / p.sum(1, keepdims=True))
@@ -118,6 +115,27 @@ def evaluate(args: argparse.Namespace, data: dict, cache: Path) -> None:
             cl = prf(issues[ev], truth[ev])
             cl["acc_final_argmax"] = round(float((fin_cl[ev] == plural[ev]).mean()), 4)
             res["cleanlab_on_ce"] = cl
+    _write(res)
+
+
+def _score_rule(labels, plural, ev, truth, scores, z, method: str, rule: str) -> dict:
+    """Flag P/R/F1, relabels and final accuracy of one method under one verdict rule."""
+    d = decide(labels, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"],
+               RelabelConfig(method=method, rule=rule))
+    flag = np.isin(d["action"], ["relabel", "review"])
+    fin = final_labels(labels, d["action"], d["suggested"])
+    m = prf(flag[ev], truth[ev])
+    rel = d["action"] == "relabel"
+    m.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
+              "relabel_precision": round(float((d["suggested"][rel & ev] == plural[rel & ev]).mean()), 4) if (rel & ev).any() else None,
+              "acc_final": round(float((fin[ev] == plural[ev]).mean()), 4),
+              "model_argmax_acc": round(float((scores["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
+              "crossfit_seconds": round(float(z["seconds"]), 1),
+              "train_config": json.loads(str(z["config"]))})
+    return m
+
+
+def _write(res: dict) -> None:
     if "cleanlab_on_ce" in res:
         for k, m in res["methods"].items():
             m["f1_over_cleanlab"] = round(m["f1"] / max(res["cleanlab_on_ce"]["f1"], 1e-9), 3)
@@ -145,6 +163,8 @@ def main() -> None:
     ap.add_argument("--store", required=True, help="curate output folder with aus and au_graph")
     ap.add_argument("--method", help="compute this method's out-of-fold scores")
     ap.add_argument("--evaluate", action="store_true")
+    ap.add_argument("--analyse-only", action="store_true",
+                    help="read the saved CACHE/*.npz (never train): --evaluate plus benchmarks/relabel_rules.py")
     ap.add_argument("--size", type=int, default=48)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=10)
@@ -155,10 +175,19 @@ def main() -> None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     data = load(Store(args.store))
-    if args.method:
+    if args.method and not args.analyse_only:
         compute(args, data, cache)
-    if args.evaluate:
+    if args.evaluate or args.analyse_only:
         evaluate(args, data, cache)
+    if args.analyse_only:
+        from relabel_rules import RESULTS as _r, analyse, load_scores, to_markdown
+
+        res = analyse(data["labels"], data["plural"], data["eval"], load_scores(cache))
+        res["protocol"].update(store=args.store, cache=str(cache))
+        (_r / "relabel_rules.json").write_text(json.dumps(res, indent=1))
+        md = to_markdown(res, "python benchmarks/noise_real_full.py --store " + args.store + " --analyse-only")
+        (_r / "relabel_rules.md").write_text(md)
+        print(md)
 
 
 if __name__ == "__main__":
