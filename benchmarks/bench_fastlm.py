@@ -55,54 +55,42 @@ def faces_and_aus(items, cfg: FacesConfig, workdir: Path) -> dict:
             "detector_counts": fs["detector_counts"], "quality_flags": fs["quality_flags"], "aus_rows": aus["faces"]}
 
 
-def breakdown(paths: list[str], n: int = 500) -> dict:
+def breakdown(paths: list[str], n: int = 2000, size: int = 64) -> dict:
     """Per-image microseconds of each step of the fastlm path, single process (1 torch thread)."""
     import cv2
-    import torch
 
     from ferclean.faces.fastlm import (
-        head_pose_batch, landmarks5_batch, load_model, predict_landmarks, similarity_transforms, to_input)
+        head_pose_batch, landmarks5_batch, limit_threads, predict_landmarks, similarity_transforms)
+    from ferclean.faces.fastlm_files import resolve_runtime
     from ferclean.faces.geometry import template5, warp_crop
+    from ferclean.faces.png import png_deflated, png_stored
     from ferclean.faces.pose import head_pose
     from ferclean.faces.quality import crop_stats
     from ferclean.faces.stage import load_image
 
-    torch.set_num_threads(1)
-    model = load_model()
-    t = {}
-    s = time.perf_counter()
-    imgs = [load_image(p) for p in paths[:n]]
-    t["decode"] = time.perf_counter() - s
-    s = time.perf_counter()
-    x = to_input(imgs)
-    t["to_tensor"] = time.perf_counter() - s
-    s = time.perf_counter()
-    with torch.inference_mode():
-        for k in range(0, n, 256):
-            model(x[k : k + 256].contiguous(memory_format=torch.channels_last))
-    t["cnn_forward"] = time.perf_counter() - s
-    lm = predict_landmarks(imgs, model)
-    s = time.perf_counter()
-    mats = similarity_transforms(landmarks5_batch(lm), template5(112))
-    t["similarity_batched"] = time.perf_counter() - s
-    s = time.perf_counter()
-    crops = [warp_crop(im, m, 112) for im, m in zip(imgs, mats, strict=True)]
-    t["warp"] = time.perf_counter() - s
-    s = time.perf_counter()
-    for c in crops:
-        crop_stats(c)
-    t["crop_stats"] = time.perf_counter() - s
-    s = time.perf_counter()
-    for p in lm:
-        head_pose(p, 48, 48)
-    t["head_pose_solvepnp_per_image"] = time.perf_counter() - s
-    s = time.perf_counter()
-    head_pose_batch(lm, np.full(n, 48.0), np.full(n, 48.0))
-    t["head_pose_batched_used"] = time.perf_counter() - s
-    s = time.perf_counter()
-    for c in crops:
-        cv2.imencode(".png", c)
-    t["png_encode"] = time.perf_counter() - s
+    limit_threads(os.cpu_count() or 1)  # one thread, as in each of the stage's workers
+    t: dict = {}
+
+    def timed(name, fn):
+        s = time.perf_counter()
+        out = fn()
+        t[name] = time.perf_counter() - s
+        return out
+
+    imgs = timed("decode", lambda: [load_image(p) for p in paths[:n]])
+    predict_landmarks(imgs[:64])  # warm up the runtime (session start is not per image)
+    lm = timed(f"landmarks_{resolve_runtime('auto')}", lambda: predict_landmarks(imgs))
+    for rt in ("torch", "torch-bf16"):
+        predict_landmarks(imgs[:64], runtime=rt)
+        timed(f"landmarks_{rt}", lambda rt=rt: predict_landmarks(imgs, runtime=rt))
+    mats = timed("similarity_batched", lambda: similarity_transforms(landmarks5_batch(lm), template5(size)))
+    crops = timed(f"warp_{size}px", lambda: [warp_crop(im, m, size) for im, m in zip(imgs, mats, strict=True)])
+    timed("crop_stats", lambda: [crop_stats(c) for c in crops])
+    timed("head_pose_solvepnp_per_image", lambda: [head_pose(p, 48, 48) for p in lm])
+    timed("head_pose_batched_used", lambda: head_pose_batch(lm, np.full(n, 48.0), np.full(n, 48.0)))
+    timed("png_stored_used", lambda: [png_stored(c) for c in crops])
+    timed("png_opencv_deflate", lambda: [png_deflated(c) for c in crops])
+    del cv2
     return {k: round(v / n * 1e6, 1) for k, v in t.items()}
 
 
@@ -142,7 +130,9 @@ def main() -> None:
     ap.add_argument("--fer-n", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-aus-auroc", action="store_true")
-    ap.add_argument("--landmarks", default="fastlm,dlib", help="stage variants to time, comma separated")
+    ap.add_argument("--landmarks", default="fastlm,dlib",
+                    help="stage variants to time, comma separated: dlib, fastlm or fastlm:<prealigned crop px>")
+    ap.add_argument("--shard-size", type=int, default=250, help="images per shard of the timed stages")
     ap.add_argument("--out", default="fastlm_bench.json", help="file name under benchmarks/results")
     args = ap.parse_args()
     if not (FER / "labels.csv").exists():
@@ -156,10 +146,15 @@ def main() -> None:
     res["decode_per_s_1proc"] = decode_rate(paths, 1)
     res["decode_per_s"] = decode_rate(paths, args.workers)
     best = max(res["decode_per_s"], res["decode_per_s_1proc"])
-    base = FacesConfig(workers=args.workers, shard_size=250)
+    base = FacesConfig(workers=args.workers, shard_size=args.shard_size)
+    res["shard_size"] = args.shard_size
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.landmarks.split(","):
-            r = faces_and_aus(items, base.model_copy(update={"landmarks": name}), Path(tmp) / name)
+            lm, _, crop = name.partition(":")
+            cfg = base.model_copy(update={"landmarks": lm, "prealigned_crop_size": int(crop) if crop else None})
+            r = faces_and_aus(items, cfg, Path(tmp) / name.replace(":", "_"))
+            r["config"] = {"landmarks": lm, "prealigned_crop_size": cfg.prealigned_crop_size,
+                           "crop_png": cfg.crop_png, "fastlm_runtime": cfg.fingerprint_dict().get("fastlm_runtime")}
             r["faces_ratio_to_decode"] = r["faces_per_s"] / best
             r["faces_aus_ratio_to_decode"] = r["faces_aus_per_s"] / best
             res[name] = r

@@ -49,19 +49,42 @@ class FacesConfig(BaseModel):
     score_threshold: float = Field(0.0, description="dlib HOG adjust_threshold / minimum detector score")
     max_faces: int = Field(32, ge=1, description="keep at most this many faces per image (largest first)")
     crop_size: int = Field(112, ge=16, le=1024, description="px, side of the aligned square crop")
+    prealigned_crop_size: int | None = Field(
+        None, ge=16, le=1024, description="px, side of the aligned crop of pre-aligned images (full_frame / "
+        "fastlm rows); None = crop_size. 64 keeps a 48 px FER crop at its own resolution (its eyes are ~20 px "
+        "apart, as in the template at 64 px) and is ~3x cheaper to warp, measure and encode than 112")
+    crop_png: Literal["stored", "deflate"] = Field(
+        "stored", description="PNG flavour of crop_png: stored (no deflate, ~10 us per 64 px crop; the Parquet "
+        "file zstd-compresses the column) or deflate (OpenCV's encoder, ~60-100 us). Same pixels either way, so "
+        "it is not part of the shard keys")
+    fastlm_runtime: Literal["auto", "onnxruntime", "torch", "torch-bf16"] = Field(
+        "auto", description="what runs the fastlm network: onnxruntime (packaged ONNX export, float32; workers "
+        "start without importing torch), torch (float32), torch-bf16 (autocast, ~1.7x faster than torch on CPUs "
+        "with native bf16, landmarks within ~0.1 px), or auto = onnxruntime if installed, else torch-bf16 where "
+        "native, else torch")
     quality: QualityThresholds = Field(default_factory=QualityThresholds)
     shard_size: int = Field(1024, ge=1, description="images per shard (unit of resume)")
     workers: int = Field(2, ge=1, description="worker processes (not part of the shard keys)")
     contact_sheet_n: int = Field(64, ge=0, description="random aligned crops in faces_contact_sheet.png")
     seed: int = Field(0, description="seed for the contact sheet sample")
 
+    def crop_size_for(self, mode: str) -> int:
+        """Crop side in px for an image analysed in `mode` ('photos' or 'prealigned')."""
+        if mode == "prealigned" and self.prealigned_crop_size is not None:
+            return self.prealigned_crop_size
+        return self.crop_size
+
     def fingerprint_dict(self) -> dict:
         """The settings that change the output (used for shard keys): all but workers/sheet."""
-        d = self.model_dump(mode="json", exclude={"workers", "contact_sheet_n", "seed"})
+        d = self.model_dump(mode="json", exclude={"workers", "contact_sheet_n", "seed", "crop_png"})
+        if d["prealigned_crop_size"] is None:  # keeps the shard keys of stores written before it existed
+            del d["prealigned_crop_size"]
         if d["landmarks"] == "dlib":  # the default keeps the shard keys of stores written before it existed
             del d["landmarks"]
+            del d["fastlm_runtime"]
         else:  # new weights -> new shard keys
-            from ferclean.faces.fastlm import weights_digest
+            from ferclean.faces.fastlm_files import resolve_runtime, weights_digest
 
             d["fastlm_weights"] = weights_digest()
+            d["fastlm_runtime"] = resolve_runtime(d["fastlm_runtime"])
         return d

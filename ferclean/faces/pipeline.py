@@ -12,6 +12,7 @@ import numpy as np
 from ferclean.faces.backends import Detection, FaceBackend
 from ferclean.faces.config import FacesConfig
 from ferclean.faces.geometry import apply_affine, landmarks5_from_68, similarity_transform, template5, warp_crop
+from ferclean.faces.png import encode_crop
 from ferclean.faces.pose import head_pose
 from ferclean.faces.quality import crop_stats, face_size_px, quality_flags
 
@@ -46,12 +47,10 @@ def primary_index(bboxes: np.ndarray, width: int, height: int) -> int:
     return int(np.argmax(b[:, 2] * b[:, 3] * (1.0 - 0.5 * np.clip(d, 0.0, 1.0))))
 
 
-def encode_png(crop: np.ndarray) -> bytes:
-    """PNG bytes of a crop (grey stays 1 channel; colour is BGR as OpenCV holds it)."""
-    ok, buf = cv2.imencode(".png", crop)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
+def encode_png(crop: np.ndarray, mode: str = "deflate") -> bytes:
+    """PNG bytes of a crop (grey stays 1 channel; colour is BGR as OpenCV holds it); `mode` as
+    FacesConfig.crop_png."""
+    return encode_crop(crop, mode)
 
 
 def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) -> list[dict]:
@@ -80,7 +79,7 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) 
     n = len(dets)
     bboxes = np.array([d.bbox for d in dets], dtype=np.float64) / s
     primary = primary_index(bboxes, w, h)
-    size = config.crop_size
+    size = config.crop_size_for(mode)
     tmpl = template5(size)
     records = []
     for i, det in enumerate(dets):
@@ -102,7 +101,7 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) 
             "landmarks68": lm68.reshape(-1).tolist(),
             "align_matrix": m.reshape(-1).tolist(),
             "crop_size": size,
-            "crop_png": encode_png(crop),
+            "crop_png": encode_png(crop, config.crop_png),
             "landmarks68_crop": apply_affine(lm68, m).reshape(-1).tolist(),
             "yaw": yaw, "pitch": pitch, "roll": roll,
             "blur": blur, "brightness": brightness, "contrast": contrast, "face_px": fpx,

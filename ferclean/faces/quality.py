@@ -26,9 +26,11 @@ def crop_stats(crop: np.ndarray) -> tuple[float, float, float]:
     """(blur, brightness, contrast) of a crop: variance of the Laplacian (grey levels^2), mean and
     standard deviation of the grey levels (0-255)."""
     g = to_gray(crop)
-    blur = float(cv2.Laplacian(g, cv2.CV_64F).var())
+    # int16 holds the 4-neighbour Laplacian of uint8 exactly (|value| <= 1020) and is ~2x faster
+    # than float64; meanStdDev gives the population std, so std**2 is the same variance.
+    _, lap_sd = cv2.meanStdDev(cv2.Laplacian(g, cv2.CV_16S))
     mean, std = cv2.meanStdDev(g)
-    return blur, float(mean[0, 0]), float(std[0, 0])
+    return float(lap_sd[0, 0]) ** 2, float(mean[0, 0]), float(std[0, 0])
 
 
 def face_size_px(bbox: np.ndarray) -> float:

@@ -32,7 +32,6 @@ from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
 from ferclean.store import Store
 
 STAGE = "faces"
-SAMPLE_COLUMNS = ["sample_id", "source_path", "content_sha256", "split", "width", "height", "channels"]
 
 
 @dataclass(frozen=True)
@@ -70,45 +69,56 @@ def _write_json_atomic(path: Path, obj: object) -> None:
 
 
 def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
-    """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process)."""
+    """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process).
+
+    Rows keep the samples' order. Pre-aligned images under `landmarks = "fastlm"` are analysed
+    together (columnar, `fastlm.analyze_batch_table`); all others one by one with the backend.
+    """
     cfg = job.config
-    rows = load_rows(store, shard, "samples", SAMPLE_COLUMNS).to_pylist()
+    rows = load_rows(store, shard, "samples", ["sample_id", "source_path"]).to_pydict()
     backend = None  # loaded on first use (a fastlm shard of crops never needs dlib)
-    slots: list[list[dict]] = []  # faces per decoded image, in sample order
-    batch: list[tuple[int, str, np.ndarray]] = []  # (slot, sample_id, image) for fastlm
+    schema = load_contract("faces").schema()
+    order: list[tuple[int, int]] = []  # (part, row within part) per output row, in sample order
+    records: list[dict] = []  # per-image path (part 0)
+    batch_ids: list[str] = []  # fastlm path (part 1)
+    batch_imgs: list[np.ndarray] = []
     rejects: list[dict] = []
-    for row in rows:
-        img = load_image(row["source_path"])
+    for sid, path in zip(rows["sample_id"], rows["source_path"], strict=True):
+        img = load_image(path)
         if img is None:
-            rejects.append({"sample_id": row["sample_id"], "reason": "decode_failed",
-                            "message": f"cannot decode {row['source_path']}"})
+            rejects.append({"sample_id": sid, "reason": "decode_failed", "message": f"cannot decode {path}"})
             continue
         if cfg.landmarks == "fastlm" and resolve_mode(cfg, img.shape[1], img.shape[0]) == "prealigned":
-            batch.append((len(slots), row["sample_id"], img))
-            slots.append([])
+            order.append((1, len(batch_ids)))
+            batch_ids.append(sid)
+            batch_imgs.append(img)
             continue
         backend = backend or get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
         recs = analyze_image(img, backend, cfg)
         if not recs:
-            rejects.append({"sample_id": row["sample_id"], "reason": "no_face",
+            rejects.append({"sample_id": sid, "reason": "no_face",
                             "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
             continue
         for r in recs:
-            r["sample_id"] = row["sample_id"]
-        slots.append(recs)
-    if batch:
-        from ferclean.faces.fastlm import analyze_batch, limit_threads
+            r["sample_id"] = sid
+            r["run_id"] = job.run_id
+            order.append((0, len(records)))
+            records.append(r)
+    parts = [pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()]
+    if batch_imgs:
+        from ferclean.faces.fastlm import analyze_batch_table, limit_threads
 
         limit_threads(cfg.workers)
-        for (k, sid, _), r in zip(batch, analyze_batch([b[2] for b in batch], cfg), strict=True):
-            r["sample_id"] = sid
-            slots[k] = [r]
-    out = [r for recs in slots for r in recs]
-    for r in out:
-        r["run_id"] = job.run_id
+        t = analyze_batch_table(batch_imgs, cfg)
+        t = t.append_column("sample_id", pa.array(batch_ids, pa.string()))
+        t = t.append_column("run_id", pa.array([job.run_id] * len(batch_ids), pa.string()))
+        parts.append(t.select(schema.names).cast(schema))
     _write_json_atomic(rejects_dir(store) / f"{shard.key}.rejects.json", rejects)
-    schema = load_contract("faces").schema()
-    return pa.Table.from_pylist(out, schema=schema) if out else schema.empty_table()
+    if len(parts) == 1 or not records:
+        return parts[-1]
+    both = pa.concat_tables(parts)
+    offset = [0, len(records)]
+    return both.take(pa.array([offset[p] + i for p, i in order], pa.int64()))
 
 
 def _shard_rejects(store: Store, shard: Shard) -> list[dict]:
