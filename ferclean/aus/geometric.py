@@ -122,8 +122,9 @@ def normalise_landmarks(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ok = iod > 1e-6
     safe = np.where(ok, iod, 1.0)
     c, s = d[:, 0] / safe, d[:, 1] / safe
-    rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)  # (N, 2, 2) rotates d onto +x
-    q = np.einsum("nij,nkj->nki", rot, p - ((re + le) / 2)[:, None]) / safe[:, None, None]
+    v = (p - ((re + le) / 2)[:, None]) / safe[:, None, None]
+    c, s = c[:, None], s[:, None]
+    q = np.stack([c * v[..., 0] + s * v[..., 1], c * v[..., 1] - s * v[..., 0]], -1)  # rotates d onto +x
     q[~ok] = np.nan
     return q, iod
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from ferclean.aus.backends import GeometricBackend, aus_table, check_pyfeat, landmarks_array
@@ -53,19 +53,16 @@ class _ShardJob:
     backend: GeometricBackend
 
 
-def _read_reference_faces(store: Store, config: AusConfig) -> pd.DataFrame:
-    """Primary faces of the reference split with their landmarks and label (pandas)."""
+def _read_reference_faces(store: Store, config: AusConfig) -> pa.Table:
+    """Primary faces with their split, label and landmarks (Arrow: sample_id, split, label_original, lm)."""
     faces = store.read("faces", columns=["sample_id", "face_index", "is_primary", config.landmarks_column])
     samples = store.read("samples", columns=["sample_id", "split", "label_original"])
-    con = duckdb.connect()
-    try:
-        con.register("f", faces)
-        con.register("s", samples)
-        sql = (f'SELECT f.sample_id, s.split, s.label_original, f."{config.landmarks_column}" AS lm '
-               "FROM f JOIN s USING (sample_id) WHERE f.is_primary")
-        return con.execute(sql).df()
-    finally:
-        con.close()
+    faces = faces.filter(pc.field("is_primary"))
+    idx = pc.index_in(faces["sample_id"], value_set=samples["sample_id"])  # Acero cannot join list columns
+    faces = faces.filter(pc.is_valid(idx))
+    idx = idx.filter(pc.is_valid(idx))
+    return pa.table({"sample_id": faces["sample_id"], "split": samples["split"].take(idx),
+                     "label_original": samples["label_original"].take(idx), "lm": faces[config.landmarks_column]})
 
 
 def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
@@ -75,16 +72,18 @@ def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
     primary faces and its `source` says so; reuse a training run's reference instead where
     possible (`reference_path`).
     """
-    df = _read_reference_faces(store, config)
-    if df.empty:
+    tab = _read_reference_faces(store, config)
+    if tab.num_rows == 0:
         raise ValueError("no primary faces with samples to fit an AU reference on")
-    part = df[df["split"] == config.reference_split]
+    part = tab.filter(pc.equal(tab["split"], config.reference_split))
     suffix = ""
-    if part.empty:
-        part, suffix = df, f" (no {config.reference_split!r} faces: all primary faces)"
-    lm = landmarks_array(pa.array(list(part["lm"]), pa.list_(pa.float64())))
+    if part.num_rows == 0:
+        part, suffix = tab, f" (no {config.reference_split!r} faces: all primary faces)"
+    lm = landmarks_array(part["lm"])
     m = measure(normalise_landmarks(lm)[0])
-    neutral = (part["label_original"] == "neutral").to_numpy() if config.reference == "neutral" else None
+    neutral = None
+    if config.reference == "neutral":
+        neutral = pc.fill_null(pc.equal(part["label_original"], "neutral"), False).to_numpy(zero_copy_only=False)
     ref = fit_reference(m, neutral, config.min_neutral)
     ref.source += suffix
     return ref
