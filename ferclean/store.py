@@ -28,16 +28,18 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 
 
 def parquet_options(schema: pa.Schema) -> dict:
-    """Parquet writer settings for a part: zstd on every column (crop_png holds stored, i.e.
-    uncompressed, PNGs by default), dictionary encoding only for string columns (on float,
-    list<float> and binary columns it costs ~3x the write time and makes files larger)."""
+    """Parquet writer settings for a part: zstd, but LZ4 for binary columns (crop_png holds
+    stored, i.e. uncompressed, PNGs by default: LZ4 writes them ~2x faster than zstd for ~7 %
+    more bytes); dictionary encoding only for string columns (on float, list<float> and binary
+    columns it costs ~3x the write time and makes files larger)."""
 
     def is_stringy(t: pa.DataType) -> bool:
         return pa.types.is_string(t) or pa.types.is_large_string(t) or (
             (pa.types.is_list(t) or pa.types.is_large_list(t)) and is_stringy(t.value_type))
 
     return {
-        "compression": "zstd",
+        "compression": {f.name: "lz4" if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) else "zstd"
+                        for f in schema},
         "use_dictionary": [f.name for f in schema if is_stringy(f.type)],
     }
 

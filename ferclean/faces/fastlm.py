@@ -169,7 +169,7 @@ def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     mu_d = dst.mean(0)
     s0, d0 = src - mu_s, dst - mu_d
     var_s = (s0**2).sum((1, 2)) / src.shape[1]
-    cov = np.einsum("ki,nkj->nij", d0, s0) / src.shape[1]
+    cov = (d0.T @ s0) / src.shape[1]  # (N, 2, 2); matmul, not einsum: ~10x faster on stacks
     u, sig, vt = np.linalg.svd(cov)
     d = np.ones((len(src), 2))
     d[np.linalg.det(u) * np.linalg.det(vt) < 0, 1] = -1.0
@@ -177,7 +177,7 @@ def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     scale = (sig * d).sum(1) / np.maximum(var_s, 1e-12)
     m = np.empty((len(src), 2, 3))
     m[:, :, :2] = scale[:, None, None] * rot
-    m[:, :, 2] = mu_d - np.einsum("nij,nj->ni", m[:, :, :2], mu_s[:, 0])
+    m[:, :, 2] = mu_d - (m[:, :, :2] @ mu_s[:, 0, :, None])[..., 0]
     return m
 
 
@@ -243,8 +243,9 @@ def head_pose_batch(lm68: np.ndarray, width: np.ndarray, height: np.ndarray, ite
         jx = np.stack([hx * a1, g * a2 - hx * a0, -g * a1, g, zero, hx], -1)
         jy = np.stack([hy * a1 - g * a2, -hy * a0, g * a0, zero, g, hy], -1)
         jac = np.stack([jx, jy], 2).reshape(len(k), 20, 6)
-        hess = np.einsum("nki,nkj->nij", jac, jac)
-        grad = np.einsum("nki,nk->ni", jac, r[k])[..., None]
+        jt = jac.transpose(0, 2, 1)
+        hess = jt @ jac
+        grad = jt @ r[k][..., None]
         diag = np.eye(6) * np.diagonal(hess, axis1=1, axis2=2)[:, None, :]
         step = -np.linalg.solve(hess + lam[k, None, None] * diag + 1e-9 * np.eye(6), grad)[..., 0]
         rot_new = _rodrigues(step[:, :3]) @ rot[k]
@@ -289,7 +290,7 @@ def analyze_batch_table(images: Sequence[np.ndarray], config: FacesConfig, model
     lm5 = landmarks5_batch(lm68)
     size = config.crop_size_for("prealigned")
     mats = similarity_transforms(lm5, template5(size))
-    crop_lm = np.einsum("nij,nkj->nki", mats[:, :, :2], lm68) + mats[:, None, :, 2]
+    crop_lm = lm68 @ mats[:, :, :2].transpose(0, 2, 1) + mats[:, None, :, 2]
     hw = np.array([img.shape[:2] for img in images], np.float64)
     poses = head_pose_batch(lm68, hw[:, 1], hw[:, 0])
     stats = np.empty((n, 3), np.float64)
