@@ -151,7 +151,23 @@ def main() -> None:
     ap.add_argument("--with-model", action="store_true", help="part C: train a toy model on the subset")
     ap.add_argument("--threshold-study", action="store_true",
                     help="only the pHash threshold study -> results/dataset_issues_threshold.json")
+    ap.add_argument("--faces-store", help="part D only: a curate folder with faces for all of FER2013 (e.g. "
+                    "`ferclean curate labels.csv --out X --until faces`): not-a-face recall with every signal "
+                    "-> results/dataset_issues_nonface_full.json")
     args = ap.parse_args()
+    if args.faces_store:
+        fstore = Store(Path(args.faces_store))
+        cfg = DatasetIssuesConfig()
+        res = {"machine": f"{platform.machine()} {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+               "store": args.faces_store, "config": cfg.model_dump(), "stage": stage(fstore, cfg),
+               **{k: v for k, v in evaluate(fstore).items() if "not_a_face" in k or k.startswith("nf")}}
+        issues = fstore.read("dataset_issues").to_pylist()
+        res["not_a_face_top"] = sorted(
+            [{"sample_id": r["sample_ids"][0], "score": round(r["score"], 4), **json.loads(r["details"])}
+             for r in issues if r["issue_type"] == "not_a_face"], key=lambda r: -r["score"])[:200]
+        (RESULTS / "dataset_issues_nonface_full.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps({k: v for k, v in res.items() if k != "not_a_face_top"}, indent=1))
+        return
     if args.threshold_study:
         study = threshold_study()
         (RESULTS / "dataset_issues_threshold.json").write_text(json.dumps(study, indent=1))

@@ -82,12 +82,13 @@ def compute(args: argparse.Namespace, data: dict, cache: Path) -> None:
     images = decode_crops([Path(p) for p in data["paths"]], args.size)
     a_bar = au_graph_for(Store(args.store), data["au_names"], data["aus"])
     cfg = TrainConfig(input_size=args.size, width=args.width, epochs=args.epochs, batch_size=args.batch,
-                      folds=3, seed=0, checkpoint=False, backbone="cnn", num_threads=args.threads)
+                      folds=3, seed=0, checkpoint=False, backbone="cnn", num_threads=args.threads,
+                      **dict(kv.split("=", 1) for kv in args.set))
     t = time.time()
     out = crossfit(images, data["labels"], args.method, cfg, data["aus"], a_bar,
                    log=lambda r: print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
                                                    for k, v in r.items()}), flush=True))
-    np.savez(cache / f"{args.method}.npz", probs=out["probs"], alpha=out["alpha"], sem_dist=out["sem_dist"],
+    np.savez(cache / f"{args.name or args.method}.npz", probs=out["probs"], alpha=out["alpha"], sem_dist=out["sem_dist"],
              seconds=time.time() - t, config=json.dumps(cfg.model_dump(mode="json")))
 
 
@@ -171,6 +172,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default="/tmp/ferclean_noise_full")
+    ap.add_argument("--name", help="file name (without .npz) of the scores; default: the method")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="TrainConfig override, e.g. --set relabel_guard=classifier (repeatable)")
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -379,7 +379,7 @@ def test_stage_with_faces_and_model_embeddings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stage_mod, "load_embedder", fake_loader)
     with open_run(store, "dataset_issues", {}) as run:
-        summary = run_dataset_issues(store, run, DatasetIssuesConfig(embed_duplicates=True, hash_source="auto"),
+        summary = run_dataset_issues(store, run, DatasetIssuesConfig(embed_duplicates=True, hash_source="auto", w_embedding=0.4),
                                      progress=False)
     assert summary["faces_used"] and summary["model_used"] and summary["hashed_from_crop"] == 14
     assert sum(calls) == 14

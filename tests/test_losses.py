@@ -82,6 +82,15 @@ def test_semantic_relabel_eq10():
     assert L.semantic_relabel(d, y, margin=0.1).tolist() == [1, 0, 0]
 
 
+def test_guard_relabel_keeps_only_classifier_agreed_relabels():
+    new = torch.tensor([1, 2, 0, 1])
+    y = torch.tensor([0, 0, 0, 1])
+    logits = torch.tensor([[0.0, 2.0, 1.0], [0.0, 3.0, 1.0], [5.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    # row 0: template and classifier both say 1 -> relabel; row 1: template 2, classifier 1 -> keep 0;
+    # row 2: no relabel proposed; row 3: no relabel proposed although the classifier says 2
+    assert L.guard_relabel(new, y, logits).tolist() == [1, 0, 0, 1]
+
+
 def test_margin_relabel_scn():
     p = torch.tensor([[0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
     assert L.margin_relabel(p, torch.tensor([1, 2]), 0.2).tolist() == [1, 0]

@@ -52,4 +52,20 @@ class DatasetIssuesConfig(BaseModel):
     nonface_threshold: float = Field(0.6, ge=0, le=1, description="not_a_face score at or above which a sample is flagged")
     w_no_detection: float = Field(0.4, ge=0, description="weight: the face detector fell back to full_frame / no face row")
     w_quality: float = Field(0.2, ge=0, description="weight: fraction of quality flags tiny/blurry/extreme_pose raised")
-    w_embedding: float = Field(0.4, ge=0, description="weight: far from every class centroid in embedding space")
+    w_embedding: float = Field(
+        0.1, ge=0, description="weight: far from every class centroid in embedding space (a tie-breaker: on "
+        "FER2013 at 0.4 it flagged 1,193 undetected crops, nearly all atypical faces; outliers are reported "
+        "as their own issue type)")
+    face_space: bool = Field(
+        True, description="score how face-like the crops no detector confirmed are (distance from a PCA face "
+        "space fitted on detected crops + dlib HOG on rotated copies of the image; ferclean.dataset_issues.face_space)")
+    face_space_k: int = Field(25, ge=1, description="principal components of the face space")
+    face_space_side: int = Field(24, ge=8, le=64, description="px; crops are compared at this size")
+    face_space_fit_n: int = Field(5000, ge=50, description="crops (at most) the face space is fitted on")
+    hog_check_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of the undetected crops, the least face-like by DFFS, that get the "
+        "rotated HOG check (~10 ms each)")
+    nonface_top_fraction: float = Field(
+        0.01, ge=0, le=0.5, description="appearance evidence is 1 for this top share of undetected crops (0 below "
+        "twice it); with w_no_detection + w_appearance = threshold, that top share of full-frame rows is flagged")
+    w_appearance: float = Field(0.2, ge=0, description="weight: the crop looks unlike a face (see face_space)")

@@ -8,12 +8,15 @@ Components, each in [0, 1] per sample; a missing signal is NaN and counts as 0:
 - ``quality``: fraction of the crop's quality flags tiny / blurry / extreme_pose that are raised;
 - ``embedding``: far from every class centroid in the model's embedding space:
   clip((z - 2) / (outlier_z - 2), 0, 1) with z the robust z-score of the distance to the nearest
-  centroid (0 within the normal spread z <= 2, 1 at z >= outlier_z).
+  centroid (0 within the normal spread z <= 2, 1 at z >= outlier_z);
+- ``appearance``: among the crops no detector confirmed, how unlike a face the crop looks
+  (distance from face space + rotated HOG, `ferclean.dataset_issues.face_space`): 1 for the
+  top `nonface_top_fraction` of those rows, 0 below twice that.
 
-score = max(blank, w_no_detection * no_detection + w_quality * quality + w_embedding * embedding).
-With the default weights (0.4, 0.2, 0.4) and threshold 0.6 a blank image is flagged alone,
-otherwise two independent signals must agree: a failed detection alone (common on small,
-pre-cropped faces) never flags a sample.
+score = max(blank, w_no_detection * no_detection + w_quality * quality + w_embedding * embedding
++ w_appearance * appearance). With the stage's default weights (0.4, 0.2, 0.1, 0.2) and threshold 0.6
+a blank image is flagged alone, otherwise two independent signals must agree: a failed detection
+alone (common on small, pre-cropped faces) never flags a sample.
 """
 
 from __future__ import annotations
@@ -56,10 +59,14 @@ def nonface_score(
     w_no_detection: float = 0.4,
     w_quality: float = 0.2,
     w_embedding: float = 0.4,
+    appearance: np.ndarray | None = None,
+    w_appearance: float = 0.2,
 ) -> np.ndarray:
     """(n,) not-a-face score in [0, 1] (see module docstring); NaN components count as 0."""
     def z(x: np.ndarray) -> np.ndarray:
         return np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0)
 
     soft = w_no_detection * z(no_detection) + w_quality * z(quality) + w_embedding * z(embedding)
+    if appearance is not None:
+        soft = soft + w_appearance * z(appearance)
     return np.clip(np.maximum(z(blank), soft), 0.0, 1.0)

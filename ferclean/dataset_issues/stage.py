@@ -11,12 +11,14 @@ Every signal beyond the samples table is optional:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +32,13 @@ from ferclean.dataset_issues.embeddings import (
     load_embedder,
     robust_z,
 )
+from ferclean.dataset_issues.face_space import (
+    FaceSpace,
+    appearance_evidence,
+    appearance_rank,
+    crop_vectors,
+    rotated_hog_score,
+)
 from ferclean.dataset_issues.issues import cluster_issue_rows, issues_table, sample_issue_rows
 from ferclean.dataset_issues.neighbors import near_pairs_banded
 from ferclean.dataset_issues.nonface import blank_evidence, embedding_evidence, nonface_score, quality_evidence
@@ -41,6 +50,74 @@ from ferclean.store import Store
 STAGE = "dataset_issues"
 UNREADABLE = "decode_failed"  # reject reason code for an image file that cannot be decoded
 HASH_BITS = HASH_SIDE * HASH_SIDE
+NO_DETECTOR = "fastlm"  # faces rows whose landmarks came without any detection
+
+
+def _stable_unit(sample_ids: Sequence[str]) -> np.ndarray:
+    """A deterministic pseudo-random number in [0, 1) per sample id (for sampling without state)."""
+    return np.array([int(hashlib.blake2b(s.encode(), digest_size=8).hexdigest(), 16) / 2**64 for s in sample_ids])
+
+
+def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
+                        paths: Sequence[str], progress: bool) -> dict[str, np.ndarray]:
+    """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
+
+    Two streaming passes over `faces` (memory: one batch of crops): fit the face space on up to
+    `face_space_fit_n` detected crops (all crops when fewer than 200 were detected), then DFFS of
+    every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
+    check on their source image. Returns arrays of length n: appearance (NaN = not scored),
+    dffs, hog (NaN where not computed).
+    """
+    n = len(sig.phash)
+    out = {k: np.full(n, np.nan) for k in ("appearance", "dffs", "hog")}
+    undetected = sig.has_face_row & ~sig.detected
+    if not cfg.face_space or undetected.sum() < 2:
+        return out
+    cols = ["sample_id", "is_primary", "crop_png"]
+    fit_pool = sig.detected if sig.detected.sum() >= 200 else sig.has_face_row
+    share = min(1.0, cfg.face_space_fit_n / max(int(fit_pool.sum()), 1))
+    fit_vecs, todo_idx, todo_vecs = [], [], []
+    for batch in store.iter_batches("faces", columns=cols, batch_size=cfg.hash_batch):
+        t = pa.Table.from_batches([batch]).filter(pc.field("is_primary"))
+        sids = t.column("sample_id").to_pylist()
+        rows = np.array([pos.get(x, -1) for x in sids])
+        ok_row = rows >= 0
+        pick_fit = ok_row & fit_pool[np.maximum(rows, 0)] & (_stable_unit(sids) < share)
+        pick_dffs = ok_row & undetected[np.maximum(rows, 0)]
+        want = np.flatnonzero(pick_fit | pick_dffs)
+        if not len(want):
+            continue
+        crops = t.column("crop_png").take(pa.array(want)).to_pylist()
+        vecs, ok = crop_vectors(crops, cfg.face_space_side)
+        for j, k in enumerate(want):
+            if not ok[j]:
+                continue
+            if pick_fit[k]:
+                fit_vecs.append(vecs[j])
+            if pick_dffs[k]:
+                todo_idx.append(rows[k])
+                todo_vecs.append(vecs[j])
+    if len(fit_vecs) < 2 or len(todo_idx) < 2:
+        return out
+    space = FaceSpace(cfg.face_space_k).fit(np.stack(fit_vecs))
+    idx = np.asarray(todo_idx)
+    out["dffs"][idx] = space.dffs(np.stack(todo_vecs))
+    n_check = int(round(cfg.hog_check_fraction * len(idx)))
+    if n_check:
+        from ferclean.faces.backends import get_backend
+
+        detector = get_backend("dlib")._hog  # type: ignore[attr-defined]  # the frontal HOG detector
+        suspects = idx[np.argsort(-out["dffs"][idx], kind="stable")[:n_check]]
+        for i in track(suspects, "face check", total=len(suspects), enabled=progress):
+            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
+            if img is None:
+                continue
+            out["hog"][i] = rotated_hog_score(img, detector)
+            if np.isnan(sig.no_detection[i]):  # no detector had run (fastlm): this check is the detection
+                sig.no_detection[i] = float(out["hog"][i] < 0.0)
+    out["appearance"][idx] = appearance_evidence(appearance_rank(out["dffs"][idx], out["hog"][idx]),
+                                                 cfg.nonface_top_fraction)
+    return out
 
 
 class Signals:
@@ -53,6 +130,8 @@ class Signals:
         self.hashed = np.zeros(n, bool)
         self.hash_from_crop = np.zeros(n, bool)
         self.no_detection = np.full(n, np.nan)
+        self.detected = np.zeros(n, bool)  # a face detector confirmed the primary face
+        self.has_face_row = np.zeros(n, bool)
         self.flags: list[list[str] | None] = [None] * n
         self.embedding: np.ndarray | None = None
 
@@ -90,7 +169,10 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
         det = t.column("detector").to_pylist()
         flags = t.column("quality_flags").to_pylist()
         for k, r in zip(keep, idx, strict=True):
-            sig.no_detection[r] = 1.0 if det[k] == "full_frame" else 0.0
+            # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
+            sig.no_detection[r] = 1.0 if det[k] == "full_frame" else (np.nan if det[k] == NO_DETECTOR else 0.0)
+            sig.detected[r] = det[k] not in ("full_frame", NO_DETECTOR)
+            sig.has_face_row[r] = True
             sig.flags[r] = list(flags[k] or [])
         if want_crops:
             crops = t.column("crop_png").to_pylist()
@@ -249,8 +331,10 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
             [{"label": labels[emb_ok[k]], "centroid_distance": round(float(own[k]), 5),
               "robust_z": round(float(z_own[k]), 3)} for k in out])
         n_outliers = len(out)
+    fs = face_space_evidence(store, pos, sig, cfg, paths, progress) if has_faces else \
+        {k: np.full(n, np.nan) for k in ("appearance", "dffs", "hog")}
     nf = nonface_score(blank, sig.no_detection, quality, emb_far,
-                       cfg.w_no_detection, cfg.w_quality, cfg.w_embedding)
+                       cfg.w_no_detection, cfg.w_quality, cfg.w_embedding, fs["appearance"], cfg.w_appearance)
     flagged = np.flatnonzero(nf >= cfg.nonface_threshold)
 
     def comp(x: np.ndarray, i: int) -> float | None:
@@ -259,7 +343,8 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     rows += sample_issue_rows(
         "not_a_face", [sids[i] for i in flagged], nf[flagged].tolist(),
         [{"blank": comp(blank, i), "no_detection": comp(sig.no_detection, i), "quality": comp(quality, i),
-          "embedding": comp(emb_far, i), "pixel_std": comp(sig.pixel_std, i)} for i in flagged])
+          "embedding": comp(emb_far, i), "appearance": comp(fs["appearance"], i), "dffs": comp(fs["dffs"], i),
+          "hog_best": comp(fs["hog"], i), "pixel_std": comp(sig.pixel_std, i)} for i in flagged])
     timings["nonface_s"] = time.perf_counter() - t
 
     table = issues_table(rows, run.run_id)

@@ -55,6 +55,10 @@ class TrainConfig(BaseModel):
     aux_warmup: float = Field(0.34, ge=0, le=1, description="fraction of epochs before the aux branch joins (beta of eqs. 12-13)")
     template_momentum: float = Field(0.9, ge=0, lt=1, description="EMA momentum of the semantic templates across batches")
     semantic_margin: float = Field(0.0, ge=0, description="margin of the relabel rule eq. 10 (paper: 0)")
+    relabel_guard: Literal["none", "classifier"] = Field(
+        "none", description="ULC-AG in-training relabeling: none = eq. 10 as published; classifier = apply eq. 10 "
+        "only where the nearest other template is also the classifier's argmax (for weak semantic features, "
+        "e.g. pseudo AUs from 48 px crops, where eq. 10 alone flips many right labels)")
     pseudo_aus: Literal["auto", "aus", "prototype"] = Field(
         "auto", description="aus: the aus table; prototype: EMFACS prototypes of the given label; auto: aus if present")
     tta_flip: bool = Field(True, description="average predictions over the image and its mirror")

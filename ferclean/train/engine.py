@@ -192,7 +192,10 @@ def fit(
                     if aux_on and epoch > warm and bool(seen.all()):
                         low = ~mask
                         dist = L.cosine_distance(sem.detach()[low], templates)
-                        relabeled = (low, L.semantic_relabel(dist, y[low], cfg.semantic_margin))
+                        new = L.semantic_relabel(dist, y[low], cfg.semantic_margin)
+                        if cfg.relabel_guard == "classifier":
+                            new = L.guard_relabel(new, y[low], logits.detach()[low])
+                        relabeled = (low, new)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -129,6 +129,12 @@ def semantic_relabel(dist: torch.Tensor, labels: torch.Tensor, margin: float = 0
     return torch.where(gap > margin, best, labels)
 
 
+def guard_relabel(new: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Keep a proposed relabel only where the classifier agrees: new[i] if new[i] == argmax
+    logits[i], else labels[i]. new, labels: (N,) int64; logits: (N, C). Returns (N,) int64."""
+    return torch.where(new == logits.argmax(dim=1), new, labels)
+
+
 def margin_relabel(probs: torch.Tensor, labels: torch.Tensor, delta: float = 0.2) -> torch.Tensor:
     """SCN relabel rule (SCN eq. 5): y' = argmax p when p_max - p_y > delta, else y.
 
