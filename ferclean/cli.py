@@ -275,11 +275,16 @@ def review_export(
     out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
     to: Annotated[Optional[Path], typer.Option("--to", help="Folder for review_queue.csv + thumbnails/ (default OUT/review).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the N highest-priority samples.", min=1)] = None,
+    audit: Annotated[Optional[int], typer.Option(
+        help="Instead of the queue, N labelled samples drawn at random (OUT/audit/audit_queue.csv). Once >= 100 "
+             "audit decisions are imported, `curate` / `relabel` use their class mix as the class prior.",
+        min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --audit draw.")] = 0,
 ) -> None:
-    """Write the review queue as a CSV with empty decision columns, plus thumbnails."""
+    """Write the review queue (or an audit sample) as a CSV with empty decision columns, plus thumbnails."""
     from ferclean.review import export_review_queue
 
-    _print_summary("review export", export_review_queue(_out_store(out), to, limit=limit))
+    _print_summary("review export", export_review_queue(_out_store(out), to, limit=limit, audit=audit, seed=seed))
 
 
 @review_app.command("import")

@@ -73,6 +73,10 @@ class RelabelConfig(BaseModel):
     class_prior: list[float] | None = Field(None, description="bayes rule: reference class prior (class order of the "
                                             "predictions), e.g. the class shares of a reviewed sample; None = the "
                                             "collection's own estimated prior")
+    audit_prior: bool = Field(True, description="bayes rule with class_prior None: use the class mix of the human "
+                              "decisions on an audit sample (`ferclean review export OUT --audit N`) as the reference "
+                              "class prior once at least audit_min of them exist")
+    audit_min: int = Field(100, ge=1, description="audit decisions needed before their class mix is used")
     calibrate: bool = Field(True, description="temperature-scale probs to the given labels (NLL) before the rule, "
                             "so thresholds mean the same for every method; needs >= 50 labelled samples")
     fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")
@@ -380,6 +384,32 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
     }) if len(rows) else pa.table({})
 
 
+def audit_class_prior(store: Any, classes: Sequence[str], min_n: int = 100) -> tuple[list[float] | None, int]:
+    """Class shares (in `classes` order) of the latest human decisions on audit rows, or None when
+    fewer than `min_n` audited samples have a final label among `classes`. Drops do not count;
+    add-one-half smoothing keeps every class possible. Returns (prior, n)."""
+    if not store.count("relabels"):
+        return None, 0
+    t = store.read("relabels", columns=["sample_id", "label_final", "source", "reasons", "decided_at"])
+    t = t.filter(pc.equal(t["source"], "human"))
+    if not t.num_rows:
+        return None, 0
+    latest: dict[str, tuple] = {}
+    for sid, lab, reasons, when in zip(t["sample_id"].to_pylist(), t["label_final"].to_pylist(),
+                                       t["reasons"].to_pylist(), t["decided_at"].to_pylist(), strict=True):
+        if "audit" in (reasons or []) and (sid not in latest or when >= latest[sid][1]):
+            latest[sid] = (lab, when)
+    pos = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros(len(classes))
+    for lab, _ in latest.values():
+        if lab in pos:
+            counts[pos[lab]] += 1
+    n = int(counts.sum())
+    if n < min_n:
+        return None, n
+    return ((counts + 0.5) / (n + 0.5 * len(classes))).tolist(), n
+
+
 def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = True) -> dict[str, Any]:
     """Write one `relabels` row per sample from the stored predictions of `config.method`.
 
@@ -392,6 +422,12 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     pd_ = preds.to_pydict()
     by_id = {sid: i for i, sid in enumerate(pd_["sample_id"])}
     classes = _class_order(preds)
+    prior_source = "given" if config.class_prior is not None else "estimated"
+    if config.rule == "bayes" and config.class_prior is None and config.audit_prior:
+        prior, n_audit = audit_class_prior(store, classes, config.audit_min)
+        if prior is not None:
+            config = config.model_copy(update={"class_prior": prior})
+            prior_source = f"audit ({n_audit} samples)"
     scored = [i for i, sid in enumerate(samples["sample_id"]) if sid in by_id]
     unscored = [i for i, sid in enumerate(samples["sample_id"]) if sid not in by_id]
     parts = []
@@ -428,7 +464,8 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     counts = {a: int(v) for a, v in zip(*np.unique(np.array(out["action"].to_pylist(), dtype=object), return_counts=True))} if out.num_rows else {}
     for a, v in counts.items():
         run.counts[f"relabel.{a}"] += v
-    return {"rows": out.num_rows, "actions": counts, "method": config.method, "classes": classes}
+    return {"rows": out.num_rows, "actions": counts, "method": config.method, "classes": classes,
+            "class_prior": prior_source}
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:

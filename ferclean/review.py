@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import random
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ CSV_COLUMNS = (
     "reasons", "thumbnail", "decision", "decision_label", "comment",
 )
 DECISIONS = ("keep", "relabel", "drop")
+AUDIT_FILE = "audit_queue.csv"
+AUDIT_REASON = "audit"  # in `reasons` of an audit row, and of the human verdicts imported from it
 
 
 def safe_name(sample_id: str, suffix: str = ".png") -> str:
@@ -60,30 +63,44 @@ def _fmt(v: Any) -> str:
 
 
 def export_review_queue(
-    store: Store, to: str | Path | None = None, limit: int | None = None, thumb_size: int = 128
+    store: Store, to: str | Path | None = None, limit: int | None = None, thumb_size: int = 128,
+    audit: int | None = None, seed: int = 0,
 ) -> dict[str, Any]:
-    """Write the review queue CSV and thumbnails to `to` (default `OUT/review/`).
+    """Write the review queue CSV and thumbnails to `to` (default `OUT/review/`, `OUT/audit/` for audits).
+
+    With `audit=N`, write instead `audit_queue.csv`: N labelled samples drawn uniformly at random
+    (seeded), whatever their verdict, with reasons = 'audit'. Their imported decisions are an
+    unbiased sample of the true labels: the relabel stage uses their class mix as the reference
+    class prior of the bayes rule (`RelabelConfig.audit_prior`), the one thing the collection's
+    own labels cannot tell it (e.g. FER2013 under-labels neutral: 17.6 % vs 35 % by the crowd).
 
     Returns {"csv": path, "thumbnails": folder, "rows": n, "missing_images": n}.
     """
-    dest = Path(to) if to else store.root / "review"
+    dest = Path(to) if to else store.root / ("audit" if audit else "review")
     thumbs = dest / THUMB_DIR
-    if (dest / QUEUE_FILE).exists():  # an earlier export: drop its thumbnails so none go stale
+    if (dest / (AUDIT_FILE if audit else QUEUE_FILE)).exists():  # an earlier export: no stale thumbnails
         for old in thumbs.glob("*.png"):
             old.unlink()
     thumbs.mkdir(parents=True, exist_ok=True)
     con = connect(store)
     try:
-        sql = ("SELECT sample_id, label_original, label_suggested, action, alpha, margin, priority, reasons "
-               "FROM review_queue")
-        rows = con.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+        cols = "sample_id, label_original, label_suggested, action, alpha, margin, priority, reasons"
+        if audit:
+            rows = con.execute(f"SELECT {cols} FROM latest_verdicts WHERE label_original IS NOT NULL "
+                               "ORDER BY sample_id").fetchall()
+            if not rows:  # no verdicts yet: audit the labelled samples
+                rows = con.execute("SELECT sample_id, label_original, NULL, NULL, NULL, NULL, NULL, NULL "
+                                   "FROM samples WHERE label_original IS NOT NULL ORDER BY sample_id").fetchall()
+            rows = [(*r[:7], [AUDIT_REASON]) for r in random.Random(seed).sample(rows, min(int(audit), len(rows)))]
+        else:
+            rows = con.execute(f"SELECT {cols} FROM review_queue" + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
         ids = [r[0] for r in rows]
         crops = crops_for(con, ids)
         paths = source_paths(con, [i for i in ids if i not in crops])
     finally:
         con.close()
     missing = 0
-    csv_path = dest / QUEUE_FILE
+    csv_path = dest / (AUDIT_FILE if audit else QUEUE_FILE)
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
@@ -118,6 +135,7 @@ class Decision:
     action: str
     label_final: str | None
     comment: str | None
+    audit: bool = False  # the row came from an audit sample (`export_review_queue(audit=N)`)
 
 
 @dataclass
@@ -230,7 +248,8 @@ def validate_decisions(rows: list[dict[str, str]], ctx: Context) -> tuple[list[D
                 continue
             if final == original:
                 action = "keep"  # relabelling to the same label is a keep
-        by_sample.setdefault(sid, []).append(Decision(i, sid, action, final, comment))
+        audit = AUDIT_REASON in (row.get("reasons") or "").split(";")
+        by_sample.setdefault(sid, []).append(Decision(i, sid, action, final, comment, audit))
     decisions = []
     for sid, ds in by_sample.items():
         if len({(d.action, d.label_final) for d in ds}) > 1:
@@ -238,7 +257,8 @@ def validate_decisions(rows: list[dict[str, str]], ctx: Context) -> tuple[list[D
             errors.extend(RowError(d.line, sid, f"conflicting decisions for one sample ({where})") for d in ds)
             continue
         comments = [d.comment for d in ds if d.comment]
-        decisions.append(Decision(ds[0].line, sid, ds[0].action, ds[0].label_final, comments[0] if comments else None))
+        decisions.append(Decision(ds[0].line, sid, ds[0].action, ds[0].label_final, comments[0] if comments else None,
+                                  any(d.audit for d in ds)))
     errors.sort(key=lambda e: e.line)
     return decisions, errors, undecided
 
@@ -265,7 +285,8 @@ def decision_rows(decisions: list[Decision], ctx: Context, run_id: str, reviewer
             "alpha": v.get("alpha"), "p_original": v.get("p_original"), "p_suggested": v.get("p_suggested"),
             "margin": v.get("margin"), "sem_dist_original": v.get("sem_dist_original"),
             "sem_dist_suggested": v.get("sem_dist_suggested"), "priority": None, "method": "human",
-            "reasons": ["human_review"], "source": "human", "reviewer": reviewer, "decided_at": now,
+            "reasons": ["human_review"] + ([AUDIT_REASON] if d.audit else []), "source": "human",
+            "reviewer": reviewer, "decided_at": now,
             "comment": d.comment,
         })
     schema = pa.schema([

@@ -155,3 +155,36 @@ def test_cli_round_trip(demo, tmp_path):
 def test_safe_name_is_unique_and_flat():
     a, b = safe_name("train/angry/1.png"), safe_name("train_angry_1.png")
     assert "/" not in a and a != b and a.endswith(".png")
+
+
+def test_audit_sample_round_trip_gives_the_class_prior(demo, tmp_path):
+    from ferclean.relabel import audit_class_prior
+
+    res = export_review_queue(demo, tmp_path / "aud", audit=6, seed=1)
+    rows = _read(Path(res["csv"]))
+    assert Path(res["csv"]).name == "audit_queue.csv" and res["rows"] == 6
+    assert all(r["reasons"] == "audit" for r in rows)
+    again = _read(Path(export_review_queue(demo, tmp_path / "aud2", audit=6, seed=1)["csv"]))
+    assert [r["sample_id"] for r in again] == [r["sample_id"] for r in rows]  # seeded draw
+    labels = ["happy", "happy", "sad", "neutral", "happy", None]
+    for r, lab in zip(rows, labels, strict=True):
+        if lab is None:
+            r.update(decision="drop")
+        elif lab == r["label_original"]:
+            r.update(decision="keep")
+        else:
+            r.update(decision="relabel", decision_label=lab)
+    import_decisions(demo, _write(tmp_path / "d.csv", rows), "auditor")
+    reasons = query(demo, "SELECT reasons FROM relabels WHERE source = 'human'")[1]
+    assert all("audit" in list(r[0]) for r in reasons) and len(reasons) == 6
+    classes = ["neutral", "happy", "sad"]
+    assert audit_class_prior(demo, classes, min_n=6) == (None, 5)  # the drop does not count
+    prior, n = audit_class_prior(demo, classes, min_n=5)
+    assert n == 5 and prior == pytest.approx([1.5 / 6.5, 3.5 / 6.5, 1.5 / 6.5])
+    from ferclean.relabel import RelabelConfig, run_relabel
+    from ferclean.runs import open_run
+
+    with open_run(demo, "relabel", {}) as run:
+        used = run_relabel(demo, run, RelabelConfig(method="ulcag", audit_min=5), progress=False)
+        plain = run_relabel(demo, run, RelabelConfig(method="ulcag", audit_min=50), progress=False)
+    assert used["class_prior"] == "audit (5 samples)" and plain["class_prior"] == "estimated"
