@@ -65,6 +65,9 @@ MEASURES: tuple[str, ...] = (
 )
 
 #: AU -> ((measure, signed weight), ...); |weights| sum to 1 so a score is in robust SDs.
+#: Bumped whenever a measure's definition changes (the stage's shard keys include it with the recipes).
+GEOMETRIC_VERSION = 2
+
 AU_RECIPES: dict[str, tuple[tuple[str, float], ...]] = {
     # inner brow raised, mostly as height above the eye, partly as the oblique (inner-end-up) shape
     "AU01": (("inner_brow", 0.75), ("brow_slope", 0.25)),

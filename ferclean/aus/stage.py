@@ -14,7 +14,15 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from ferclean.aus.backends import GeometricBackend, aus_table, check_pyfeat, landmarks_array
-from ferclean.aus.geometric import Reference, fit_reference, measure, normalise_landmarks
+from ferclean.aus.geometric import (
+    AU_RECIPES,
+    GEOMETRIC_VERSION,
+    MEASURES,
+    Reference,
+    fit_reference,
+    measure,
+    normalise_landmarks,
+)
 from ferclean.aus.names import AU28_C, AU_NAMES, intensity_columns, presence_columns
 from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
 from ferclean.store import Store
@@ -140,7 +148,9 @@ def geometric_shard_plan(store: Store, config: AusConfig, ref: Reference, run_id
     backend = GeometricBackend(ref, config.landmarks_column, config.presence_threshold,
                                config.lips_part_iod, config.blink_ratio)
     fingerprint = {"config": config.model_dump(mode="json", exclude={"workers", "reference_path"}),
-                   "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist()}
+                   "reference": ref.arrays()[0].tolist() + ref.arrays()[1].tolist(),
+                   "recipes": {"version": GEOMETRIC_VERSION, "measures": list(MEASURES),
+                               "au": {au: [list(t) for t in r] for au, r in AU_RECIPES.items()}}}
     shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
     return shards, _ShardJob(run_id, backend)
 
