@@ -54,7 +54,7 @@ def main() -> None:
             predict(res.model, x, m, res.templates, res.logit_scale, tta_flip=False)
             infer[m].append(args.n / (time.perf_counter() - t))
     out = {"protocol": {**vars(args), "threads": cfg.num_threads, "cpus": os.cpu_count(),
-                        "machine": "2-core CPU shared with other jobs (load avg > 2)", "data": "random 8-bit images"},
+                        "machine": f"{os.cpu_count()}-core CPU, load average {os.getloadavg()[0]:.1f} at start", "data": "random 8-bit images"},
            "train_samples_per_s_median": {m: round(statistics.median(v), 1) for m, v in train.items()},
            "train_samples_per_s_all": {m: [round(s, 1) for s in v] for m, v in train.items()},
            "inference_samples_per_s_median": {m: round(statistics.median(v), 1) for m, v in infer.items()}}
