@@ -153,7 +153,8 @@ def main() -> None:
                     help="only the pHash threshold study -> results/dataset_issues_threshold.json")
     ap.add_argument("--faces-store", help="part D only: a curate folder with faces for all of FER2013 (e.g. "
                     "`ferclean curate labels.csv --out X --until faces`): not-a-face recall with every signal "
-                    "-> results/dataset_issues_nonface_full.json")
+                    "-> results/dataset_issues_nonface_full{TAG}.json")
+    ap.add_argument("--tag", default="", help="suffix of the part D result file, e.g. _dlib")
     args = ap.parse_args()
     if args.faces_store:
         fstore = Store(Path(args.faces_store))
@@ -165,7 +166,7 @@ def main() -> None:
         res["not_a_face_top"] = sorted(
             [{"sample_id": r["sample_ids"][0], "score": round(r["score"], 4), **json.loads(r["details"])}
              for r in issues if r["issue_type"] == "not_a_face"], key=lambda r: -r["score"])[:200]
-        (RESULTS / "dataset_issues_nonface_full.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / f"dataset_issues_nonface_full{args.tag}.json").write_text(json.dumps(res, indent=1))
         print(json.dumps({k: v for k, v in res.items() if k != "not_a_face_top"}, indent=1))
         return
     if args.threshold_study:

@@ -12,6 +12,7 @@ from ferclean.dataset_issues.face_space import (
     appearance_evidence,
     appearance_rank,
     crop_vectors,
+    image_vectors,
     rank01,
     rotated_hog_score,
 )
@@ -44,9 +45,12 @@ def test_dffs_separates_non_faces_from_the_fitted_space():
     assert d_noise.min() > d_face.max()
 
 
-def test_crop_vectors_marks_bad_bytes():
+def test_crop_vectors_marks_bad_bytes(tmp_path):
     vecs, ok = crop_vectors([None, b"not a png", b""])
     assert not ok.any() and not vecs.any()
+    cv2.imwrite(str(tmp_path / "a.png"), np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1)))
+    iv, iok = image_vectors([str(tmp_path / "a.png"), str(tmp_path / "missing.png")], side=16)
+    assert iok.tolist() == [True, False] and iv.shape == (2, 256) and abs(float(iv[0].mean())) < 1e-4
 
 
 def test_fit_needs_two_vectors_and_dffs_needs_fit():
@@ -59,8 +63,9 @@ def test_fit_needs_two_vectors_and_dffs_needs_fit():
 def test_ranks_and_evidence():
     assert rank01(np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.5]
     assert rank01(np.array([5.0])).tolist() == [0.0]
-    r = appearance_rank(np.array([0.1, 0.9, 0.5]), np.array([1.0, -2.0, np.nan]))
-    assert int(np.argmax(r)) == 1  # far from face space and no HOG face
+    r = appearance_rank(np.array([0.1, 0.9, 0.5]), -np.array([1.0, -2.0, np.nan]))  # DFFS, minus HOG score
+    assert int(np.argmax(r)) == 1 and r.max() == 1.0  # far from face space and no HOG face; a rank again
+    assert rank01(np.array([1.0, 1.0, 3.0])).tolist() == [0.25, 0.25, 1.0]  # ties share their rank
     ev = appearance_evidence(np.array([0.5, 0.97, 0.985, 1.0]), top_fraction=0.02)
     np.testing.assert_allclose(ev, [0.0, 0.5, 1.0, 1.0])
     assert appearance_evidence(np.array([1.0]), 0.0).tolist() == [0.0]

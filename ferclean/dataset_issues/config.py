@@ -59,6 +59,10 @@ class DatasetIssuesConfig(BaseModel):
     face_space: bool = Field(
         True, description="score how face-like the crops no detector confirmed are (distance from a PCA face "
         "space fitted on detected crops + dlib HOG on rotated copies of the image; ferclean.dataset_issues.face_space)")
+    detect_unchecked: bool = Field(
+        True, description="rows whose faces came without detection (landmarks: fastlm) get dlib's HOG test first "
+        "(~2 ms per image on the 144 px upscale), so that not-a-face evidence starts from a failed detection "
+        "as on the dlib path; without it they only get the rotated check of the least face-like 10 %")
     face_space_k: int = Field(25, ge=1, description="principal components of the face space")
     face_space_side: int = Field(24, ge=8, le=64, description="px; crops are compared at this size")
     face_space_fit_n: int = Field(5000, ge=50, description="crops (at most) the face space is fitted on")
@@ -66,6 +70,7 @@ class DatasetIssuesConfig(BaseModel):
         0.1, ge=0, le=1, description="share of the undetected crops, the least face-like by DFFS, that get the "
         "rotated HOG check (~10 ms each)")
     nonface_top_fraction: float = Field(
-        0.01, ge=0, le=0.5, description="appearance evidence is 1 for this top share of undetected crops (0 below "
-        "twice it); with w_no_detection + w_appearance = threshold, that top share of full-frame rows is flagged")
+        0.01, ge=0, le=0.5, description="appearance evidence is 1 for this share of the undetected crops, the least "
+        "face-like of the HOG-checked ones by the three cues' mean rank (0 below twice it); with w_no_detection + "
+        "w_appearance = threshold, about that share of the undetected rows is flagged")
     w_appearance: float = Field(0.2, ge=0, description="weight: the crop looks unlike a face (see face_space)")

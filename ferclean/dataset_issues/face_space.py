@@ -13,9 +13,11 @@ face-likeness cues separate the few non-faces among those rows from the many har
   so a score always exists) is low for non-faces and for faces at any roll it does not cover
   (`rotated_hog_score`).
 
-Neither is enough alone (each ranks FER2013's two crowd-declared non-faces in the top ~3-9 %
-of undetected crops, among many occluded or lying faces); `appearance_rank` averages their ranks
-over the undetected rows. Pure NumPy except the HOG call.
+The face space is measured twice: on the aligned crop (which depends on where the landmark fit
+put the eyes) and on the whole image (which does not). No cue is enough alone (each ranks
+FER2013's two crowd-declared non-faces in the top ~3-9 % of undetected crops, among many
+occluded or lying faces); `appearance_rank` averages their ranks over the undetected rows.
+Pure NumPy and OpenCV except the HOG call.
 """
 
 from __future__ import annotations
@@ -98,18 +100,35 @@ def rotated_hog_score(image: np.ndarray, detector: object, angles: Sequence[floa
 
 
 def rank01(x: np.ndarray) -> np.ndarray:
-    """Ranks scaled to [0, 1] (0 = smallest); ties broken by position. Empty -> empty."""
+    """Ranks scaled to [0, 1] (0 = smallest); ties share their average rank. Empty -> empty."""
+    from scipy.stats import rankdata
+
     x = np.asarray(x, np.float64)
     if len(x) <= 1:
         return np.zeros(len(x))
-    return np.argsort(np.argsort(x, kind="stable"), kind="stable") / (len(x) - 1)
+    return (rankdata(x, method="average") - 1) / (len(x) - 1)
 
 
-def appearance_rank(dffs: np.ndarray, hog: np.ndarray) -> np.ndarray:
-    """(n,) in [0, 1]: mean of the rank of DFFS (high = unlike a face) and of the negated HOG score
-    (low score = unlike a face) among the given rows. NaN HOG (not checked) counts as face-like."""
-    hog = np.where(np.isnan(hog), np.inf, hog)
-    return (rank01(dffs) + rank01(-hog)) / 2
+def image_vectors(paths: Sequence[str], side: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Like `crop_vectors` for image files (the whole image, not the aligned crop)."""
+    out = np.zeros((len(paths), side * side), np.float32)
+    ok = np.zeros(len(paths), bool)
+    for i, p in enumerate(paths):
+        g = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        if g is None:
+            continue
+        v = cv2.resize(g, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32).reshape(-1)
+        out[i] = (v - v.mean()) / max(float(v.std()), 1.0)
+        ok[i] = True
+    return out, ok
+
+
+def appearance_rank(*unlikeness: np.ndarray) -> np.ndarray:
+    """(n,) in [0, 1]: the rank of the mean rank of the cues, each (n,) with higher = less like a
+    face (DFFS of the crop, DFFS of the image, minus the HOG score). NaN (not measured) counts as
+    face-like."""
+    ranks = [rank01(np.where(np.isnan(u), -np.inf, u)) for u in unlikeness]
+    return rank01(np.mean(ranks, axis=0))
 
 
 def appearance_evidence(rank: np.ndarray, top_fraction: float) -> np.ndarray:
@@ -120,5 +139,5 @@ def appearance_evidence(rank: np.ndarray, top_fraction: float) -> np.ndarray:
     return np.clip((np.asarray(rank, np.float64) - (1.0 - 2.0 * q)) / q, 0.0, 1.0)
 
 
-__all__ = ["HOG_ANGLES", "FaceSpace", "appearance_evidence", "appearance_rank", "crop_vectors", "rank01",
-           "rotated_hog_score"]
+__all__ = ["HOG_ANGLES", "FaceSpace", "appearance_evidence", "appearance_rank", "crop_vectors", "image_vectors",
+           "rank01", "rotated_hog_score"]

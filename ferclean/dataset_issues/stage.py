@@ -37,6 +37,7 @@ from ferclean.dataset_issues.face_space import (
     appearance_evidence,
     appearance_rank,
     crop_vectors,
+    image_vectors,
     rotated_hog_score,
 )
 from ferclean.dataset_issues.issues import cluster_issue_rows, issues_table, sample_issue_rows
@@ -62,6 +63,8 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
                         paths: Sequence[str], progress: bool) -> dict[str, np.ndarray]:
     """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
 
+    Rows no detector looked at (fastlm) first get dlib's HOG test of the faces stage (~2 ms each,
+    `detect_unchecked`), so the evidence starts from a detection in both faces modes.
     Two streaming passes over `faces` (memory: one batch of crops): fit the face space on up to
     `face_space_fit_n` detected crops (all crops when fewer than 200 were detected), then DFFS of
     every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
@@ -69,14 +72,28 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     dffs, hog (NaN where not computed).
     """
     n = len(sig.phash)
-    out = {k: np.full(n, np.nan) for k in ("appearance", "dffs", "hog")}
+    out = {k: np.full(n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
+    if not cfg.face_space:
+        return out
+    unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
+    if len(unchecked) and cfg.detect_unchecked:
+        from ferclean.faces.backends import get_backend
+
+        detector = get_backend("dlib")._hog  # type: ignore[attr-defined]
+        for i in track(unchecked, "face detection", total=len(unchecked), enabled=progress):
+            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
+            if img is None:
+                continue
+            found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
+            sig.no_detection[i] = 0.0 if found else 1.0
+            sig.detected[i] = found
     undetected = sig.has_face_row & ~sig.detected
-    if not cfg.face_space or undetected.sum() < 2:
+    if undetected.sum() < 2:
         return out
     cols = ["sample_id", "is_primary", "crop_png"]
     fit_pool = sig.detected if sig.detected.sum() >= 200 else sig.has_face_row
     share = min(1.0, cfg.face_space_fit_n / max(int(fit_pool.sum()), 1))
-    fit_vecs, todo_idx, todo_vecs = [], [], []
+    fit_rows, fit_vecs, todo_idx, todo_vecs = [], [], [], []
     for batch in store.iter_batches("faces", columns=cols, batch_size=cfg.hash_batch):
         t = pa.Table.from_batches([batch]).filter(pc.field("is_primary"))
         sids = t.column("sample_id").to_pylist()
@@ -93,30 +110,41 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
             if not ok[j]:
                 continue
             if pick_fit[k]:
+                fit_rows.append(rows[k])
                 fit_vecs.append(vecs[j])
             if pick_dffs[k]:
                 todo_idx.append(rows[k])
                 todo_vecs.append(vecs[j])
     if len(fit_vecs) < 2 or len(todo_idx) < 2:
         return out
-    space = FaceSpace(cfg.face_space_k).fit(np.stack(fit_vecs))
     idx = np.asarray(todo_idx)
-    out["dffs"][idx] = space.dffs(np.stack(todo_vecs))
+    out["dffs"][idx] = FaceSpace(cfg.face_space_k).fit(np.stack(fit_vecs)).dffs(np.stack(todo_vecs))
+    # the same on the whole image, independent of where the landmark fit put the eyes
+    img_fit, ok_fit = image_vectors([paths[i] for i in fit_rows], cfg.face_space_side)
+    img_todo, ok_todo = image_vectors([paths[i] for i in idx], cfg.face_space_side)
+    dffs_image = np.full(n, np.nan)
+    if ok_fit.sum() >= 2:
+        dffs_image[idx[ok_todo]] = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit]).dffs(img_todo[ok_todo])
+    out["dffs_image"] = dffs_image
     n_check = int(round(cfg.hog_check_fraction * len(idx)))
     if n_check:
         from ferclean.faces.backends import get_backend
 
         detector = get_backend("dlib")._hog  # type: ignore[attr-defined]  # the frontal HOG detector
-        suspects = idx[np.argsort(-out["dffs"][idx], kind="stable")[:n_check]]
+        prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
+        suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
         for i in track(suspects, "face check", total=len(suspects), enabled=progress):
             img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
             if img is None:
                 continue
             out["hog"][i] = rotated_hog_score(img, detector)
-            if np.isnan(sig.no_detection[i]):  # no detector had run (fastlm): this check is the detection
-                sig.no_detection[i] = float(out["hog"][i] < 0.0)
-    out["appearance"][idx] = appearance_evidence(appearance_rank(out["dffs"][idx], out["hog"][idx]),
-                                                 cfg.nonface_top_fraction)
+    # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
+    out["appearance"][idx] = 0.0
+    checked = idx[~np.isnan(out["hog"][idx])]
+    if len(checked) >= 2:
+        top = min(0.5, cfg.nonface_top_fraction / max(cfg.hog_check_fraction, 1e-9))
+        out["appearance"][checked] = appearance_evidence(
+            appearance_rank(out["dffs"][checked], dffs_image[checked], -out["hog"][checked]), top)
     return out
 
 
@@ -332,7 +360,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
               "robust_z": round(float(z_own[k]), 3)} for k in out])
         n_outliers = len(out)
     fs = face_space_evidence(store, pos, sig, cfg, paths, progress) if has_faces else \
-        {k: np.full(n, np.nan) for k in ("appearance", "dffs", "hog")}
+        {k: np.full(n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
     nf = nonface_score(blank, sig.no_detection, quality, emb_far,
                        cfg.w_no_detection, cfg.w_quality, cfg.w_embedding, fs["appearance"], cfg.w_appearance)
     flagged = np.flatnonzero(nf >= cfg.nonface_threshold)
@@ -344,6 +372,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         "not_a_face", [sids[i] for i in flagged], nf[flagged].tolist(),
         [{"blank": comp(blank, i), "no_detection": comp(sig.no_detection, i), "quality": comp(quality, i),
           "embedding": comp(emb_far, i), "appearance": comp(fs["appearance"], i), "dffs": comp(fs["dffs"], i),
+          "dffs_image": comp(fs["dffs_image"], i),
           "hog_best": comp(fs["hog"], i), "pixel_std": comp(sig.pixel_std, i)} for i in flagged])
     timings["nonface_s"] = time.perf_counter() - t
 
