@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from ferclean.faces.backends import BackendUnavailable
 from ferclean.faces.fastlm_files import INPUT_SIZE, default_weights_path, weights_digest
-from ferclean.faces.quality import to_gray
 
 BATCH_SIZE = 256
 if os.environ.get("FERCLEAN_FASTLM_THREADS"):  # set by fastlm.limit_threads in a faces worker process
@@ -104,13 +102,9 @@ def limit_threads(workers: int) -> None:
 
 def to_input(images: Sequence[np.ndarray], size: int = INPUT_SIZE) -> torch.Tensor:
     """uint8 images (H, W) grey or (H, W, 3) BGR, any sizes -> (N, 1, size, size) float in [0, 1]."""
-    batch = np.empty((len(images), size, size), np.uint8)
-    for i, img in enumerate(images):
-        g = img if img.ndim == 2 else to_gray(img)
-        if g.shape != (size, size):
-            g = cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA if max(g.shape) > size else cv2.INTER_LINEAR)
-        batch[i] = g
-    return torch.from_numpy(batch).unsqueeze(1).float().div_(255.0)
+    from ferclean.faces.fastlm import to_batch
+
+    return torch.from_numpy(to_batch(images, size)).unsqueeze(1).float().div_(255.0)
 
 
 def predict_torch(images: Sequence[np.ndarray], model: FastLandmarkNet | None = None,
