@@ -23,6 +23,7 @@ Pure NumPy and OpenCV except the HOG call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -77,11 +78,19 @@ class FaceSpace:
         return ((c - (c @ self.basis.T) @ self.basis) ** 2).mean(1)
 
 
+@lru_cache(maxsize=1)
+def hog_detector() -> object:
+    """dlib's frontal HOG face detector (the faces stage's default detector), built once per process."""
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
 def rotated_hog_score(image: np.ndarray, detector: object, angles: Sequence[float] = HOG_ANGLES,
                       side: int = HOG_SIDE) -> float:
     """Best dlib HOG detection score of `image` (uint8 grey or BGR) over rotations; HOG_FLOOR if none.
 
-    `detector` is `dlib.get_frontal_face_detector()`. The image is resized so its longer side
+    `detector` is `hog_detector()` (dlib's frontal HOG detector). The image is resized so its longer side
     is `side` px (FER crops are 48 px; HOG needs ~80 px faces) and rotated about its centre.
     """
     g = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
@@ -139,5 +148,5 @@ def appearance_evidence(rank: np.ndarray, top_fraction: float) -> np.ndarray:
     return np.clip((np.asarray(rank, np.float64) - (1.0 - 2.0 * q)) / q, 0.0, 1.0)
 
 
-__all__ = ["HOG_ANGLES", "FaceSpace", "appearance_evidence", "appearance_rank", "crop_vectors", "image_vectors",
-           "rank01", "rotated_hog_score"]
+__all__ = ["HOG_ANGLES", "FaceSpace", "appearance_evidence", "appearance_rank", "crop_vectors", "hog_detector",
+           "image_vectors", "rank01", "rotated_hog_score"]

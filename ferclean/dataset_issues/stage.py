@@ -37,6 +37,7 @@ from ferclean.dataset_issues.face_space import (
     appearance_evidence,
     appearance_rank,
     crop_vectors,
+    hog_detector,
     image_vectors,
     rotated_hog_score,
 )
@@ -77,9 +78,7 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
         return out
     unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
     if len(unchecked) and cfg.detect_unchecked:
-        from ferclean.faces.backends import get_backend
-
-        detector = get_backend("dlib")._hog  # type: ignore[attr-defined]
+        detector = hog_detector()
         for i in track(unchecked, "face detection", total=len(unchecked), enabled=progress):
             img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
             if img is None:
@@ -128,9 +127,7 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     out["dffs_image"] = dffs_image
     n_check = int(round(cfg.hog_check_fraction * len(idx)))
     if n_check:
-        from ferclean.faces.backends import get_backend
-
-        detector = get_backend("dlib")._hog  # type: ignore[attr-defined]  # the frontal HOG detector
+        detector = hog_detector()
         prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
         suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
         for i in track(suspects, "face check", total=len(suspects), enabled=progress):
