@@ -410,6 +410,18 @@ def audit_class_prior(store: Any, classes: Sequence[str], min_n: int = 100) -> t
     return ((counts + 0.5) / (n + 0.5 * len(classes))).tolist(), n
 
 
+def with_audit_prior(store: Any, config: RelabelConfig, classes: Sequence[str]) -> tuple[RelabelConfig, str]:
+    """`config` with the audit class prior filled in when the bayes rule may use one; and where the
+    prior comes from ('given', 'audit (n samples)' or 'estimated')."""
+    if config.class_prior is not None:
+        return config, "given"
+    if config.rule == "bayes" and config.audit_prior:
+        prior, n_audit = audit_class_prior(store, classes, config.audit_min)
+        if prior is not None:
+            return config.model_copy(update={"class_prior": prior}), f"audit ({n_audit} samples)"
+    return config, "estimated"
+
+
 def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = True) -> dict[str, Any]:
     """Write one `relabels` row per sample from the stored predictions of `config.method`.
 
@@ -422,12 +434,7 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     pd_ = preds.to_pydict()
     by_id = {sid: i for i, sid in enumerate(pd_["sample_id"])}
     classes = _class_order(preds)
-    prior_source = "given" if config.class_prior is not None else "estimated"
-    if config.rule == "bayes" and config.class_prior is None and config.audit_prior:
-        prior, n_audit = audit_class_prior(store, classes, config.audit_min)
-        if prior is not None:
-            config = config.model_copy(update={"class_prior": prior})
-            prior_source = f"audit ({n_audit} samples)"
+    config, prior_source = with_audit_prior(store, config, classes)
     scored = [i for i, sid in enumerate(samples["sample_id"]) if sid in by_id]
     unscored = [i for i, sid in enumerate(samples["sample_id"]) if sid not in by_id]
     parts = []
@@ -504,6 +511,7 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
     store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                           probs, alpha, sem))
     faces = _face_info(store)
+    config, prior_source = with_audit_prior(store, config, classes)
     table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
                          config, run.run_id, method)
@@ -511,4 +519,5 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
     acts = table["action"].to_pylist()
     for a in set(acts):
         run.counts[f"relabel.{a}"] += acts.count(a)
-    return {"rows": table.num_rows, "actions": {a: acts.count(a) for a in set(acts)}, "method": method}
+    return {"rows": table.num_rows, "actions": {a: acts.count(a) for a in set(acts)}, "method": method,
+            "class_prior": prior_source}
