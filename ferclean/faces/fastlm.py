@@ -25,6 +25,7 @@ stage's worker processes start fast. Public: :data:`MIRROR_68`, :func:`flip_land
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -116,8 +117,6 @@ def limit_threads(workers: int) -> None:
     """Give each of `workers` worker processes cores // workers threads (torch and onnxruntime)."""
     n = max(1, (os.cpu_count() or 1) // max(1, workers))
     os.environ["FERCLEAN_FASTLM_THREADS"] = str(n)
-    import sys
-
     if "torch" in sys.modules:
         from ferclean.faces.fastlm_net import limit_threads as limit_torch
 

@@ -47,12 +47,6 @@ def primary_index(bboxes: np.ndarray, width: int, height: int) -> int:
     return int(np.argmax(b[:, 2] * b[:, 3] * (1.0 - 0.5 * np.clip(d, 0.0, 1.0))))
 
 
-def encode_png(crop: np.ndarray, mode: str = "deflate") -> bytes:
-    """PNG bytes of a crop (grey stays 1 channel; colour is BGR as OpenCV holds it); `mode` as
-    FacesConfig.crop_png."""
-    return encode_crop(crop, mode)
-
-
 def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) -> list[dict]:
     """All faces of one decoded image (uint8 (H, W) or (H, W, 3) BGR).
 
@@ -101,7 +95,7 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) 
             "landmarks68": lm68.reshape(-1).tolist(),
             "align_matrix": m.reshape(-1).tolist(),
             "crop_size": size,
-            "crop_png": encode_png(crop, config.crop_png),
+            "crop_png": encode_crop(crop, config.crop_png),
             "landmarks68_crop": apply_affine(lm68, m).reshape(-1).tolist(),
             "yaw": yaw, "pitch": pitch, "roll": roll,
             "blur": blur, "brightness": brightness, "contrast": contrast, "face_px": fpx,

@@ -5,7 +5,7 @@ Each shard (a :class:`ferclean.shards.Shard` of `samples`) is processed by the m
 small JSON sidecar of its rejected images under `OUT/work/faces/<shard key>.rejects.json`. The
 stage records every shard's rejects (done now or earlier) in this run's `rejects` rows, so a
 resumed run still accounts for every input image. With `FacesConfig.landmarks = "fastlm"` the
-shard's pre-aligned images are analysed together by `ferclean.faces.fastlm.analyze_batch`.
+shard's pre-aligned images are analysed together by `ferclean.faces.fastlm.analyze_batch_table`.
 """
 
 from __future__ import annotations
