@@ -4,10 +4,16 @@ Rows whose FER+ plurality has >= 7 of 10 votes. 68 landmarks come from dlib (the
 is built in parallel): each 48x48 crop is upscaled x3, HOG-detected, falling back to the full
 frame when HOG finds nothing. Landmarks are cached in /tmp (never in the repo).
 
-Reports per-class AUROC of the prototype AUs vs rest, 5-fold logistic-regression accuracy from
-the AU vector vs the majority-class rate, and the co-occurrence graph (PNG + strongest links).
+The neutral reference is fitted as the aus stage fits it: on all FER2013 train images (28,558
+unique PNGs, not only the scored rows), neutral = FER2013's own `label` (never the FER+ votes,
+which are only the evaluation truth); units over all of them.
 
-    python benchmarks/validate_aus.py [--limit N] [--reference neutral|collection]
+Reports per-class AUROC of the prototype AUs vs rest (train, valid and all scored rows), 5-fold
+logistic-regression accuracy from the AU vector vs the majority-class rate, and the
+co-occurrence graph (PNG + strongest links). With the default conditional reference the
+neutral-median reference is scored too (key `baseline_neutral_median`).
+
+    python benchmarks/validate_aus.py [--reference conditional|neutral|collection]
 """
 
 from __future__ import annotations
@@ -139,15 +145,26 @@ def lr_holdout(features: np.ndarray, truth: np.ndarray, fit: np.ndarray, test: n
     return float((clf.predict(x[test]) == truth[test]).mean())
 
 
-def evaluate(rows: pd.DataFrame, lm: np.ndarray, reference: str = "neutral", presence_threshold: float = 1.0) -> dict:
+def load_reference_rows() -> pd.DataFrame:
+    """All FER2013 train images (one row per PNG) with FER2013's own `label`: the reference split."""
+    d = pd.read_csv(DATA / "labels.csv")
+    return d[d.split == "train"].drop_duplicates("image_path").reset_index(drop=True)
+
+
+def evaluate(rows: pd.DataFrame, lm: np.ndarray, reference: str = "conditional", presence_threshold: float = 1.0,
+             ref_rows: pd.DataFrame | None = None, ref_lm: np.ndarray | None = None) -> dict:
+    """Fit the reference on `ref_rows` / `ref_lm` (default: the train part of `rows`), neutral =
+    FER2013's own label; score `rows`."""
     from ferclean.au_graph import cooccurrence
     from ferclean.aus.geometric import fit_reference, geometric_aus, measure, normalise_landmarks
     from ferclean.aus.names import AU_NAMES
 
     train = (rows.split == "train").to_numpy()
-    m = measure(normalise_landmarks(lm)[0])
-    neutral = (rows.truth == "neutral").to_numpy() if reference == "neutral" else None
-    ref = fit_reference(m[train], None if neutral is None else neutral[train])
+    if ref_rows is None:
+        ref_rows, ref_lm = rows[train], lm[train]
+    pts = normalise_landmarks(ref_lm)[0]
+    neutral = (ref_rows.label == "neutral").to_numpy() if reference in ("neutral", "conditional") else None
+    ref = fit_reference(measure(pts), neutral, points=pts if reference == "conditional" else None)
     inten, pres = geometric_aus(lm, ref, presence_threshold=presence_threshold)
     truth = rows.truth.to_numpy()
     aurocs = prototype_aurocs(inten, truth, AU_NAMES)
@@ -241,7 +258,7 @@ FACS_LINKS = [("AU02", "AU01"), ("AU01", "AU02"), ("AU12", "AU06"), ("AU06", "AU
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--min-votes", type=int, default=7)
-    ap.add_argument("--reference", choices=["neutral", "collection"], default="neutral")
+    ap.add_argument("--reference", choices=["conditional", "neutral", "collection"], default="conditional")
     ap.add_argument("--experiments", action="store_true", help="also measure the mesh-NNLS and appearance alternatives")
     args = ap.parse_args()
     if not (DATA / "labels.csv").exists():
@@ -252,12 +269,22 @@ def main() -> None:
     t0 = time.time()
     rows = load_rows(args.min_votes)
     lm, found = cached_landmarks(rows)
-    res = evaluate(rows, lm, args.reference)
+    ref_rows = load_reference_rows()
+    ref_lm, _ = cached_landmarks(ref_rows)
+    res = evaluate(rows, lm, args.reference, ref_rows=ref_rows, ref_lm=ref_lm)
     truth = rows.truth.to_numpy()
     valid = (rows.split == "valid").to_numpy()
     train = (rows.split == "train").to_numpy()
     va = prototype_aurocs(res["intensity"][valid], truth[valid], AU_NAMES)
     ta = prototype_aurocs(res["intensity"][train], truth[train], AU_NAMES)
+
+    def split_aurocs(inten: np.ndarray) -> dict:
+        out = {}
+        for name, sel in (("train", train), ("valid", valid), ("all", np.ones(len(rows), bool))):
+            a = prototype_aurocs(inten[sel], truth[sel], AU_NAMES)
+            out[name] = {"mean": round(float(np.mean([v for d in a.values() for v in d.values()])), 4),
+                         "auroc": {k: {au: round(v, 3) for au, v in d.items()} for k, d in a.items()}}
+        return out
     hog = prototype_aurocs(res["intensity"][found], truth[found], AU_NAMES)
     co = res["co"]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -273,7 +300,10 @@ def main() -> None:
         "rows": int(len(rows)), "train_rows": int((~valid).sum()), "valid_rows": int(valid.sum()),
         "hog_found_rate": round(float(found.mean()), 4),
         "class_counts": rows.truth.value_counts().to_dict(),
-        "reference": {"source": res["reference"].source, "faces": res["reference"].n_neutral_value},
+        "reference": {"source": res["reference"].source, "neutral_faces": res["reference"].n_neutral_value,
+                      "scale_faces": res["reference"].n_scale,
+                      "ridge_alpha": (res["reference"].conditional or {}).get("alpha"),
+                      "conditional_measures": (res["reference"].conditional or {}).get("measures")},
         "prototype_auroc": {k: {a: round(v, 3) for a, v in d.items()} for k, d in res["aurocs"].items()},
         "mean_prototype_auroc": round(res["mean_auroc"], 4),
         "prototype_auroc_train_only": {k: {a: round(v, 3) for a, v in d.items()} for k, d in ta.items()},
@@ -289,6 +319,9 @@ def main() -> None:
         "targets": {"AU12_happy>=0.85": res["aurocs"]["happy"]["AU12"] >= 0.85,
                     "mean_prototype>=0.70": res["mean_auroc"] >= 0.70},
     }
+    if args.reference == "conditional":
+        out["baseline_neutral_median"] = split_aurocs(
+            evaluate(rows, lm, "neutral", ref_rows=ref_rows, ref_lm=ref_lm)["intensity"])
     out["seconds"] = round(time.time() - t0, 1)
     (RESULTS / "aus_validation.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from ferclean.aus.geometric import (
-    MEASURES, Reference, fit_reference, geometric_aus, measure, normalise_landmarks,
+    CONDITIONAL_MEASURES, MEASURES, RIGID_POINTS, Reference, fit_reference, geometric_aus, measure,
+    normalise_landmarks, ridge_loo, standardise,
 )
 from ferclean.aus.names import AU_NAMES
 
@@ -214,3 +217,93 @@ def test_lip_corners_pulled_toward_the_lower_lip_raise_au15(ref):
     down[[48, 54], 1] += 0.05  # outer corners drop toward the lower lip, inner lips unchanged
     inten, _ = geometric_aus(np.stack([template(), down]), ref)
     assert au(inten, "AU15")[1] > au(inten, "AU15")[0] + 1.0
+
+
+def wide_faces(n: int, seed: int = 0, neutral: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Faces with an identity factor w: a wider face (contour, nose, mouth corners all scale with
+    w horizontally). Returns (landmarks (n, 68, 2), w (n,))."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-1, 1, n)
+    p = template()[None] + rng.normal(0, 0.004, (n, 68, 2))
+    wide = list(range(0, 17)) + list(range(31, 36)) + [48, 54, 60, 64]
+    p[:, wide, 0] *= 1 + 0.15 * w[:, None]
+    return p, w
+
+
+def test_conditional_reference_removes_an_identity_effect_the_median_keeps(tmp_path):
+    lm, w = wide_faces(300)
+    pts, _ = normalise_landmarks(lm)
+    m = measure(pts)
+    mask = np.zeros(300, bool)
+    mask[:150] = True
+    med = fit_reference(m, mask, min_neutral=20)
+    cond = fit_reference(m, mask, min_neutral=20, points=pts)
+    assert med.conditional is None and cond.source == "conditional" and cond.n_neutral_value == 150
+    assert cond.conditional["points"] == list(RIGID_POINTS)
+    k = MEASURES.index("mouth_width")
+    assert "mouth_width" in CONDITIONAL_MEASURES
+    # the median reference reads a wide face's wide mouth as a smile (AU12 / AU20 movement) ...
+    z_med = standardise(m, med)[:, k]
+    assert np.corrcoef(z_med, w)[0, 1] > 0.9
+    # ... the conditional one predicts it from the wide face and leaves noise only
+    lm2, w2 = wide_faces(200, seed=1)
+    pts2, _ = normalise_landmarks(lm2)
+    z_cond = standardise(measure(pts2), cond, pts2)[:, k]
+    assert abs(np.corrcoef(z_cond, w2)[0, 1]) < 0.3
+    m2 = measure(pts2)
+    dev_cond = np.abs(m2 - cond.neutral_values(pts2))[:, k]  # IOD units
+    dev_med = np.abs(m2 - med.neutral_values(n=len(m2)))[:, k]
+    assert dev_cond.mean() < 0.3 * dev_med.mean()
+    # a real movement on top of any identity is still seen
+    smile = lm2.copy()
+    smile[:, 48, 0] -= 0.08
+    smile[:, 54, 0] += 0.08
+    sp, _ = normalise_landmarks(smile)
+    assert (standardise(measure(sp), cond, sp)[:, k] - z_cond).min() > 2
+    # JSON round trip keeps the regression; it needs the landmarks to score
+    r2 = Reference.load(cond.save(tmp_path / "ref.json"))
+    assert r2 == cond
+    np.testing.assert_allclose(standardise(measure(pts2), r2, pts2), standardise(measure(pts2), cond, pts2))
+    with pytest.raises(ValueError, match="needs the faces' normalised landmarks"):
+        standardise(measure(pts2), r2)
+    a, _ = geometric_aus(lm2, r2)
+    assert np.isfinite(a).all()
+
+
+def test_conditional_reference_falls_back_without_enough_neutral_faces():
+    lm, _ = wide_faces(60)
+    pts, _ = normalise_landmarks(lm)
+    mask = np.zeros(60, bool)
+    mask[:10] = True
+    r = fit_reference(measure(pts), mask, min_neutral=20, points=pts)
+    assert r.source == "collection" and r.conditional is None
+    r = fit_reference(measure(pts), None, points=pts)
+    assert r.source == "collection" and r.conditional is None
+
+
+def test_old_reference_json_still_loads_as_a_median_reference(tmp_path):
+    pts, _ = normalise_landmarks(jitter(40))
+    r = fit_reference(measure(pts))
+    d = json.loads(r.to_json())
+    d.pop("conditional")
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = Reference.load(tmp_path / "old.json")
+    assert old.conditional is None and old == r
+    d["measures"] = d["measures"][:-1]
+    (tmp_path / "older.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="do not match"):
+        Reference.load(tmp_path / "older.json").arrays()
+
+
+def test_ridge_loo_matches_scikit_learn():
+    from sklearn.linear_model import RidgeCV
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(80, 6))
+    y = x @ rng.normal(size=(6, 3)) + rng.normal(0, 2.0, (80, 3)) + 5
+    alphas = (0.1, 1.0, 10.0, 100.0)
+    coef, intercept, alpha = ridge_loo(x, y, alphas)
+    sk = RidgeCV(alphas=alphas).fit(x, y)
+    assert alpha == pytest.approx(sk.alpha_)
+    np.testing.assert_allclose(coef, sk.coef_, atol=1e-8)
+    np.testing.assert_allclose(intercept, sk.intercept_, atol=1e-8)

@@ -71,9 +71,10 @@ def test_run_aus_geometric_end_to_end_and_resume(tiny_store: Store):
     with open_run(tiny_store, "aus", cfg.model_dump()) as run:
         summary = run_aus(tiny_store, run, cfg, progress=False)
     assert summary["faces"] == 41 and summary["unscored"] == 0
-    assert summary["reference_source"] == "neutral" and summary["reference_faces"] == 10
+    assert summary["reference_source"] == "conditional" and summary["reference_faces"] == 10
     ref = Reference.load(summary["reference_path"])
     assert ref.n_scale == 30  # fitted on the 30 train primary faces only
+    assert ref.conditional is not None and ref.conditional["measures"]
     t = validate(tiny_store.read("aus"), load_contract("aus")).to_pandas().set_index("sample_id")
     assert set(t.backend) == {"geometric"}
     happy = [f"s{i:02d}" for i in range(1, 30, 3)]
@@ -101,6 +102,21 @@ def test_reference_reuse_on_new_collection(tiny_store: Store, tmp_path: Path):
         second = run_aus(tiny_store, run, cfg2, progress=False)
     assert second["reference_source"].startswith("loaded from")
     assert Reference.load(second["reference_path"]).neutral == Reference.load(saved).neutral
+
+
+def test_median_reference_option_and_shard_keys(tiny_store: Store):
+    cond = AusConfig(shard_size=16, min_neutral=5)
+    med = AusConfig(shard_size=16, min_neutral=5, reference="neutral")
+    with open_run(tiny_store, "aus", med.model_dump()) as run:
+        summary = run_aus(tiny_store, run, med, progress=False)
+    assert summary["reference_source"] == "neutral"
+    assert Reference.load(summary["reference_path"]).conditional is None
+    t = tiny_store.read("aus").to_pandas().set_index("sample_id")
+    assert t.loc["s35", "AU12_c"] == 1
+    # switching to the conditional reference recomputes every shard
+    with open_run(tiny_store, "aus", cond.model_dump()) as run:
+        again = run_aus(tiny_store, run, cond, progress=False)
+    assert again["skipped"] == 0 and again["reference_source"] == "conditional"
 
 
 def test_run_au_graph_on_tiny_store(tiny_store: Store):

@@ -13,8 +13,15 @@ Pipeline (all arrays float64 internally, results float32):
    idea applied to a collection) and a unit (the robust standard deviation, 1.4826 * MAD, over
    all training faces, floored at :data:`MIN_SCALE`). It is fitted once on the training split
    and stored as JSON so a trained model can reuse it on a new collection.
+   A *conditional* reference (the default of the aus stage) stands in for OpenFace's
+   per-person neutral on stills: for :data:`CONDITIONAL_MEASURES` the neutral value is predicted
+   per face by a ridge regression from the horizontal positions of rigid landmarks
+   (:data:`RIGID_POINTS`, which expressions barely move), fitted on the neutral-labelled
+   training faces, so identity and head-pose differences in those measures are not read as
+   movement; their unit is the robust SD of the residuals over all training faces.
 4. :func:`au_scores`: each AU is a weighted mean of signed standardised deviations
-   z_k = (m_k - neutral_k) / unit_k (recipes in :data:`AU_RECIPES`, weights summing to 1).
+   z_k = (m_k - neutral_k) / unit_k (neutral_k per face for a conditional reference; recipes
+   in :data:`AU_RECIPES`, weights summing to 1).
 5. Intensity = clip(score, 0, 5): one unit of intensity is one robust standard deviation of
    movement away from neutral, so 5 means "5 robust SDs", the FACS E level. Presence =
    intensity >= threshold (default 1.0, i.e. one robust SD, roughly FACS level A/B); AU25
@@ -64,9 +71,29 @@ MEASURES: tuple[str, ...] = (
     "upper_lip",       # visible upper red-lip height (AU23 -)
 )
 
+#: Bumped whenever a measure's definition or the default reference changes (the stage's shard
+#: keys include it with the recipes). 3: conditional reference (:data:`CONDITIONAL_MEASURES`).
+GEOMETRIC_VERSION = 3
+
+#: Rigid landmarks for the conditional reference: eye corners, nose bridge, tip and base, and
+#: the upper face contour (not brows, lids, mouth or lower jaw). Only their x coordinates in the
+#: normalised frame are used: the vertical positions move more with expressions (cheek raise,
+#: squint) on FER2013 (benchmarks/results/aus.md).
+RIGID_POINTS: tuple[int, ...] = (0, 1, 2, 3, 13, 14, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45)
+
+#: Measures whose neutral value a conditional reference predicts per face (the others keep the
+#: neutral median). Chosen greedily by mean prototype AUROC on FER2013 train rows only; the
+#: conditional neutral of the remaining measures lowered it (it also removes expression, since
+#: dlib's shape model couples the points).
+CONDITIONAL_MEASURES: tuple[str, ...] = (
+    "outer_brow", "brow_slope", "brow_gap", "lower_lid", "nose_lip", "corner_lift", "corner_depth",
+    "mouth_width", "corner_eye", "jaw_drop", "lower_lip_drop",
+)
+
+#: Ridge penalties tried by the conditional reference (leave-one-out error on the neutral faces).
+RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 4, 13))
+
 #: AU -> ((measure, signed weight), ...); |weights| sum to 1 so a score is in robust SDs.
-#: Bumped whenever a measure's definition changes (the stage's shard keys include it with the recipes).
-GEOMETRIC_VERSION = 2
 
 AU_RECIPES: dict[str, tuple[tuple[str, float], ...]] = {
     # inner brow raised, mostly as height above the eye, partly as the oblique (inner-end-up) shape
@@ -175,8 +202,15 @@ def measure(points: np.ndarray) -> np.ndarray:
 class Reference:
     """Neutral value and unit per measure (IOD units), fitted on a training split.
 
-    `source` is "neutral" (median of neutral-labelled faces), "collection" (median of all
-    faces) or how it was obtained; `n_neutral_value` / `n_scale` count the faces used.
+    `source` is "conditional" (per-face neutral for some measures, see below), "neutral" (median
+    of neutral-labelled faces), "collection" (median of all faces) or how it was obtained;
+    `n_neutral_value` / `n_scale` count the faces used.
+
+    `conditional` (None for a median reference) holds the ridge regression that predicts the
+    neutral value of `conditional["measures"]` from the normalised x coordinates of
+    `conditional["points"]`: neutral = intercept + ((x - feature_mean) / feature_scale) @ coef.T;
+    for those measures `neutral` keeps the plain neutral median (informative only) and `scale`
+    is the robust SD of the residuals.
     """
 
     measures: list[str]
@@ -185,12 +219,36 @@ class Reference:
     source: str
     n_neutral_value: int
     n_scale: int
+    conditional: dict | None = None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(neutral (K,), scale (K,)) in :data:`MEASURES` order."""
         if list(self.measures) != list(MEASURES):
             raise ValueError(f"reference measures {self.measures} do not match {list(MEASURES)}")
         return np.asarray(self.neutral, np.float64), np.asarray(self.scale, np.float64)
+
+    def neutral_values(self, points: np.ndarray | None = None, n: int | None = None) -> np.ndarray:
+        """Per-face neutral values (N, K) for normalised `points` (N, 68, 2).
+
+        A median reference needs no points (pass `n`, the number of faces); a conditional one
+        raises ValueError without them.
+        """
+        neutral, _ = self.arrays()
+        if points is None:
+            if self.conditional is not None:
+                raise ValueError("a conditional AU reference needs the faces' normalised landmarks")
+            return np.broadcast_to(neutral, (n if n is not None else 1, len(neutral))).copy()
+        out = np.tile(neutral, (len(points), 1))
+        c = self.conditional
+        if c is not None:
+            unknown = set(c["measures"]) - set(MEASURES)
+            if unknown:
+                raise ValueError(f"conditional reference measures {sorted(unknown)} are not in {list(MEASURES)}")
+            x = np.asarray(points, np.float64)[:, list(c["points"]), 0]
+            xs = (x - np.asarray(c["feature_mean"])) / np.asarray(c["feature_scale"])
+            pred = np.asarray(c["intercept"]) + xs @ np.asarray(c["coef"], np.float64).T
+            out[:, [MEASURES.index(k) for k in c["measures"]]] = pred
+        return out
 
     def to_json(self) -> str:
         return json.dumps({"kind": "ferclean.aus.geometric.Reference", **asdict(self)}, indent=1)
@@ -217,32 +275,93 @@ def robust_sd(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return 1.4826 * np.nanmedian(np.abs(a - med), axis=axis)
 
 
-def fit_reference(measures: np.ndarray, neutral_mask: np.ndarray | None = None, min_neutral: int = 20) -> Reference:
+def ridge_loo(
+    x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...] = RIDGE_ALPHAS,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Multi-output ridge regression with an unpenalised intercept; the penalty minimises the
+    leave-one-out squared error summed over outputs (as scikit-learn's RidgeCV).
+
+    Returns (coef (outputs, features), intercept (outputs,), alpha).
+    """
+    xm, ym = x.mean(0), y.mean(0)
+    xc, yc = x - xm, y - ym
+    u, sv, vt = np.linalg.svd(xc, full_matrices=False)
+    uty = u.T @ yc
+    best: tuple[float, float] | None = None
+    for a in alphas:
+        d = sv**2 / (sv**2 + a)
+        h = (u**2) @ d + 1.0 / len(x)
+        loo = (yc - u @ (d[:, None] * uty)) / (1.0 - h)[:, None]
+        err = float(np.mean(loo**2))
+        if best is None or err < best[0]:
+            best = (err, a)
+    alpha = best[1]
+    coef = (vt.T @ ((sv / (sv**2 + alpha))[:, None] * uty)).T
+    return coef, ym - coef @ xm, float(alpha)
+
+
+def fit_reference(
+    measures: np.ndarray,
+    neutral_mask: np.ndarray | None = None,
+    min_neutral: int = 20,
+    points: np.ndarray | None = None,
+) -> Reference:
     """Fit a :class:`Reference` from training-face measures (N, K).
 
     The neutral value is the median over rows where `neutral_mask` is true when there are at
     least `min_neutral` of them, else over all rows. The unit is the robust SD over all rows,
     floored at :data:`MIN_SCALE`. NaN rows are ignored.
+
+    With `points` (the same faces' normalised landmarks (N, 68, 2)) and at least `min_neutral`
+    neutral faces the reference is conditional: for :data:`CONDITIONAL_MEASURES` a ridge
+    regression (:func:`ridge_loo`) from the x coordinates of :data:`RIGID_POINTS`, fitted on the
+    neutral faces, predicts each face's neutral value; its intercept is shifted so the neutral
+    faces' median residual is 0, and the unit is the robust SD of the residuals over all rows.
+    Without enough neutral faces it falls back to the collection median.
     """
     m = np.asarray(measures, np.float64)
     good = ~np.isnan(m).any(1)
+    if points is not None:
+        points = np.asarray(points, np.float64)
+        if len(points) != len(m):
+            raise ValueError(f"{len(points)} landmark sets for {len(m)} measure rows")
+        good &= ~np.isnan(points[:, list(RIGID_POINTS), 0]).any(1)
     if not good.any():
         raise ValueError("no valid faces to fit an AU reference on")
     m = m[good]
-    source, base = "collection", m
+    source, base, nm = "collection", m, None
     if neutral_mask is not None:
         nm = np.asarray(neutral_mask, bool)[good]
         if nm.sum() >= min_neutral:
             source, base = "neutral", m[nm]
     neutral = np.median(base, 0)
     scale = np.maximum(robust_sd(m, 0), MIN_SCALE)
-    return Reference(list(MEASURES), neutral.tolist(), scale.tolist(), source, int(len(base)), int(len(m)))
+    conditional = None
+    if points is not None and source == "neutral":
+        x = points[good][:, list(RIGID_POINTS), 0]
+        mu, sd = x[nm].mean(0), x[nm].std(0)
+        sd = np.where(sd > 1e-9, sd, 1.0)
+        xs = (x - mu) / sd
+        coef, intercept, alpha = ridge_loo(xs[nm], m[nm])  # alpha chosen on all measures
+        cols = [MEASURES.index(k) for k in CONDITIONAL_MEASURES]
+        coef, intercept = coef[cols], intercept[cols]
+        resid = m[:, cols] - (intercept + xs @ coef.T)
+        intercept = intercept + np.median(resid[nm], 0)
+        scale[cols] = np.maximum(robust_sd(resid, 0), MIN_SCALE)
+        source = "conditional"
+        conditional = {"points": list(RIGID_POINTS), "coordinate": "x", "measures": list(CONDITIONAL_MEASURES),
+                       "feature_mean": mu.tolist(), "feature_scale": sd.tolist(), "coef": coef.tolist(),
+                       "intercept": intercept.tolist(), "alpha": alpha}
+    return Reference(list(MEASURES), neutral.tolist(), scale.tolist(), source, int(len(base)), int(len(m)),
+                     conditional)
 
 
-def standardise(measures: np.ndarray, ref: Reference) -> np.ndarray:
-    """z = (measures - neutral) / unit, (N, K)."""
-    neutral, scale = ref.arrays()
-    return (np.asarray(measures, np.float64) - neutral) / scale
+def standardise(measures: np.ndarray, ref: Reference, points: np.ndarray | None = None) -> np.ndarray:
+    """z = (measures - neutral) / unit, (N, K); `points` (normalised, N x 68 x 2) are needed
+    by a conditional reference."""
+    m = np.asarray(measures, np.float64)
+    _, scale = ref.arrays()
+    return (m - ref.neutral_values(points, len(m))) / scale
 
 
 def recipe_matrix(aus: tuple[str, ...] = AU_NAMES) -> np.ndarray:
@@ -254,9 +373,10 @@ def recipe_matrix(aus: tuple[str, ...] = AU_NAMES) -> np.ndarray:
     return w
 
 
-def au_scores(measures: np.ndarray, ref: Reference, aus: tuple[str, ...] = AU_NAMES) -> np.ndarray:
-    """Signed AU scores in robust SDs from neutral, (N, M)."""
-    return standardise(measures, ref) @ recipe_matrix(aus)
+def au_scores(measures: np.ndarray, ref: Reference, aus: tuple[str, ...] = AU_NAMES,
+              points: np.ndarray | None = None) -> np.ndarray:
+    """Signed AU scores in robust SDs from neutral, (N, M) (see :func:`standardise`)."""
+    return standardise(measures, ref, points) @ recipe_matrix(aus)
 
 
 def geometric_aus(
@@ -273,7 +393,7 @@ def geometric_aus(
     """
     pts, _ = normalise_landmarks(landmarks)
     m = measure(pts)
-    scores = au_scores(m, ref, aus)
+    scores = au_scores(m, ref, aus, pts)
     inten = np.clip(scores, 0.0, 5.0)
     pres = inten >= presence_threshold
     neutral, _ = ref.arrays()
