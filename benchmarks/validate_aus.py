@@ -107,6 +107,17 @@ def cached_landmarks(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 
+def with_fastlm(rows: pd.DataFrame, lm: np.ndarray) -> np.ndarray:
+    """The faces stage's default for crops (`landmarks = "dlib+fastlm"`): dlib's points blended with
+    fastlm's on the image and its mirror (`ferclean.faces.fastlm.blend_landmarks`)."""
+    import cv2
+
+    from ferclean.faces.fastlm import blend_landmarks, predict_landmarks
+
+    imgs = [cv2.imread(str(DATA / p), cv2.IMREAD_GRAYSCALE) for p in rows.image_path]
+    return blend_landmarks(lm, predict_landmarks(imgs, flip=True))
+
+
 def prototype_aurocs(intensity: np.ndarray, truth: np.ndarray, aus: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """AUROC of each prototype AU's intensity for class vs rest."""
     from sklearn.metrics import roc_auc_score
@@ -259,6 +270,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--min-votes", type=int, default=7)
     ap.add_argument("--reference", choices=["conditional", "neutral", "collection"], default="conditional")
+    ap.add_argument("--landmarks", choices=["dlib+fastlm", "dlib"], default="dlib+fastlm",
+                    help="dlib+fastlm: the faces stage default for crops (dlib blended with fastlm); dlib: dlib alone")
     ap.add_argument("--experiments", action="store_true", help="also measure the mesh-NNLS and appearance alternatives")
     args = ap.parse_args()
     if not (DATA / "labels.csv").exists():
@@ -271,6 +284,9 @@ def main() -> None:
     lm, found = cached_landmarks(rows)
     ref_rows = load_reference_rows()
     ref_lm, _ = cached_landmarks(ref_rows)
+    lm_dlib, ref_lm_dlib = lm, ref_lm
+    if args.landmarks == "dlib+fastlm":
+        lm, ref_lm = with_fastlm(rows, lm), with_fastlm(ref_rows, ref_lm)
     res = evaluate(rows, lm, args.reference, ref_rows=ref_rows, ref_lm=ref_lm)
     truth = rows.truth.to_numpy()
     valid = (rows.split == "valid").to_numpy()
@@ -297,6 +313,7 @@ def main() -> None:
     flat_va = [v for d in va.values() for v in d.values()]
     flat_ta = [v for d in ta.values() for v in d.values()]
     out = {
+        "landmarks": args.landmarks,
         "rows": int(len(rows)), "train_rows": int((~valid).sum()), "valid_rows": int(valid.sum()),
         "hog_found_rate": round(float(found.mean()), 4),
         "class_counts": rows.truth.value_counts().to_dict(),
@@ -322,6 +339,9 @@ def main() -> None:
     if args.reference == "conditional":
         out["baseline_neutral_median"] = split_aurocs(
             evaluate(rows, lm, "neutral", ref_rows=ref_rows, ref_lm=ref_lm)["intensity"])
+    if args.landmarks != "dlib":
+        out["baseline_dlib_landmarks"] = split_aurocs(
+            evaluate(rows, lm_dlib, args.reference, ref_rows=ref_rows, ref_lm=ref_lm_dlib)["intensity"])
     out["seconds"] = round(time.time() - t0, 1)
     (RESULTS / "aus_validation.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

@@ -17,6 +17,7 @@ from ferclean.faces.fastlm import (
     FastLandmarkNet,
     analyze_batch,
     analyze_batch_table,
+    blend_landmarks,
     default_weights_path,
     flip_landmarks,
     fuse_for_inference,
@@ -157,10 +158,25 @@ def test_fastlm_agrees_with_dlib_on_a_real_face(face_crop: np.ndarray):
 
 
 # ------------------------------------------------------------------------------ the stage path
-def test_fingerprint_default_unchanged_and_fastlm_keyed_by_weights():
-    assert "landmarks" not in FacesConfig().fingerprint_dict()
-    fp = FacesConfig(landmarks="fastlm").fingerprint_dict()
-    assert fp["landmarks"] == "fastlm" and len(fp["fastlm_weights"]) == 16
+def test_fingerprint_dlib_unchanged_and_fastlm_keyed_by_weights():
+    assert "landmarks" not in FacesConfig(landmarks="dlib").fingerprint_dict()  # stores from before dlib+fastlm
+    assert "fastlm_flip" not in FacesConfig(landmarks="fastlm").fingerprint_dict()
+    for mode in ("fastlm", "dlib+fastlm"):
+        fp = FacesConfig(landmarks=mode).fingerprint_dict()
+        assert fp["landmarks"] == mode and len(fp["fastlm_weights"]) == 16
+    assert FacesConfig().landmarks == "dlib+fastlm"
+    assert FacesConfig(landmarks="fastlm", fastlm_flip=True).fingerprint_dict()["fastlm_flip"] is True
+
+
+def test_flip_average_and_blend(face_crop: np.ndarray):
+    imgs = [face_crop, cv2.GaussianBlur(face_crop, (5, 5), 1.5)]
+    direct = predict_normalised(imgs, runtime="torch")
+    mirrored = predict_normalised([im[:, ::-1].copy() for im in imgs], runtime="torch")
+    expected = 0.5 * (direct + flip_landmarks(mirrored)) * 48 - 0.5
+    np.testing.assert_allclose(predict_landmarks(imgs, runtime="torch", flip=True), expected, atol=1e-9)
+    a, b = np.zeros((68, 2)), np.full((68, 2), 3.0)
+    np.testing.assert_allclose(blend_landmarks(a, b), 2.0)  # dlib 1/3, fastlm (mirror-averaged) 2/3
+    np.testing.assert_allclose(blend_landmarks(a, b, weight=0.5), 1.5)
 
 
 @pytest.fixture
@@ -206,6 +222,31 @@ def test_run_faces_fastlm_on_tiny_store(crop_store: Store, face_crop: np.ndarray
     np.testing.assert_allclose(lm, expected, atol=2e-2)  # float32 column (bf16 may pick other kernels per batch)
     _, m, _ = align_face(face_crop, lm, 112)  # the per-image alignment gives the same matrix
     np.testing.assert_allclose(np.asarray(f["align_matrix"]).reshape(2, 3), m, atol=1e-3)
+
+
+def test_run_faces_dlib_plus_fastlm_blends_crops_only(crop_store: Store, face_crop: np.ndarray):
+    runs = {}
+    for mode in ("dlib", "dlib+fastlm"):
+        cfg = FacesConfig(landmarks=mode, shard_size=3, workers=1, contact_sheet_n=0, fastlm_runtime="torch")
+        with open_run(crop_store, f"test-{mode}", cfg.model_dump(mode="json")) as run:
+            runs[mode] = run_faces(crop_store, run, cfg, progress=False)
+        runs[mode + ".rows"] = {(r["sample_id"], r["face_index"]): r for r in crop_store.read("faces").to_pylist()}
+    plain, both = runs["dlib.rows"], runs["dlib+fastlm.rows"]
+    assert plain.keys() == both.keys() and runs["dlib"]["detector_counts"] == runs["dlib+fastlm"]["detector_counts"]
+    assert [k[0] for k in both] == sorted(k[0] for k in both)  # sample order kept across the two paths
+    for key, r in both.items():
+        lm_plain = np.asarray(plain[key]["landmarks68"]).reshape(68, 2)
+        lm = np.asarray(r["landmarks68"]).reshape(68, 2)
+        assert r["detector"] == plain[key]["detector"]  # the detector column still says what found the face
+        if key[0] == "a_single":  # a photo: untouched
+            np.testing.assert_allclose(lm, lm_plain, atol=1e-3)
+            continue
+        img = face_crop if key[0] == "f_crop" else cv2.imread(str(crop_store.root.parent / "imgs" / "tiny.png"), 0)
+        fast = predict_landmarks([img], runtime="torch", flip=True)[0]
+        np.testing.assert_allclose(lm, blend_landmarks(lm_plain, fast), atol=2e-3)  # float32 columns
+        lm_crop = np.asarray(r["landmarks68_crop"]).reshape(68, 2)
+        m = np.asarray(r["align_matrix"]).reshape(2, 3)
+        np.testing.assert_allclose(lm_crop, lm @ m[:, :2].T + m[:, 2], atol=1e-2)  # alignment uses the blend
 
 
 def test_runtimes_agree(face_crop: np.ndarray):

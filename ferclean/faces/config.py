@@ -39,10 +39,16 @@ class FacesConfig(BaseModel):
     prealigned_max_side: int = Field(128, ge=1, description="px; auto mode treats images up to this size as pre-aligned crops")
     prealigned_detect: bool = Field(
         True, description="run the detector on pre-aligned images (False: always full_frame, ~2x faster on FER crops)")
-    landmarks: Literal["dlib", "fastlm"] = Field(
-        "dlib", description="landmarks of pre-aligned images: dlib (per image, with prealigned_detect) or fastlm "
-        "(ferclean.faces.fastlm: no detection, a tiny CNN distilled from dlib, batched per shard; "
-        "detector = 'fastlm'). Photos always use the detector + dlib")
+    landmarks: Literal["dlib", "fastlm", "dlib+fastlm"] = Field(
+        "dlib+fastlm", description="landmarks of pre-aligned images. dlib: detector + dlib's 68 points per image "
+        "(full frame when nothing is detected); fastlm: no detection, a tiny CNN distilled from dlib, batched per "
+        "shard (detector = 'fastlm'; the fast setting for crop datasets); dlib+fastlm (default): dlib as above, "
+        "then the primary face's points are averaged with fastlm's on the image and its mirror (weights 1/3 "
+        "each: less landmark noise, prototype-AU AUROC +0.02 on FER2013, ~4 % more time than dlib alone). "
+        "Photos always use the detector + dlib")
+    fastlm_flip: bool = Field(
+        False, description="landmarks='fastlm': also run the network on the mirrored image and average (2x the "
+        "network's cost; slightly steadier points). dlib+fastlm always does this")
     detect_min_side: int = Field(144, ge=1, description="px; smaller images are upscaled so their longer side is this before detection and landmarks")
     detect_max_side: int = Field(1280, ge=64, description="px; larger images are downscaled to this longer side for detection and landmarks")
     upsample: int = Field(0, ge=0, le=2, description="dlib detector pyramid upsampling steps")
@@ -79,7 +85,9 @@ class FacesConfig(BaseModel):
         d = self.model_dump(mode="json", exclude={"workers", "contact_sheet_n", "seed", "crop_png"})
         if d["prealigned_crop_size"] is None:  # keeps the shard keys of stores written before it existed
             del d["prealigned_crop_size"]
-        if d["landmarks"] == "dlib":  # the default keeps the shard keys of stores written before it existed
+        if not d["fastlm_flip"]:  # keeps the shard keys of stores written before it existed
+            del d["fastlm_flip"]
+        if d["landmarks"] == "dlib":  # keeps the shard keys of stores written before dlib+fastlm existed
             del d["landmarks"]
             del d["fastlm_runtime"]
         else:  # new weights -> new shard keys

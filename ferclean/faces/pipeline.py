@@ -47,11 +47,15 @@ def primary_index(bboxes: np.ndarray, width: int, height: int) -> int:
     return int(np.argmax(b[:, 2] * b[:, 3] * (1.0 - 0.5 * np.clip(d, 0.0, 1.0))))
 
 
-def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) -> list[dict]:
+def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig,
+                  fastlm68: np.ndarray | None = None) -> list[dict]:
     """All faces of one decoded image (uint8 (H, W) or (H, W, 3) BGR).
 
     Returns [] when no face is found in photos mode. In pre-aligned mode an image with no
     detection gives one record with detector='full_frame', score None, bbox = whole image.
+    `fastlm68` ((68, 2) px of `image`, `landmarks = "dlib+fastlm"`): in pre-aligned mode the
+    primary face's 68 points become `fastlm.blend_landmarks(dlib, fastlm68)`, and everything
+    after (alignment, pose, crop landmarks) uses the blend.
     """
     h, w = image.shape[:2]
     mode = resolve_mode(config, w, h)
@@ -78,7 +82,12 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig) 
     records = []
     for i, det in enumerate(dets):
         lm68 = backend.landmarks68(work, det.bbox) / s
-        lm5 = det.landmarks5 / s if det.landmarks5 is not None else landmarks5_from_68(lm68)
+        blended = fastlm68 is not None and mode == "prealigned" and i == primary
+        if blended:
+            from ferclean.faces.fastlm import blend_landmarks
+
+            lm68 = blend_landmarks(lm68, fastlm68)
+        lm5 = det.landmarks5 / s if det.landmarks5 is not None and not blended else landmarks5_from_68(lm68)
         m = similarity_transform(lm5, tmpl)
         crop = warp_crop(image, m, size)
         blur, brightness, contrast = crop_stats(crop)

@@ -72,38 +72,55 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
     """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process).
 
     Rows keep the samples' order. Pre-aligned images under `landmarks = "fastlm"` are analysed
-    together (columnar, `fastlm.analyze_batch_table`); all others one by one with the backend.
+    together (columnar, `fastlm.analyze_batch_table`); under `"dlib+fastlm"` their fastlm points
+    are predicted in one batch first and then blended into dlib's per image; all others are
+    analysed one by one with the backend.
     """
     cfg = job.config
     rows = load_rows(store, shard, "samples", ["sample_id", "source_path"]).to_pydict()
     backend = None  # loaded on first use (a fastlm shard of crops never needs dlib)
     schema = load_contract("faces").schema()
-    order: list[tuple[int, int]] = []  # (part, row within part) per output row, in sample order
-    records: list[dict] = []  # per-image path (part 0)
-    batch_ids: list[str] = []  # fastlm path (part 1)
+    per_sample: list[tuple[str, list[dict] | None]] = []  # per-image path: records; None = batched part
+    deferred: list[tuple[int, np.ndarray]] = []  # dlib+fastlm: (index in per_sample, image)
+    batch_ids: list[str] = []  # fastlm path (batched part)
     batch_imgs: list[np.ndarray] = []
     rejects: list[dict] = []
+
+    def analyze(sid: str, img: np.ndarray, fastlm68: np.ndarray | None = None) -> list[dict]:
+        nonlocal backend
+        backend = backend or get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
+        recs = analyze_image(img, backend, cfg, fastlm68)
+        if not recs:
+            rejects.append({"sample_id": sid, "reason": "no_face",
+                            "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
+        for r in recs:
+            r["sample_id"] = sid
+            r["run_id"] = job.run_id
+        return recs
+
     for sid, path in zip(rows["sample_id"], rows["source_path"], strict=True):
         img = load_image(path)
         if img is None:
             rejects.append({"sample_id": sid, "reason": "decode_failed", "message": f"cannot decode {path}"})
             continue
-        if cfg.landmarks == "fastlm" and resolve_mode(cfg, img.shape[1], img.shape[0]) == "prealigned":
-            order.append((1, len(batch_ids)))
+        prealigned = cfg.landmarks != "dlib" and resolve_mode(cfg, img.shape[1], img.shape[0]) == "prealigned"
+        if prealigned and cfg.landmarks == "fastlm":
+            per_sample.append((sid, None))
             batch_ids.append(sid)
             batch_imgs.append(img)
-            continue
-        backend = backend or get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
-        recs = analyze_image(img, backend, cfg)
-        if not recs:
-            rejects.append({"sample_id": sid, "reason": "no_face",
-                            "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
-            continue
-        for r in recs:
-            r["sample_id"] = sid
-            r["run_id"] = job.run_id
-            order.append((0, len(records)))
-            records.append(r)
+        elif prealigned:  # dlib+fastlm
+            per_sample.append((sid, []))
+            deferred.append((len(per_sample) - 1, img))
+        else:
+            per_sample.append((sid, analyze(sid, img)))
+    if deferred:
+        from ferclean.faces.fastlm import limit_threads, predict_landmarks
+
+        limit_threads(cfg.workers)
+        lm = predict_landmarks([img for _, img in deferred], runtime=cfg.fastlm_runtime, flip=True)
+        for (k, img), pts in zip(deferred, lm, strict=True):
+            per_sample[k] = (per_sample[k][0], analyze(per_sample[k][0], img, pts))
+    records = [r for _, recs in per_sample if recs for r in recs]
     parts = [pa.Table.from_pylist(records, schema=schema) if records else schema.empty_table()]
     if batch_imgs:
         from ferclean.faces.fastlm import analyze_batch_table, limit_threads
@@ -116,9 +133,15 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
     _write_json_atomic(rejects_dir(store) / f"{shard.key}.rejects.json", rejects)
     if len(parts) == 1 or not records:
         return parts[-1]
-    both = pa.concat_tables(parts)
-    offset = [0, len(records)]
-    return both.take(pa.array([offset[p] + i for p, i in order], pa.int64()))
+    take, n_rec, n_batch = [], 0, 0
+    for _, recs in per_sample:  # interleave the two parts back into sample order
+        if recs is None:
+            take.append(len(records) + n_batch)
+            n_batch += 1
+        else:
+            take.extend(range(n_rec, n_rec + len(recs)))
+            n_rec += len(recs)
+    return pa.concat_tables(parts).take(pa.array(take, pa.int64()))
 
 
 def _shard_rejects(store: Store, shard: Shard) -> list[dict]:
