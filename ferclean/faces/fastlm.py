@@ -160,8 +160,8 @@ def predict_landmarks(images: Sequence[np.ndarray], model: Any = None, batch_siz
 
 #: Weight of the (mirror-averaged) fastlm points in `blend_landmarks`: dlib, fastlm and fastlm on
 #: the mirror count equally. Chosen on FER2013 train rows by the prototype-AU AUROC of the
-#: geometric AUs (benchmarks/results/aus.md, "landmark ensemble"): an average of estimators whose
-#: errors are partly independent is less noisy than either.
+#: geometric AUs (benchmarks/landmark_ensembles.py, benchmarks/results/fastlm.md (e)): an average
+#: of estimators whose errors are partly independent is less noisy than either.
 BLEND_FASTLM_WEIGHT = 2.0 / 3.0
 
 
