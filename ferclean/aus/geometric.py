@@ -73,7 +73,9 @@ MEASURES: tuple[str, ...] = (
 
 #: Bumped whenever a measure's definition or the default reference changes (the stage's shard
 #: keys include it with the recipes). 3: conditional reference (:data:`CONDITIONAL_MEASURES`).
-GEOMETRIC_VERSION = 3
+#: 4: AU12 / AU15 weights re-selected on dlib+fastlm landmarks with the conditional
+#: reference (benchmarks/results/aus.md, "Session 3: recipe re-selection").
+GEOMETRIC_VERSION = 4
 
 #: Rigid landmarks for the conditional reference: eye corners, nose bridge, tip and base, and
 #: the upper face contour (not brows, lids, mouth or lower jaw). Only their x coordinates in the
@@ -108,10 +110,11 @@ AU_RECIPES: dict[str, tuple[tuple[str, float], ...]] = {
     "AU07": (("eye_open", -0.4), ("lower_lid", 0.3), ("corner_eye", 0.3)),
     "AU09": (("nose_lip", -0.4), ("nose_width", 0.3), ("inner_brow", -0.3)),  # also lowers inner brow
     "AU10": (("nose_lip", -0.6), ("nose_width", 0.4)),
-    "AU12": (("corner_lift", 1 / 3), ("mouth_width", 1 / 3), ("corner_eye", -1 / 3)),  # oblique pull
+    # oblique pull: corners pulled out (widening) and up (above the lip midline, toward the eyes)
+    "AU12": (("corner_lift", 0.25), ("mouth_width", 0.45), ("corner_eye", -0.3)),
     "AU14": (("mouth_width", 0.5), ("lip_thickness", -0.25), ("lip_gap", -0.25)),
     # corners pulled down: below the inner-lip midline and toward the lower lip beside them
-    "AU15": (("corner_lift", -0.5), ("corner_lower", -0.5)),
+    "AU15": (("corner_lift", -0.7), ("corner_lower", -0.3)),
     "AU17": (("chin_lip", -0.5), ("lip_gap", -0.25), ("lip_thickness", 0.25)),
     # lips stretched sideways (relative to the face width, so yaw cancels), corners not raised
     "AU20": (("mouth_face", 0.5), ("corner_lift", -0.5)),
