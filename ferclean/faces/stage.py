@@ -157,17 +157,15 @@ def _shard_rejects(store: Store, shard: Shard) -> list[dict]:
 
 def contact_sheet(store: Store, path: Path, n: int = 64, seed: int = 0, cols: int = 8) -> int:
     """Tile `n` random primary aligned crops into a PNG at `path`; returns how many were drawn."""
-    keys = store.read(STAGE, ["sample_id", "face_index", "is_primary", "crop_size"])
+    keys = store.read(STAGE, ["sample_id", "is_primary"], filter=pc.field("is_primary"))
     if keys.num_rows == 0 or n == 0:
         return 0
-    keys = keys.filter(pc.field("is_primary"))
     rng = random.Random(seed)
-    pick = set(rng.sample(keys.column("sample_id").to_pylist(), min(n, keys.num_rows)))
-    crops: dict[str, np.ndarray] = {}
-    for batch in store.iter_batches(STAGE, ["sample_id", "is_primary", "crop_png"], batch_size=2048):
-        mask = pc.and_(pc.is_in(batch.column(0), pa.array(list(pick))), batch.column(1))
-        for rec in batch.filter(mask).to_pylist():
-            crops[rec["sample_id"]] = cv2.imdecode(np.frombuffer(rec["crop_png"], np.uint8), cv2.IMREAD_COLOR)
+    pick = rng.sample(keys.column("sample_id").to_pylist(), min(n, keys.num_rows))
+    # the filter is applied while scanning, so only the picked rows' PNG bytes are materialised
+    rows = store.read(STAGE, ["sample_id", "crop_png"], filter=pc.field("sample_id").isin(pick) & pc.field("is_primary"))
+    crops = {sid: cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+             for sid, png in zip(rows.column("sample_id").to_pylist(), rows.column("crop_png").to_pylist(), strict=True)}
     items = [crops[k] for k in sorted(crops)]
     size = max(c.shape[0] for c in items)
     rows = (len(items) + cols - 1) // cols
@@ -192,6 +190,14 @@ def shard_plan(store: Store, config: FacesConfig, run_id: str) -> tuple[list[Sha
     return shards, ShardJob(config, run_id)
 
 
+def _preload_fastlm_runtime(config: FacesConfig) -> None:
+    """Import onnxruntime once here, so forked workers inherit it instead of each paying ~0.2 s."""
+    from ferclean.faces.fastlm_files import resolve_runtime
+
+    if resolve_runtime(config.fastlm_runtime) == "onnxruntime":
+        import onnxruntime  # noqa: F401
+
+
 def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progress: bool = True) -> dict:
     """Detect, align and measure every face of `samples`; write `faces`; record rejects.
 
@@ -201,6 +207,8 @@ def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progres
     config = config or FacesConfig()
     t0 = time.perf_counter()
     shards, job = shard_plan(store, config, run.run_id)
+    if config.landmarks != "dlib" and config.workers > 1:
+        _preload_fastlm_runtime(config)
     res = run_sharded(store, shards, STAGE, faces_shard, job,
                       workers=config.workers, description="faces", progress=progress)
     keep = {f"{s.key}.rejects.json" for s in shards}
