@@ -73,6 +73,10 @@ class RelabelConfig(BaseModel):
     class_prior: list[float] | None = Field(None, description="bayes rule: reference class prior (class order of the "
                                             "predictions), e.g. the class shares of a reviewed sample; None = the "
                                             "collection's own estimated prior")
+    train_prior: list[float] | None = Field(None, description="bayes rule with a class_prior: class shares of the "
+                                            "labels the scoring model was trained on (the divisor of the prior shift); "
+                                            "None = the labelled samples' class shares (right for cross-fitted "
+                                            "scores); relabel-collection fills it from the model's model.json")
     audit_prior: bool = Field(True, description="bayes rule with class_prior None: use the class mix of the human "
                               "decisions on an audit sample (`ferclean review export OUT --audit N`) as the reference "
                               "class prior once at least audit_min of them exist")
@@ -161,12 +165,18 @@ def noise_matrix(joint: np.ndarray) -> np.ndarray:
 
 
 def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | None = None,
-                    class_prior: Sequence[float] | None = None) -> np.ndarray:
-    """post(t) proportional to p(t|x) * P(given y | true t) [* class_prior(t) / prior(t)]; rows sum to 1.
+                    class_prior: Sequence[float] | None = None,
+                    train_prior: Sequence[float] | None = None) -> np.ndarray:
+    """post(t) proportional to p(t|x) * P(given y | true t) [* class_prior(t) / train_prior(t)]; rows sum to 1.
 
     labels: (N,) class index, -1 = unlabelled (then post = p, prior-shifted when class_prior is given);
     probs: (N, C); joint: confident joint (default: :func:`confident_joint` on the labelled rows);
-    class_prior: optional reference prior of the true classes, prior = the joint's true-class marginal.
+    class_prior: optional reference prior of the true classes (e.g. an audit's class mix);
+    train_prior: the class shares of the labels the model that gave `probs` was trained on, which its
+    probabilities carry (the prior-shift correction of Saerens et al. 2002 divides by it); default: the
+    labelled rows' class shares, else the joint's true-class marginal. (The joint's marginal was the
+    divisor before; it nearly vanishes for a rare class, e.g. 0.001 for disgust, which then got
+    multiplied ~10x: benchmarks/results/noise_real_full.md, "audit prior".)
     """
     labels = np.asarray(labels, dtype=np.int64)
     labelled = labels >= 0
@@ -178,7 +188,13 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
     logp = logp + np.where(labelled[:, None], np.log(np.clip(nm[np.maximum(labels, 0)], 1e-6, 1.0)), 0.0)
     if class_prior is not None:
         ref = np.clip(np.asarray(class_prior, dtype=np.float64), 1e-6, None)
-        own = np.clip(joint.sum(axis=0), 1e-6, None)
+        if train_prior is not None:
+            own = np.asarray(train_prior, dtype=np.float64)
+        elif labelled.any():
+            own = np.bincount(labels[labelled], minlength=c).astype(np.float64)
+        else:
+            own = joint.sum(axis=0)
+        own = np.clip(own / max(float(own.sum()), 1e-12), 1e-6, None)
         logp = logp + np.log(ref / ref.sum()) - np.log(own / own.sum())
     return _softmax(logp)
 
@@ -223,7 +239,7 @@ def decide(
     model_sugg = sugg
     if cfg.rule == "bayes":
         joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else None
-        post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior)
+        post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior, train_prior=cfg.train_prior)
         best = post.argmax(axis=1)
         second = np.argsort(-post, axis=1)[:, 1]
         support = np.where(labelled, post[rows, y], np.nan)
@@ -407,7 +423,13 @@ def audit_class_prior(store: Any, classes: Sequence[str], min_n: int = 100) -> t
     n = int(counts.sum())
     if n < min_n:
         return None, n
-    return ((counts + 0.5) / (n + 0.5 * len(classes))).tolist(), n
+    return prior_from_counts(counts), n
+
+
+def prior_from_counts(counts: Sequence[float]) -> list[float]:
+    """Class shares from per-class counts with add-one-half smoothing (every class stays possible)."""
+    c = np.asarray(counts, dtype=np.float64)
+    return ((c + 0.5) / (c.sum() + 0.5 * len(c))).tolist()
 
 
 def with_audit_prior(store: Any, config: RelabelConfig, classes: Sequence[str]) -> tuple[RelabelConfig, str]:
@@ -512,6 +534,8 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
                                                           probs, alpha, sem))
     faces = _face_info(store)
     config, prior_source = with_audit_prior(store, config, classes)
+    if config.train_prior is None and model.meta.get("train_label_prior"):
+        config = config.model_copy(update={"train_prior": list(model.meta["train_label_prior"])})
     table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
                          config, run.run_id, method)

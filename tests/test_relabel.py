@@ -143,6 +143,28 @@ def test_bayes_posterior_weighs_the_label_by_the_noise_matrix():
     assert empty[1, 1] == 1.0  # a true class with no mass keeps its own label
 
 
+def test_prior_shift_divides_by_the_training_label_shares():
+    from ferclean.relabel import bayes_posterior
+
+    labels = np.array([0, 0, 0, 1])  # the model was trained on 3/4 class 0
+    probs = np.full((4, 2), 0.5)
+    joint = np.array([[0.749, 0.001], [0.0, 0.25]])  # true-class marginal of class 1: 0.251
+    noshift = bayes_posterior(labels, probs, joint)
+    same = bayes_posterior(labels, probs, joint, class_prior=[0.75, 0.25])  # reference = training mix: no shift
+    np.testing.assert_allclose(same, noshift, atol=1e-9)
+    half = bayes_posterior(labels, probs, joint, class_prior=[0.5, 0.5])
+    odds = (noshift[:, 1] / noshift[:, 0]) * (0.5 / 0.25) / (0.5 / 0.75)
+    np.testing.assert_allclose(half[:, 1] / half[:, 0], odds, rtol=1e-6)
+    given = bayes_posterior(labels, probs, joint, class_prior=[0.5, 0.5], train_prior=[0.5, 0.5])
+    np.testing.assert_allclose(given, noshift, atol=1e-9)  # a model trained on a 50/50 mix: nothing to undo
+    # a rare class whose confident-joint marginal nearly vanishes is not blown up by the shift
+    rare = np.array([[0.899, 0.0], [0.1, 0.001]])
+    rare = rare / rare.sum()
+    lab = np.array([0] * 9 + [1])
+    out = bayes_posterior(lab, np.full((10, 2), 0.5), rare, class_prior=[0.9, 0.1])
+    np.testing.assert_allclose(out, bayes_posterior(lab, np.full((10, 2), 0.5), rare), atol=1e-9)
+
+
 def test_bayes_rule_actions():
     cfg = RelabelConfig(calibrate=False, bayes_flag_below=0.5)
     assert RelabelConfig().rule == "bayes"

@@ -252,7 +252,10 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                   ckpt_path=ckpt_dir / f"{method}-final.pt" if config.checkpoint else None,
                   log=lambda row: log({**row, "fold": -1}))
         model_dir = save_model(res, config, inputs.au_names, store.root / "model",
-                               extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"]})
+                               extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"],
+                                      # the class shares its probabilities carry (relabel's prior shift)
+                                      "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
+                                                            / max(len(fin[use]), 1)).round(6).tolist()})
         ref = latest_aus_reference(store.root)
         if ref is not None:  # a model folder must work on its own for relabel-collection
             shutil.copyfile(ref, Path(model_dir) / "aus_reference.json")
