@@ -160,6 +160,8 @@ def test_run_train_writes_predictions_model_and_curves(tmp_path):
     model = load_model(store.root / "model")
     meta = json.loads((store.root / "model" / "model.json").read_text())
     assert meta["classes"] == CLASSES and meta["input_size"] == 16 and meta["au_names"]
+    # the class mix the final model was trained on (relabel-collection's prior shift divides by it)
+    assert len(meta["train_label_prior"]) == 3 and sum(meta["train_label_prior"]) == pytest.approx(1.0, abs=1e-5)
     crops = [cv2.imencode(".png", im)[1].tobytes() for im in toy_images(5)[0]]
     probs, alpha, sem, emb = score(model, crops)
     assert probs.shape == (5, 3) and alpha.shape == (5,) and sem.shape == (5, 3) and emb.shape[0] == 5
