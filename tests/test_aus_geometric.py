@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ferclean.aus.geometric import (
-    CONDITIONAL_MEASURES, MEASURES, RIGID_POINTS, Reference, fit_reference, geometric_aus, measure,
-    normalise_landmarks, ridge_loo, standardise,
+    CONDITIONAL_MEASURES, MEASURES, RIDGE_ALPHA_PER_FACE, RIDGE_ALPHAS, RIGID_POINTS, Reference, fit_reference,
+    geometric_aus, measure, normalise_landmarks, ridge_loo, standardise,
 )
 from ferclean.aus.names import AU_NAMES
 
@@ -307,3 +307,25 @@ def test_ridge_loo_matches_scikit_learn():
     assert alpha == pytest.approx(sk.alpha_)
     np.testing.assert_allclose(coef, sk.coef_, atol=1e-8)
     np.testing.assert_allclose(intercept, sk.intercept_, atol=1e-8)
+
+
+def test_conditional_reference_penalty_is_fixed_per_neutral_face_unless_loo_is_asked():
+    lm, w = wide_faces(300)
+    pts, _ = normalise_landmarks(lm)
+    m = measure(pts)
+    mask = np.zeros(300, bool)
+    mask[:150] = True
+    fixed = fit_reference(m, mask, min_neutral=20, points=pts)
+    assert fixed.conditional["alpha"] == pytest.approx(RIDGE_ALPHA_PER_FACE * 150)
+    loo = fit_reference(m, mask, min_neutral=20, points=pts, ridge_alpha=None)
+    assert loo.conditional["alpha"] in RIDGE_ALPHAS
+    strong = fit_reference(m, mask, min_neutral=20, points=pts, ridge_alpha=100.0)
+    assert strong.conditional["alpha"] == pytest.approx(100.0 * 150)
+    # a stronger penalty shrinks the regression toward the plain neutral median
+    norms = [np.linalg.norm(r.conditional["coef"]) for r in (fixed, strong)]
+    assert norms[1] < 0.5 * norms[0]
+    # the default penalty still removes the identity effect (cf. the test above)
+    k = MEASURES.index("mouth_width")
+    lm2, w2 = wide_faces(200, seed=1)
+    pts2, _ = normalise_landmarks(lm2)
+    assert abs(np.corrcoef(standardise(measure(pts2), fixed, pts2)[:, k], w2)[0, 1]) < 0.3

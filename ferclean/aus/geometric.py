@@ -17,7 +17,7 @@ Pipeline (all arrays float64 internally, results float32):
    per-person neutral on stills: for :data:`CONDITIONAL_MEASURES` the neutral value is predicted
    per face by a ridge regression from the horizontal positions of rigid landmarks
    (:data:`RIGID_POINTS`, which expressions barely move), fitted on the neutral-labelled
-   training faces, so identity and head-pose differences in those measures are not read as
+   training faces with a fixed, strong penalty (:data:`RIDGE_ALPHA_PER_FACE`), so identity and head-pose differences in those measures are not read as
    movement; their unit is the robust SD of the residuals over all training faces.
 4. :func:`au_scores`: each AU is a weighted mean of signed standardised deviations
    z_k = (m_k - neutral_k) / unit_k (neutral_k per face for a conditional reference; recipes
@@ -75,7 +75,9 @@ MEASURES: tuple[str, ...] = (
 #: keys include it with the recipes). 3: conditional reference (:data:`CONDITIONAL_MEASURES`).
 #: 4: AU12 / AU15 weights re-selected on dlib+fastlm landmarks with the conditional
 #: reference (benchmarks/results/aus.md, "Session 3: recipe re-selection").
-GEOMETRIC_VERSION = 4
+#: 5: the conditional reference's ridge penalty is fixed (:data:`RIDGE_ALPHA_PER_FACE`) instead
+#: of chosen by leave-one-out error (aus.md, "Session 3: conditional reference re-selection").
+GEOMETRIC_VERSION = 5
 
 #: Rigid landmarks for the conditional reference: eye corners, nose bridge, tip and base, and
 #: the upper face contour (not brows, lids, mouth or lower jaw). Only their x coordinates in the
@@ -92,7 +94,16 @@ CONDITIONAL_MEASURES: tuple[str, ...] = (
     "mouth_width", "corner_eye", "jaw_drop", "lower_lip_drop",
 )
 
-#: Ridge penalties tried by the conditional reference (leave-one-out error on the neutral faces).
+#: Ridge penalty of the conditional reference per neutral face (penalty = this * number of
+#: neutral faces, on standardised rigid coordinates): a direction of the rigid x coordinates is
+#: shrunk by var / (var + 0.064), var its eigenvalue of the neutral faces' correlation matrix.
+#: Chosen on FER2013 train rows with dlib+fastlm landmarks (penalty 10**2.5 for 4,932 neutral
+#: faces): the leave-one-out penalty (0.03) predicts the neutral measures best but also removes
+#: expression, which the rigid points still carry weakly (benchmarks/results/aus.md).
+RIDGE_ALPHA_PER_FACE = 0.064
+
+#: Ridge penalties tried when ``fit_reference(ridge_alpha=None)`` picks one by leave-one-out
+#: error on the neutral faces (the default before :data:`GEOMETRIC_VERSION` 5).
 RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 4, 13))
 
 #: AU -> ((measure, signed weight), ...); |weights| sum to 1 so a score is in robust SDs.
@@ -308,6 +319,7 @@ def fit_reference(
     neutral_mask: np.ndarray | None = None,
     min_neutral: int = 20,
     points: np.ndarray | None = None,
+    ridge_alpha: float | None = RIDGE_ALPHA_PER_FACE,
 ) -> Reference:
     """Fit a :class:`Reference` from training-face measures (N, K).
 
@@ -317,8 +329,9 @@ def fit_reference(
 
     With `points` (the same faces' normalised landmarks (N, 68, 2)) and at least `min_neutral`
     neutral faces the reference is conditional: for :data:`CONDITIONAL_MEASURES` a ridge
-    regression (:func:`ridge_loo`) from the x coordinates of :data:`RIGID_POINTS`, fitted on the
-    neutral faces, predicts each face's neutral value; its intercept is shifted so the neutral
+    regression from the x coordinates of :data:`RIGID_POINTS`, fitted on the neutral faces with
+    penalty `ridge_alpha` * (number of neutral faces) (None: the penalty in :data:`RIDGE_ALPHAS`
+    with the least leave-one-out error summed over all measures, :func:`ridge_loo`), predicts each face's neutral value; its intercept is shifted so the neutral
     faces' median residual is 0, and the unit is the robust SD of the residuals over all rows.
     Without enough neutral faces it falls back to the collection median.
     """
@@ -345,7 +358,8 @@ def fit_reference(
         mu, sd = x[nm].mean(0), x[nm].std(0)
         sd = np.where(sd > 1e-9, sd, 1.0)
         xs = (x - mu) / sd
-        coef, intercept, alpha = ridge_loo(xs[nm], m[nm])  # alpha chosen on all measures
+        alphas = RIDGE_ALPHAS if ridge_alpha is None else (float(ridge_alpha) * int(nm.sum()),)
+        coef, intercept, alpha = ridge_loo(xs[nm], m[nm], alphas)  # LOO alpha: chosen on all measures
         cols = [MEASURES.index(k) for k in CONDITIONAL_MEASURES]
         coef, intercept = coef[cols], intercept[cols]
         resid = m[:, cols] - (intercept + xs @ coef.T)
