@@ -69,6 +69,20 @@ def test_methods_train_and_score(method):
     assert [h["epoch"] for h in res.history] == [0, 1, 2]
 
 
+def test_bf16_autocast_on_cpu_trains_and_scores_like_float32():
+    # the autocast path CUDA takes by default, exercised on the CPU (amp="bf16")
+    assert tiny_cfg().resolved_amp() is False and tiny_cfg(amp="bf16").resolved_amp() is True
+    x, y = toy_images(64)
+    aus, a = toy_aus(y)
+    res = fit(x, y, "ulcag", tiny_cfg(amp="bf16", checkpoint=False), aus, a)
+    assert all(np.isfinite(h["loss"]) for h in res.history)
+    half = predict(res.model, x, "ulcag", res.templates, res.logit_scale, amp=True)
+    full = predict(res.model, x, "ulcag", res.templates, res.logit_scale, amp=False)
+    assert half["probs"].dtype == full["probs"].dtype and np.isfinite(half["probs"]).all()
+    assert np.abs(half["probs"] - full["probs"]).max() < 0.1  # bf16 keeps ~3 significant digits
+    assert (half["probs"].argmax(1) == full["probs"].argmax(1)).mean() > 0.9
+
+
 def test_aux_methods_need_aus():
     x, y = toy_images(16)
     with pytest.raises(ValueError, match="pseudo AUs"):

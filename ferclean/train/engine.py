@@ -86,6 +86,7 @@ def fit(
     _seed_all(cfg.seed)
     device = torch.device(cfg.resolved_device())
     cuda = device.type == "cuda"
+    amp = cfg.resolved_amp()
     n_classes = len(cfg.classes)
     graph = torch.as_tensor(a_bar) if (a_bar is not None and method in AUX_METHODS) else None
     model = build_model(cfg.resolved_backbone(), n_classes, graph, cfg.input_size, cfg.width,
@@ -152,7 +153,7 @@ def fit(
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(cur[idx.numpy()], device=device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(x, with_aux=graph is not None)
             logits = out["logits"].float()
             alpha = out["alpha"].float()
@@ -233,6 +234,7 @@ def predict(
     batch_size: int = 512,
     tta_flip: bool = True,
     device: str | None = None,
+    amp: bool | None = None,
 ) -> dict[str, np.ndarray | None]:
     """Score images (N, H, W) uint8.
 
@@ -242,6 +244,7 @@ def predict(
     trained at (eq. 2-3), softmax(z_i) otherwise; averaged over the image and its mirror.
     """
     dev = torch.device(device or next(model.parameters()).device)
+    amp = dev.type == "cuda" if amp is None else amp  # None: bfloat16 autocast on CUDA only
     model.eval()
     use_sem = templates is not None and model.n_aus > 0
     probs, alphas, dists, embs = [], [], [], []
@@ -250,7 +253,7 @@ def predict(
         views = [x, torch.flip(x, dims=[3])] if tta_flip else [x]
         p_acc, a_acc, s_acc, e_acc = 0.0, 0.0, 0.0, 0.0
         for v in views:
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(v, with_aux=use_sem)
             z, a = out["logits"].float(), out["alpha"].float()
             scale = (a * logit_scale).reshape(-1, 1) if method in ALPHA_METHODS else 1.0

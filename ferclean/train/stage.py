@@ -83,7 +83,8 @@ def crossfit(
         res = fit(images[tr], labels[tr], method, cfg.model_copy(update={"seed": cfg.seed + k}),
                   None if aus is None else aus[tr], a_bar, ckpt_path=ckpt,
                   log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
-        out = predict(res.model, images[te], method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip)
+        out = predict(res.model, images[te], method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
+                      amp=cfg.resolved_amp())
         probs[te] = out["probs"]
         if out["alpha"] is not None:
             alpha[te], has_alpha = out["alpha"], True
@@ -259,7 +260,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         ref = latest_aus_reference(store.root)
         if ref is not None:  # a model folder must work on its own for relabel-collection
             shutil.copyfile(ref, Path(model_dir) / "aus_reference.json")
-        out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip)
+        out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip,
+                      amp=config.resolved_amp())
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
