@@ -71,7 +71,10 @@ def test_methods_train_and_score(method):
 
 def test_bf16_autocast_on_cpu_trains_and_scores_like_float32():
     # the autocast path CUDA takes by default, exercised on the CPU (amp="bf16")
-    assert tiny_cfg().resolved_amp() is False and tiny_cfg(amp="bf16").resolved_amp() is True
+    from ferclean.hardware import cpu_has_native_bf16
+
+    assert tiny_cfg(amp="off").resolved_amp() is False and tiny_cfg(amp="bf16").resolved_amp() is True
+    assert tiny_cfg(device="cpu").resolved_amp() is cpu_has_native_bf16()  # auto on a CPU
     x, y = toy_images(64)
     aus, a = toy_aus(y)
     res = fit(x, y, "ulcag", tiny_cfg(amp="bf16", checkpoint=False), aus, a)

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ferclean.faces.backends import BackendUnavailable
+from ferclean.hardware import cpu_has_native_bf16
 
 INPUT_SIZE = 48
 WEIGHTS_FILE = "fastlm.pt"
@@ -51,15 +52,6 @@ def weights_digest(path: str | None = None) -> str:
 
 
 @lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
-    """AVX512-BF16 in /proc/cpuinfo (Linux); False elsewhere (then torch-bf16 is never chosen by auto)."""
-    try:
-        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
-@lru_cache(maxsize=1)
 def onnx_export_ok() -> bool:
     """onnxruntime is installed and the packaged export was made from the packaged weights."""
     p = default_onnx_path()
@@ -85,7 +77,7 @@ def resolve_runtime(runtime: str = "auto") -> str:
     if runtime == "auto":
         if onnx_export_ok():
             return "onnxruntime"
-        return "torch-bf16" if _cpu_has_bf16() else "torch"
+        return "torch-bf16" if cpu_has_native_bf16() else "torch"
     if runtime not in RUNTIMES:
         raise ValueError(f"fastlm runtime must be auto or one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if runtime == "onnxruntime" and not onnx_export_ok():

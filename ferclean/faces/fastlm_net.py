@@ -19,6 +19,7 @@ from torch import nn
 
 from ferclean.faces.backends import BackendUnavailable
 from ferclean.faces.fastlm_files import INPUT_SIZE, default_weights_path, weights_digest
+from ferclean.hardware import cpu_has_native_bf16
 
 BATCH_SIZE = 256
 if os.environ.get("FERCLEAN_FASTLM_THREADS"):  # set by fastlm.limit_threads in a faces worker process
@@ -127,10 +128,7 @@ def predict_torch(images: Sequence[np.ndarray], model: FastLandmarkNet | None = 
 
 def native_bf16() -> bool:
     """True when this CPU multiplies bf16 natively (AVX512-BF16); emulated bf16 would be slower."""
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported())
-    except Exception:  # noqa: BLE001  (older torch / other architectures)
-        return False
+    return cpu_has_native_bf16()
 
 
 def export_onnx(dst: str | Path, weights: str | None = None) -> Path:

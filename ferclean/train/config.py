@@ -67,12 +67,17 @@ class TrainConfig(BaseModel):
     checkpoint: bool = Field(True, description="save a checkpoint per epoch; resume an interrupted fit")
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="mixed precision (bfloat16 autocast; losses, alpha and softmax stay float32). auto: on "
-        "CUDA only; bf16: also on CPU, worth it where the CPU has native bf16 (AVX512-BF16/AMX: the default CPU "
-        "network trains ~1.8x faster on this project's machine); off: float32 everywhere")
+        "CUDA, and on CPUs with native bf16 (AVX512-BF16), where the default CPU network cross-fits FER2013 1.9x "
+        "faster with the same flag F1 and final-label accuracy (benchmarks/results/noise_real_full.md); bf16: "
+        "always; off: float32 everywhere")
 
     def resolved_amp(self) -> bool:
-        """Whether training and scoring run under bfloat16 autocast."""
-        return self.amp == "bf16" or (self.amp == "auto" and self.resolved_device() == "cuda")
+        """Whether training and cross-fit scoring run under bfloat16 autocast."""
+        from ferclean.hardware import cpu_has_native_bf16
+
+        if self.amp != "auto":
+            return self.amp == "bf16"
+        return self.resolved_device() == "cuda" or cpu_has_native_bf16()
 
     def resolved_device(self) -> str:
         import torch
