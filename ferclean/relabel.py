@@ -194,7 +194,7 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
             own = np.bincount(labels[labelled], minlength=c).astype(np.float64)
         else:
             own = joint.sum(axis=0)
-        own = np.clip(own / max(float(own.sum()), 1e-12), 1e-6, None)
+        own = np.clip(own, 1e-6 * max(float(own.sum()), 1e-12), None)
         logp = logp + np.log(ref / ref.sum()) - np.log(own / own.sum())
     return _softmax(logp)
 

@@ -19,7 +19,6 @@ from torch import nn
 
 from ferclean.faces.backends import BackendUnavailable
 from ferclean.faces.fastlm_files import INPUT_SIZE, default_weights_path, weights_digest
-from ferclean.hardware import cpu_has_native_bf16
 
 BATCH_SIZE = 256
 if os.environ.get("FERCLEAN_FASTLM_THREADS"):  # set by fastlm.limit_threads in a faces worker process
@@ -124,11 +123,6 @@ def predict_torch(images: Sequence[np.ndarray], model: FastLandmarkNet | None = 
     return out
 
 
-
-
-def native_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (AVX512-BF16); emulated bf16 would be slower."""
-    return cpu_has_native_bf16()
 
 
 def export_onnx(dst: str | Path, weights: str | None = None) -> Path:
