@@ -64,6 +64,24 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+DEVICE_IMAGES_FRACTION = 0.25  # keep the training images on the GPU when they need at most this share of its free memory
+
+
+def stage_images(imgs: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where the (N, H, W) uint8 training images live during `fit`.
+
+    CPU: unchanged. CUDA: on the GPU itself when they fit in DEVICE_IMAGES_FRACTION of its free
+    memory (all of FER2013 at 48 px is 66 MB, at 224 px 1.4 GB), so batches are gathered there
+    with no host-to-device copy; otherwise in pinned host memory.
+    """
+    if device.type != "cuda":
+        return imgs
+    free, _ = torch.cuda.mem_get_info(device)
+    if imgs.numel() * imgs.element_size() <= DEVICE_IMAGES_FRACTION * free:
+        return imgs.to(device)
+    return imgs.pin_memory()
+
+
 def fit(
     images: np.ndarray,
     labels: np.ndarray,
@@ -103,9 +121,7 @@ def fit(
     else:
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    imgs = torch.as_tensor(images)
-    if cuda:
-        imgs = imgs.pin_memory()
+    imgs = stage_images(torch.as_tensor(images), device)
     cur = np.asarray(labels, dtype=np.int64).copy()
     aus = torch.as_tensor(au_targets, dtype=torch.float32) if au_targets is not None else None
     n = len(cur)
@@ -147,7 +163,7 @@ def fit(
             idx = perm[b : b + cfg.batch_size]
             if len(idx) < 2:
                 continue
-            x = to_tensor(imgs[idx]).to(device, non_blocking=True)
+            x = to_tensor(imgs[idx].to(device, non_blocking=True))  # uint8 over the bus, float on the device
             if cfg.augment:
                 x = augment(x, gen)
             if cuda:
@@ -249,7 +265,7 @@ def predict(
     use_sem = templates is not None and model.n_aus > 0
     probs, alphas, dists, embs = [], [], [], []
     for b in range(0, len(images), batch_size):
-        x = to_tensor(images[b : b + batch_size]).to(dev)
+        x = to_tensor(torch.as_tensor(images[b : b + batch_size]).to(dev))
         views = [x, torch.flip(x, dims=[3])] if tta_flip else [x]
         p_acc, a_acc, s_acc, e_acc = 0.0, 0.0, 0.0, 0.0
         for v in views:
