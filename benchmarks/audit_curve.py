@@ -30,12 +30,15 @@ from ferclean.store import Store  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def final_accuracy(labels, plural, ev, z, prior, audited) -> tuple[float, float]:
-    """(final-label accuracy, flag F1 vs label != plurality), both on the scored rows not audited."""
+def final_accuracy(labels, plural, ev, z, prior, audited, probs=None) -> tuple[float, float]:
+    """(final-label accuracy, flag F1 vs label != plurality), both on the scored rows not audited.
+
+    z: the saved scores (npz); `probs` replaces z's probabilities when given (e.g. combined with the AU view).
+    """
     cfg = RelabelConfig(method="ulcag", rule="bayes", class_prior=prior)
     alpha = None if z["alpha"].shape == () else z["alpha"]
     sem = None if z["sem_dist"].shape == () else z["sem_dist"]
-    d = decide(labels, z["probs"].astype(np.float64), alpha, sem, cfg)
+    d = decide(labels, (z["probs"] if probs is None else probs).astype(np.float64), alpha, sem, cfg)
     fin = final_labels(labels, d["action"], d["suggested"])
     fin[audited] = plural[audited]
     rest = ev.copy()

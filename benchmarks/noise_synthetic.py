@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ferclean.au_view import combine, crossfit_au_view
 from ferclean.classes import FER7
 from ferclean.relabel import RelabelConfig, decide, final_labels
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import cooccurrence_graph, decode_crops, prototype_aus
 from ferclean.train.engine import fit, predict
-from ferclean.train.stage import crossfit
+from ferclean.train.stage import crossfit, fold_assignment
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,17 +68,35 @@ def prf(flag: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
 
 
-def aus_presence(store_dir: str, image_paths: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """(N, M) 0/1 AU presence of each image's primary face from a run's `aus` table (0 where none)."""
+def aus_columns(store_dir: str, image_paths: Sequence[str], suffix: str) -> tuple[np.ndarray, list[str]]:
+    """(N, M) AU columns ending in `suffix` (`_c` presence, `_r` intensity) of each image's primary face
+    from a run's `aus` table (NaN where none; all-empty AUs left out)."""
     from ferclean.store import Store
 
     store = Store(Path(store_dir))
     aus = store.read("aus").to_pandas()
     prim = store.read("faces", columns=["sample_id", "face_index", "is_primary"]).to_pandas()
     aus = aus.merge(prim[prim.is_primary][["sample_id", "face_index"]], on=["sample_id", "face_index"])
-    cols = sorted(c for c in aus.columns if c.startswith("AU") and c.endswith("_c") and aus[c].notna().any())
+    cols = sorted(c for c in aus.columns if c.startswith("AU") and c.endswith(suffix) and aus[c].notna().any())
     table = aus.set_index("sample_id")[cols].reindex(list(image_paths))
-    return table.fillna(0).to_numpy(np.float32), [c[:-2] for c in cols]
+    return table.to_numpy(np.float64), [c[: -len(suffix)] for c in cols]
+
+
+def verdicts(noisy: np.ndarray, truth: np.ndarray, scores: dict, au_probs: np.ndarray | None) -> dict:
+    """RelabelConfig() verdicts on the network's scores, combined with the AU view when given."""
+    rule = RelabelConfig()
+    probs = combine(scores["probs"].astype(np.float64), au_probs, rule.au_view_weight)
+    d = decide(noisy, probs, scores["alpha"], scores["sem_dist"], rule)
+    flag = np.isin(d["action"], ["relabel", "review"])
+    fin = final_labels(noisy, d["action"], d["suggested"])
+    rel = d["action"] == "relabel"
+    row = prf(flag, noisy != truth)
+    row.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
+                "relabel_precision": round(float((fin[rel] == truth[rel]).mean()), 4) if rel.any() else None,
+                "label_acc_noisy": round(float((noisy == truth).mean()), 4),
+                "label_acc_final": round(float((fin == truth).mean()), 4),
+                "temperature": round(float(d["temperature"]), 3)})
+    return {"row": row, "final": fin, "action": d["action"]}
 
 
 def main() -> None:
@@ -91,6 +110,9 @@ def main() -> None:
     ap.add_argument("--aus-store", default=None, help="curate run over fer2013/labels.csv whose aus table gives the pseudo AUs")
     ap.add_argument("--no-true", action="store_true", help="skip the classifier trained on the true labels")
     ap.add_argument("--rates", default="0.1,0.2,0.3")
+    ap.add_argument("--cache", default=None, help="folder for each rate's out-of-fold scores (rate<r>.npz): "
+                    "saved after the cross-fit, reused when present (no new cross-fit)")
+    ap.add_argument("--scores-only", action="store_true", help="stop after the cross-fits (fill --cache)")
     ap.add_argument("--min-votes", type=int, default=7)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default="reduced")
@@ -109,8 +131,11 @@ def main() -> None:
     x_te = decode_crops([ROOT / p for p in te.image_path], cfg.input_size)
     y_tr = np.array([FER7.index(t) for t in tr.truth])
     y_te = np.array([FER7.index(t) for t in te.truth])
-    store_aus = aus_presence(args.aus_store, list(tr.image_path)) if args.aus_store else None
-    rng = np.random.default_rng(args.seed)
+    store_aus = None
+    if args.aus_store:
+        presence, names = aus_columns(args.aus_store, list(tr.image_path), "_c")
+        store_aus = (np.nan_to_num(presence).astype(np.float32), names)
+        intensity = aus_columns(args.aus_store, list(tr.image_path), "_r")[0]
 
     def test_acc(x: np.ndarray, y: np.ndarray) -> float:
         res = fit(x, y, "ce", cfg)
@@ -120,34 +145,51 @@ def main() -> None:
     result: dict = {"protocol": {**vars(args), "train_rows": len(tr), "test_rows": len(te),
                                  "pseudo_aus": (f"aus table of {args.aus_store} ({len(store_aus[1])} AUs)" if store_aus
                                                 else "EMFACS prototypes of the noisy label"),
-                                 "detector": "ulcag 3-fold OOF, RelabelConfig() verdicts",
+                                 "detector": "ulcag 3-fold OOF x AU view (same folds), RelabelConfig() verdicts; "
+                                             "network_only: the same without the AU view",
                                  "classifier": "ce (same backbone)",
                                  "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads 1",
                                  "train_config": cfg.model_dump(mode="json")},
-                    "true_labels_test_acc": None if args.no_true else test_acc(x_tr, y_tr), "rates": {}}
+                    "true_labels_test_acc": None if (args.no_true or args.scores_only) else test_acc(x_tr, y_tr),
+                    "rates": {}}
     out_path.write_text(json.dumps(result, indent=2))
     for rate in [float(r) for r in args.rates.split(",")]:
+        rng = np.random.default_rng([args.seed, round(rate * 1000)])  # same draw whatever the --rates order
         noisy = flip_per_class(y_tr, rate, len(FER7), rng)
         aus = store_aus[0] if store_aus else prototype_aus([FER7[k] for k in noisy])
-        t_fit = time.time()
-        scores = crossfit(x_tr, noisy, "ulcag", cfg, aus, cooccurrence_graph(aus))
-        fit_s = round(time.time() - t_fit, 1)
-        d = decide(noisy, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"], RelabelConfig())
-        flag = np.isin(d["action"], ["relabel", "review"])
-        fin = final_labels(noisy, d["action"], d["suggested"])
-        keep = fin >= 0  # label_final: relabels applied, review keeps its label, drop removed
-        row = prf(flag, noisy != y_tr)
-        row.update({"relabel": int((d["action"] == "relabel").sum()), "review": int((d["action"] == "review").sum()),
-                    "label_acc_noisy": round(float((noisy == y_tr).mean()), 4),
-                    "label_acc_final": round(float((fin == y_tr).mean()), 4),
-                    "test_acc_noisy": test_acc(x_tr, noisy),
-                    "test_acc_cleaned": test_acc(x_tr[keep], fin[keep]),
-                    "cleaned_train_rows": int(keep.sum()),
-                    "temperature": round(float(d["temperature"]), 3),
-                    "crossfit_seconds": fit_s})
-        unflagged = keep & (d["action"] != "review")
+        cached = Path(args.cache) / f"rate{rate}.npz" if args.cache else None
+        if cached is not None and cached.exists():
+            z = np.load(cached)
+            if not np.array_equal(z["noisy"], noisy):
+                raise SystemExit(f"{cached} was made with other noisy labels (seed / rate order)")
+            scores = {k: z[k] for k in ("probs", "alpha", "sem_dist")}
+            fit_s = float(z["seconds"])
+        else:
+            t_fit = time.time()
+            scores = crossfit(x_tr, noisy, "ulcag", cfg, aus, cooccurrence_graph(aus))
+            fit_s = round(time.time() - t_fit, 1)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(cached, probs=scores["probs"], alpha=scores["alpha"], sem_dist=scores["sem_dist"],
+                         noisy=noisy, truth=y_tr, seconds=fit_s)
+        if args.scores_only:
+            continue
+        # the product's verdicts: network x AU view (when the aus table is there), and the network alone
+        au_probs = None
+        if store_aus:
+            au_probs = crossfit_au_view(intensity, noisy, fold_assignment(noisy, cfg.folds, cfg.seed), len(FER7))
+        prod = verdicts(noisy, y_tr, scores, au_probs)
+        fin, keep = prod["final"], prod["final"] >= 0  # label_final: relabels applied, review keeps its label
+        row = {**prod["row"], "crossfit_seconds": fit_s,
+               "test_acc_noisy": test_acc(x_tr, noisy),
+               "test_acc_cleaned": test_acc(x_tr[keep], fin[keep]), "cleaned_train_rows": int(keep.sum())}
+        unflagged = keep & (prod["action"] != "review")
         row["test_acc_filtered"] = test_acc(x_tr[unflagged], fin[unflagged])
         row["filtered_train_rows"] = int(unflagged.sum())
+        if au_probs is not None:
+            alone = verdicts(noisy, y_tr, scores, None)
+            k2 = alone["final"] >= 0
+            row["network_only"] = {**alone["row"], "test_acc_cleaned": test_acc(x_tr[k2], alone["final"][k2])}
         result["rates"][str(rate)] = row
         result["wall_seconds"] = round(time.time() - t0, 1)
         out_path.write_text(json.dumps(result, indent=2))

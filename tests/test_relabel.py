@@ -192,3 +192,26 @@ def test_bayes_rule_actions():
     auto = decide(labels, probs, None, None, cfg.model_copy(update={"bayes_flag_below": None}))
     assert 1 <= int((auto["action"] != "keep").sum()) <= len(labels)
     assert np.argmin(auto["support"]) in np.flatnonzero(auto["action"] != "keep")
+
+
+def test_a_confident_au_view_overturns_a_relabel(tmp_path):
+    store = Store(tmp_path)
+    classes = ["neutral", "happy", "sad"]
+    store.write_part("samples", "a", _samples(["a", "b", "c"], ["neutral", "neutral", "sad"]))
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    store.write_part("predictions", "train-ulcag-f0", prediction_table(
+        "r", ["a", "b", "c"], "ulcag", 0, classes, probs, np.array([0.9, 0.8, 0.9]), None))
+    with open_run(store, "relabel", {}) as run:
+        alone = run_relabel(store, run, CFG, progress=False)
+    assert alone["au_view"] == "absent (no au_view predictions: train without an aus table?)"
+    assert store.read("relabels").to_pandas().set_index("sample_id").loc["b", "action"] == "relabel"
+    # the AU view (no row for "c") is sure that "b" is neutral: the product no longer supports happy
+    store.write_part("predictions", "train-au_view-f0", prediction_table(
+        "r", ["a", "b"], "au_view", 0, classes, np.array([[0.9, 0.05, 0.05], [0.98, 0.01, 0.01]]), None, None))
+    with open_run(store, "relabel", {}) as run:
+        both = run_relabel(store, run, CFG.model_copy(update={"au_view_weight": 1.0}), progress=False)
+    t = store.read("relabels").to_pandas()
+    t = t[t.run_id == t.run_id.iloc[-1]].set_index("sample_id")
+    assert both["au_view"] == "weight 1.0, 2 samples"
+    assert t.loc["b", "action"] != "relabel" and t.loc["b", "label_final"] == "neutral"
+    assert t.loc["c", "action"] == "keep" and t.loc["c", "p_original"] == pytest.approx(0.8)

@@ -210,3 +210,39 @@ def test_final_training_indices_fall_back_when_almost_everything_is_review():
     assert not fallback and idx.tolist() == [0, 1, 2, 3, 6, 7]
     idx, fallback = final_training_indices(final, np.array(["review"] * 4 + ["drop"] + ["review"] * 3), n_classes=2)
     assert fallback and idx.tolist() == [0, 1, 2, 3, 5, 6, 7]  # every labelled row, drops still out
+
+
+def test_au_view_is_crossfitted_saved_and_used_by_the_verdicts(tmp_path):
+    from ferclean.relabel import RelabelConfig, run_relabel, score_collection
+
+    store, ids = make_store(tmp_path)
+    y = toy_images(len(ids))[1]
+    rng = np.random.default_rng(0)
+    inten = rng.normal(0.2, 0.2, (len(ids), 2)).clip(0)
+    inten[y == 1, 0] += 2.0
+    inten[y == 2, 1] += 2.0
+    aus = pa.table({"sample_id": ids, "face_index": pa.array([0] * len(ids), pa.int16()),
+                    "AU01_r": inten[:, 0], "AU02_r": inten[:, 1], "AU04_r": [None] * len(ids),  # an empty AU is ignored
+                    "AU01_c": (inten[:, 0] > 1).astype(np.float32), "AU02_c": (inten[:, 1] > 1).astype(np.float32)})
+    d = store.table_dir("aus")
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(aus, d / "part-all.parquet")
+    cfg = tiny_cfg(methods=["ce"], final_method="ce", epochs=1)
+    with open_run(store, "train", cfg.model_dump(mode="json")) as run:
+        summary = run_train(store, run, cfg, progress=False)
+    assert summary["au_view"] == {"samples": 35, "intensities": ["AU01", "AU02"]}
+    preds = store.read("predictions").to_pandas()
+    view = preds[preds.method == "au_view"]
+    assert len(view[view.fold >= 0]) == 35 and len(view[view.fold == -1]) == 35
+    assert view.alpha.isna().all()
+    # the AU view separates the toy classes out of fold: its argmax is mostly the class
+    oof = view[view.fold >= 0].set_index("sample_id").loc[ids[:35]]
+    assert (np.stack(oof.probs.to_numpy()).argmax(1) == y[:35]).mean() > 0.8
+    spec = json.loads((store.root / "model" / "au_view.json").read_text())
+    assert spec["au_names"] == ["AU01", "AU02"] and np.array(spec["coef"]).shape == (3, 4)
+    with open_run(store, "relabel", {}) as run:
+        used = run_relabel(store, run, RelabelConfig(method="ce"), progress=False)
+        off = run_relabel(store, run, RelabelConfig(method="ce", au_view_weight=0.0), progress=False)
+        coll = score_collection(store, run, str(store.root / "model"), RelabelConfig(), collection="toy")
+    assert used["au_view"].startswith("weight 0.5, 35 samples") and off["au_view"] == "off"
+    assert coll["au_view"] == "weight 0.5, 35 samples" and coll["rows"] == 35

@@ -63,6 +63,9 @@ class TrainConfig(BaseModel):
         "benchmarks/results/relabel_rules_session2.md")
     pseudo_aus: Literal["auto", "aus", "prototype"] = Field(
         "auto", description="aus: the aus table; prototype: EMFACS prototypes of the given label; auto: aus if present")
+    au_view: bool = Field(True, description="also cross-fit the AU view (logistic regression on the aus table's "
+                          "intensities, same folds; ferclean.au_view) and save it with the final model; the "
+                          "verdicts combine it with the network (RelabelConfig.au_view_weight). Needs the aus table")
     tta_flip: bool = Field(True, description="average predictions over the image and its mirror")
     checkpoint: bool = Field(True, description="save a checkpoint per epoch; resume an interrupted fit")
     amp: Literal["auto", "bf16", "off"] = Field(

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
+from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, cooccurrence_graph, decode_crops, prototype_aus
@@ -37,6 +38,8 @@ class Inputs:
     images: np.ndarray
     aus: np.ndarray | None  # (N, M) 0/1 with NaN for unknown, or None when there is no aus table
     au_names: list[str]
+    au_intensity: np.ndarray | None = None  # (N, R) AUxx_r with NaN for unknown (the AU view's input)
+    intensity_names: list[str] | None = None
 
 
 def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -117,8 +120,11 @@ def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: 
     })
 
 
-def _au_columns(names: Sequence[str]) -> list[str]:
-    return sorted(c for c in names if c.startswith("AU") and c.endswith("_c"))
+AU_VIEW_FILE = "au_view.json"  # the final AU view in the model folder (ferclean.au_view.AuView.to_dict)
+
+
+def _au_columns(names: Sequence[str], suffix: str = "_c") -> list[str]:
+    return sorted(c for c in names if c.startswith("AU") and c.endswith(suffix))
 
 
 def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None, input_size: int,
@@ -146,18 +152,25 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
     labs = [sd["label_original"][i] for i in keep]
     images = decode_crops([crops[sid] for sid in ids], input_size) if ids else np.zeros((0, input_size, input_size), np.uint8)
     aus, au_names = None, list(OPENFACE_AUS)
+    intensity, intensity_names = None, None
     adset = store.dataset("aus")
     if adset is not None:
         au_cols = _au_columns(adset.schema.names)
-        if au_cols:
-            cols = ["sample_id"] + (["face_index"] if "face_index" in adset.schema.names else []) + au_cols
+        r_cols = _au_columns(adset.schema.names, "_r")
+        if au_cols or r_cols:
+            cols = ["sample_id"] + (["face_index"] if "face_index" in adset.schema.names else []) + au_cols + r_cols
             a = adset.to_table(columns=cols).to_pandas()
             if "face_index" in a.columns:
                 a = a.sort_values("face_index").drop_duplicates("sample_id")  # primary is face 0 by convention
-            a = a.set_index("sample_id")[au_cols]
-            aus = a.reindex(ids).to_numpy(dtype=np.float32)
-            au_names = [c[:-2] for c in au_cols]
-    return Inputs(ids, labs, images, aus, au_names)
+            a = a.set_index("sample_id").reindex(ids)
+            if au_cols:
+                aus = a[au_cols].to_numpy(dtype=np.float32)
+                au_names = [c[:-2] for c in au_cols]
+            r_cols = [c for c in r_cols if a[c].notna().any()]  # a backend may leave some AUs empty
+            if r_cols:
+                intensity = a[r_cols].to_numpy(dtype=np.float64)
+                intensity_names = [c[:-2] for c in r_cols]
+    return Inputs(ids, labs, images, aus, au_names, intensity, intensity_names)
 
 
 def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> np.ndarray:
@@ -240,10 +253,25 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         oof[method] = _read_oof(store, [key(k) for k in range(config.folds)], inputs.sample_ids)
     summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
                                "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp}
+    au_probs, au_rows = None, np.zeros(len(labels), bool)
+    if config.au_view and inputs.au_intensity is not None:
+        au_rows = ~np.isnan(inputs.au_intensity).all(axis=1)  # samples with an aus row
+        folds = fold_assignment(labels, config.folds, config.seed)
+        au_probs = np.full((len(labels), len(classes)), np.nan)
+        if au_rows.sum() >= config.folds * 2:
+            au_probs[au_rows] = crossfit_au_view(inputs.au_intensity[au_rows], labels[au_rows], folds[au_rows], len(classes))
+            for k in range(config.folds):
+                rows = np.flatnonzero(au_rows & (folds == k))
+                store.write_part("predictions", f"train-{AU_VIEW_METHOD}-f{k}-{fp}", prediction_table(
+                    run.run_id, [inputs.sample_ids[i] for i in rows], AU_VIEW_METHOD, k, classes, au_probs[rows], None, None))
+                keys.add(f"train-{AU_VIEW_METHOD}-f{k}-{fp}")
+            summary["au_view"] = {"samples": int(au_rows.sum()), "intensities": inputs.intensity_names}
     if config.final_model:
         method = config.final_method
         scores = oof.get(method) or next(iter(oof.values()))
-        d = decide(labels, scores["probs"], scores["alpha"], scores["sem_dist"], RelabelConfig(method=method))
+        rule = RelabelConfig(method=method)
+        d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
+                   scores["sem_dist"], rule)
         fin = final_labels(labels, d["action"], d["suggested"])
         use, fallback = final_training_indices(fin, d["action"], len(classes))
         if fallback:
@@ -257,6 +285,16 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
                                                             / max(len(fin[use]), 1)).round(6).tolist()})
+        if au_probs is not None and au_rows.any():
+            fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
+            view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
+            (Path(model_dir) / AU_VIEW_FILE).write_text(json.dumps(view.to_dict(inputs.intensity_names)))
+            rows = np.flatnonzero(au_rows)
+            fkey = f"train-{AU_VIEW_METHOD}-final-{fp}"
+            store.write_part("predictions", fkey, prediction_table(
+                run.run_id, [inputs.sample_ids[i] for i in rows], AU_VIEW_METHOD, -1, classes,
+                view.predict_proba(inputs.au_intensity[rows]), None, None))
+            keys.add(fkey)
         ref = latest_aus_reference(store.root)
         if ref is not None:  # a model folder must work on its own for relabel-collection
             shutil.copyfile(ref, Path(model_dir) / "aus_reference.json")
