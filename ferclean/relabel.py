@@ -2,7 +2,9 @@
 
 Rule (all thresholds in :class:`RelabelConfig`, vectorised in :func:`decide`):
 
-0. probs are temperature-calibrated to the given labels (`calibrate`, NLL over one scalar T).
+0. probs are the network's, times the AU view's to the power `au_view_weight` when the train stage
+   cross-fitted one (`ferclean.au_view`: a second opinion from the pseudo-AU intensities alone),
+   renormalised; then temperature-calibrated to the given labels (`calibrate`, NLL over one scalar T).
 1. support(y) = (1 - w) * p(y) + w * q(y), the out-of-sample probability of the given label y
    blended with the semantic similarity q = softmax(-sem_dist / tau) of the AU-graph branch
    (w = `semantic_weight` when semantic distances exist, else 0).

@@ -237,7 +237,9 @@ def test_all_stages_then_relabel_collection(prefect_server, collection, tmp_path
     assert used == str(out / "model" / "aus_reference.json")
     assert Path(used).read_text() == Path(aus_manifest.summary["reference_path"]).read_text()
     preds = nstore.read("predictions").to_pylist()
-    assert len(preds) == 5 and {p["fold"] for p in preds} == {-1}
+    assert {p["fold"] for p in preds} == {-1}
+    # the network's scores and the model folder's AU view (the collection went through the aus stage)
+    assert sorted(p["method"] for p in preds) == ["au_view"] * 5 + ["ce"] * 5
     verdicts = nstore.read("relabels").to_pylist()
     assert len(verdicts) == 5 and {v["run_id"] for v in verdicts} == {nrun["run_id"]}
     assert not (new_out / "model").exists() and store.count("relabels") == 12  # no training, training OUT untouched

@@ -210,8 +210,9 @@ def test_a_confident_au_view_overturns_a_relabel(tmp_path):
         "r", ["a", "b"], "au_view", 0, classes, np.array([[0.9, 0.05, 0.05], [0.98, 0.01, 0.01]]), None, None))
     with open_run(store, "relabel", {}) as run:
         both = run_relabel(store, run, CFG.model_copy(update={"au_view_weight": 1.0}), progress=False)
+        second = run.run_id
     t = store.read("relabels").to_pandas()
-    t = t[t.run_id == t.run_id.iloc[-1]].set_index("sample_id")
+    t = t[t.run_id == second].set_index("sample_id")
     assert both["au_view"] == "weight 1.0, 2 samples"
     assert t.loc["b", "action"] != "relabel" and t.loc["b", "label_final"] == "neutral"
     assert t.loc["c", "action"] == "keep" and t.loc["c", "p_original"] == pytest.approx(0.8)
