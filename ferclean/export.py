@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ferclean.au_view import AU_VIEW_METHOD
 from ferclean.catalog import connect
 from ferclean.classes import CANONICAL_CLASSES, FER7, FERPLUS_VOTE_COLUMNS
 from ferclean.progress import track
@@ -114,7 +115,7 @@ def _model_probs(con: Any, rows: list[dict[str, Any]]) -> tuple[list[str], dict[
            QUALIFY fold >= 0 OR max(fold) OVER (PARTITION BY sample_id, method) < 0"""
     ).fetchall()
     wanted = {r["sample_id"]: r["method"] for r in rows}
-    methods = Counter(m for _s, m, *_ in preds)
+    methods = Counter(m for _s, m, *_ in preds if m != AU_VIEW_METHOD)  # the AU view is an aid to verdicts, not a model
     default_method = methods.most_common(1)[0][0] if methods else None
     acc: dict[str, list[np.ndarray]] = {}
     order: list[str] | None = None
