@@ -369,11 +369,20 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
                  probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
                  has_face: np.ndarray, quality: Sequence[Sequence[str] | None],
                  cfg: RelabelConfig, run_id: str, method: str,
-                 issues: dict[str, list[str]] | None = None) -> pa.Table:
-    """Build contract `relabels` rows for scored samples."""
+                 issues: dict[str, list[str]] | None = None, au_probs: np.ndarray | None = None) -> pa.Table:
+    """Build contract `relabels` rows for scored samples.
+
+    au_probs: (N, C) AU-view probabilities (NaN rows where a sample has none), combined with `probs`
+    by `cfg.au_view_weight`; a labelled sample whose AU view prefers another class gets the reason
+    au_view_disagrees (a hint for the reviewer, whatever the weight).
+    """
     idx = {c: i for i, c in enumerate(classes)}
     labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
-    d = decide(labels, probs, alpha, sem_dist, cfg)
+    d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg)
+    if au_probs is not None:
+        known = ~np.isnan(au_probs).any(axis=1)
+        for i in np.flatnonzero(known & (labels >= 0) & (np.nan_to_num(au_probs).argmax(axis=1) != labels)):
+            d["reasons"][i].append("au_view_disagrees")
     action = apply_face_rules(d["action"], d["reasons"], has_face, quality, cfg)
     if issues:
         action = apply_issue_rules(action, d["reasons"], sample_ids, issues, cfg)
@@ -471,13 +480,15 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     if scored:
         pi = [by_id[samples["sample_id"][i]] for i in scored]
         probs = np.array([pd_["probs"][j] for j in pi], dtype=np.float64)
-        if config.au_view_weight > 0 and config.method != AU_VIEW_METHOD:
+        au_probs = None
+        if config.method != AU_VIEW_METHOD:
             au_probs = _au_view_probs(store, config.fold, [samples["sample_id"][i] for i in scored], classes)
-            if au_probs is not None:
-                probs = combine(probs, au_probs, config.au_view_weight)
+            if au_probs is None:
+                au_view = "absent (no au_view predictions: train without an aus table?)"
+            elif config.au_view_weight > 0:
                 au_view = f"weight {config.au_view_weight}, {int((~np.isnan(au_probs[:, 0])).sum())} samples"
             else:
-                au_view = "absent (no au_view predictions: train without an aus table?)"
+                au_view = "reasons only (au_view_weight 0)"
         alpha = None if any(pd_["alpha"][j] is None for j in pi) else np.array([pd_["alpha"][j] for j in pi])
         sem = None if any(pd_["sem_dist"][j] is None for j in pi) else np.array([pd_["sem_dist"][j] for j in pi])
         sids = [samples["sample_id"][i] for i in scored]
@@ -486,7 +497,7 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
         parts.append(verdict_rows(sids, labs, classes, probs, alpha, sem,
                                   np.array([s in faces or not faces for s in sids]),
                                   [faces.get(s) for s in sids], config, run.run_id, config.method,
-                                  issues=_issue_reasons(store)))
+                                  issues=_issue_reasons(store), au_probs=au_probs))
     if unscored:
         now = datetime.now(UTC)
         rows = []
@@ -565,19 +576,16 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
     key = f"score-{collection or 'all'}-{method}"
     store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                           probs, alpha, sem))
-    au_view = "off"
-    if config.au_view_weight > 0:
-        au_probs, au_view = _collection_au_view(store, run, Path(model_dir), inputs, classes, collection)
-        probs = combine(probs, au_probs, config.au_view_weight)
-        if au_probs is not None:
-            au_view = f"weight {config.au_view_weight}, {au_view}"
+    au_probs, au_view = _collection_au_view(store, run, Path(model_dir), inputs, classes, collection)
+    if au_probs is not None:
+        au_view = f"weight {config.au_view_weight}, {au_view}" if config.au_view_weight > 0 else "reasons only (au_view_weight 0)"
     faces = _face_info(store)
     config, prior_source = with_audit_prior(store, config, classes)
     if config.train_prior is None and model.meta.get("train_label_prior"):
         config = config.model_copy(update={"train_prior": list(model.meta["train_label_prior"])})
     table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
-                         config, run.run_id, method)
+                         config, run.run_id, method, au_probs=au_probs)
     store.append("relabels", table, run.run_id)
     acts = table["action"].to_pylist()
     for a in set(acts):

@@ -207,7 +207,7 @@ def test_a_confident_au_view_overturns_a_relabel(tmp_path):
     assert store.read("relabels").to_pandas().set_index("sample_id").loc["b", "action"] == "relabel"
     # the AU view (no row for "c") is sure that "b" is neutral: the product no longer supports happy
     store.write_part("predictions", "train-au_view-f0", prediction_table(
-        "r", ["a", "b"], "au_view", 0, classes, np.array([[0.9, 0.05, 0.05], [0.98, 0.01, 0.01]]), None, None))
+        "r", ["a", "b"], "au_view", 0, classes, np.array([[0.45, 0.5, 0.05], [0.98, 0.01, 0.01]]), None, None))
     with open_run(store, "relabel", {}) as run:
         both = run_relabel(store, run, CFG.model_copy(update={"au_view_weight": 1.0}), progress=False)
         second = run.run_id
@@ -216,3 +216,6 @@ def test_a_confident_au_view_overturns_a_relabel(tmp_path):
     assert both["au_view"] == "weight 1.0, 2 samples"
     assert t.loc["b", "action"] != "relabel" and t.loc["b", "label_final"] == "neutral"
     assert t.loc["c", "action"] == "keep" and t.loc["c", "p_original"] == pytest.approx(0.8)
+    # "a" stays neutral (the network is sure), but the reviewer sees that the AU view leans to happy
+    assert t.loc["a", "action"] == "keep" and "au_view_disagrees" in list(t.loc["a", "reasons"])
+    assert "au_view_disagrees" not in list(t.loc["b", "reasons"]) and "au_view_disagrees" not in list(t.loc["c", "reasons"])

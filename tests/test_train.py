@@ -244,5 +244,5 @@ def test_au_view_is_crossfitted_saved_and_used_by_the_verdicts(tmp_path):
         used = run_relabel(store, run, RelabelConfig(method="ce"), progress=False)
         off = run_relabel(store, run, RelabelConfig(method="ce", au_view_weight=0.0), progress=False)
         coll = score_collection(store, run, str(store.root / "model"), RelabelConfig(), collection="toy")
-    assert used["au_view"].startswith("weight 0.5, 35 samples") and off["au_view"] == "off"
+    assert used["au_view"].startswith("weight 0.5, 35 samples") and off["au_view"] == "reasons only (au_view_weight 0)"
     assert coll["au_view"] == "weight 0.5, 35 samples" and coll["rows"] == 35
