@@ -6,8 +6,8 @@ Reads saved out-of-fold network scores (`noise_real_full.py --method ... --name 
 verdict rule (`RelabelConfig()`, bayes) against the FER+ plurality: flags P/R/F1, relabels and
 their precision, final-label accuracy; with no audit and with random 100-sample audits (as
 `audit_curve.py`: the audit's class mix is the prior, scored on the rows not audited, 20 draws).
-The weight is also scored on two random halves of the rows (the default was chosen on half A and on
-10 % synthetic noise, see noise_synthetic.md).
+The weight is also scored on two random halves of the rows (the default, 0.5, was chosen on all rows
+and on 10 % synthetic noise, and confirmed on 20 / 30 %: see noise_synthetic.md).
 
     python benchmarks/au_view_real.py --store RUN --aus-store AUSRUN --cache CACHE ulcag_default_bf16 ce_default_bf16
     # -> results/au_view_real.json / .md

@@ -87,7 +87,8 @@ class RelabelConfig(BaseModel):
     audit_min: int = Field(100, ge=1, description="audit decisions needed before their class mix is used")
     au_view_weight: float = Field(0.5, ge=0, le=4, description="weight w of the AU view's opinion: the rule sees "
                                   "p_network * p_au ** w, renormalised (ferclean.au_view; 0 = network only). Chosen on "
-                                  "FER2013 halves and 10 % synthetic noise, checked on 20/30 % (session 4)")
+                                  "FER2013's real noise and 10 % synthetic noise, confirmed on 20/30 % "
+                                  "(benchmarks/results/noise_synthetic.md)")
     calibrate: bool = Field(True, description="temperature-scale probs to the given labels (NLL) before the rule, "
                             "so thresholds mean the same for every method; needs >= 50 labelled samples")
     fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")
