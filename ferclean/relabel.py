@@ -484,12 +484,8 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
         au_probs = None
         if config.method != AU_VIEW_METHOD:
             au_probs = _au_view_probs(store, config.fold, [samples["sample_id"][i] for i in scored], classes)
-            if au_probs is None:
-                au_view = "absent (no au_view predictions: train without an aus table?)"
-            elif config.au_view_weight > 0:
-                au_view = f"weight {config.au_view_weight}, {int((~np.isnan(au_probs[:, 0])).sum())} samples"
-            else:
-                au_view = "reasons only (au_view_weight 0)"
+            au_view = (_au_view_summary(au_probs, config.au_view_weight) if au_probs is not None
+                       else "absent (no au_view predictions: train without an aus table?)")
         alpha = None if any(pd_["alpha"][j] is None for j in pi) else np.array([pd_["alpha"][j] for j in pi])
         sem = None if any(pd_["sem_dist"][j] is None for j in pi) else np.array([pd_["sem_dist"][j] for j in pi])
         sids = [samples["sample_id"][i] for i in scored]
@@ -522,6 +518,12 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
         run.counts[f"relabel.{a}"] += v
     return {"rows": out.num_rows, "actions": counts, "method": config.method, "classes": classes,
             "class_prior": prior_source, "au_view": au_view}
+
+
+def _au_view_summary(au_probs: np.ndarray, weight: float) -> str:
+    """How the verdicts used the AU view, for the stage summary."""
+    n = int((~np.isnan(au_probs).any(axis=1)).sum())
+    return f"weight {weight}, {n} samples" if weight > 0 else "reasons only (au_view_weight 0)"
 
 
 def _au_view_probs(store: Any, fold: str, sample_ids: Sequence[str], classes: Sequence[str]) -> np.ndarray | None:
@@ -579,7 +581,7 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
                                                           probs, alpha, sem))
     au_probs, au_view = _collection_au_view(store, run, Path(model_dir), inputs, classes, collection)
     if au_probs is not None:
-        au_view = f"weight {config.au_view_weight}, {au_view}" if config.au_view_weight > 0 else "reasons only (au_view_weight 0)"
+        au_view = _au_view_summary(au_probs, config.au_view_weight)
     faces = _face_info(store)
     config, prior_source = with_audit_prior(store, config, classes)
     if config.train_prior is None and model.meta.get("train_label_prior"):
@@ -597,7 +599,8 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
 
 def _collection_au_view(store: Any, run: Any, model_dir: Path, inputs: Any, classes: Sequence[str],
                         collection: str | None) -> tuple[np.ndarray | None, str]:
-    """The model folder's AU view applied to the collection's aus rows (also written to `predictions`)."""
+    """The model folder's AU view applied to the collection's aus rows (also written to `predictions`),
+    or None with the reason it is absent."""
     import json
 
     from ferclean.au_view import AuView
@@ -616,4 +619,4 @@ def _collection_au_view(store: Any, run: Any, model_dir: Path, inputs: Any, clas
     au_probs[rows] = AuView.from_dict(spec).predict_proba(x[rows])
     store.write_part("predictions", f"score-{collection or 'all'}-{AU_VIEW_METHOD}", prediction_table(
         run.run_id, [inputs.sample_ids[i] for i in rows], AU_VIEW_METHOD, -1, classes, au_probs[rows], None, None))
-    return au_probs, f"{len(rows)} samples"
+    return au_probs, ""

@@ -256,9 +256,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     au_probs, au_rows = None, np.zeros(len(labels), bool)
     if config.au_view and inputs.au_intensity is not None:
         au_rows = ~np.isnan(inputs.au_intensity).all(axis=1)  # samples with an aus row
-        folds = fold_assignment(labels, config.folds, config.seed)
-        au_probs = np.full((len(labels), len(classes)), np.nan)
-        if au_rows.sum() >= config.folds * 2:
+        if au_rows.sum() < config.folds * 2:  # too few to cross-fit: no AU view at all
+            au_rows[:] = False
+        else:
+            folds = fold_assignment(labels, config.folds, config.seed)
+            au_probs = np.full((len(labels), len(classes)), np.nan)
             au_probs[au_rows] = crossfit_au_view(inputs.au_intensity[au_rows], labels[au_rows], folds[au_rows], len(classes))
             for k in range(config.folds):
                 rows = np.flatnonzero(au_rows & (folds == k))
@@ -285,7 +287,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
                                                             / max(len(fin[use]), 1)).round(6).tolist()})
-        if au_probs is not None and au_rows.any():
+        if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
             (Path(model_dir) / AU_VIEW_FILE).write_text(json.dumps(view.to_dict(inputs.intensity_names)))
