@@ -24,10 +24,41 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 
+ROOT_HELP = ("Folder that a manifest's image paths are read from and must lie in (relative paths are taken "
+             "from it, absolute ones must be inside it). Default: the manifest's folder.")
+
+
+def quiet_flow_console() -> None:
+    """For a flow run from the CLI: Prefect's console shows warnings and errors only (the Prefect UI
+    and API still get every log line), and an expected input error (a `SourceError`: nothing
+    usable in the source) prints as the CLI's one `error:` line, not as Prefect tracebacks.
+    Call before the flows (and so Prefect) are imported; `PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL`
+    set by the user wins."""
+    import logging
+    import os
+
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from ferclean.ingest import SourceError
+
+    names = tuple(f"{c.__name__}:" for c in (SourceError, *SourceError.__subclasses__()))
+
+    def not_source_error(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], SourceError):
+            return False
+        return not (record.levelno >= logging.ERROR and any(n in record.getMessage() for n in names))
+
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not_source_error not in handler.filters:
+            handler.addFilter(not_source_error)
+
 
 def fail(message: str, code: int = 2) -> None:
     """One-line error and a non-zero exit, no traceback."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -50,7 +81,7 @@ def ingest(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if absent).")],
     labels: Annotated[Optional[Path], typer.Option(help="FER+ vote CSV joined by row order (FER2013 pixel CSV only).")] = None,
     format: Annotated[Fmt, typer.Option("--format", help="Source format; auto detects it.")] = Fmt.auto,  # noqa: A002
-    root: Annotated[Optional[Path], typer.Option(help="Root for manifest image paths (default: the manifest's folder).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help=ROOT_HELP)] = None,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class list (default: all 8 canonical classes).")] = None,
     unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The folder has no label sub-folders (a new web collection).")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Stop after N input rows/files.", min=1)] = None,
@@ -138,6 +169,8 @@ def curate(
     task_runner: Annotated[str, typer.Option("--task-runner", help="Runner of the per-shard tasks: default (threads), process, dask.")] = "default",
     scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler (tcp://host:8786) for --task-runner dask; default: a LocalCluster.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute stages even when their inputs, config and code are unchanged.")] = False,
+    root: Annotated[Optional[Path], typer.Option(help=ROOT_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (for scripts).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the whole curation flow (a Prefect flow on the embedded API) on a collection.
@@ -145,6 +178,7 @@ def curate(
     Stages whose inputs, config and code have not changed since their last run are skipped
     (OUT/stages/<stage>.json); an interrupted image stage resumes at its unfinished shards.
     """
+    quiet_flow_console()
     from flows.curate import curate_flow
 
     if demo:
@@ -157,27 +191,40 @@ def curate(
         fail(f"source {source} does not exist")
     if config is not None and not config.is_file():
         fail(f"config file {config} does not exist")
+    _check_root(root)
     state = curate_flow(
         source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
         limit=limit, progress=progress, workers=workers, task_runner=task_runner,
-        scheduler_address=scheduler_address, force=force, return_state=True,
+        scheduler_address=scheduler_address, force=force, root=str(root.resolve()) if root else None,
+        return_state=True,
     )
-    _finish_flow("curate", state)
+    _finish_flow("curate", state, out, json_out=json_out)
 
 
-def _finish_flow(title: str, state) -> None:  # noqa: ANN001
-    """Print a flow's per-stage table, or its error and exit 1 when it failed."""
+def _check_root(root: Optional[Path]) -> None:
+    if root is not None and not root.is_dir():
+        fail(f"--root {root} is not a folder")
+
+
+def _finish_flow(title: str, state, out: Path, model_dir: Optional[Path] = None,  # noqa: ANN001
+                 json_out: bool = False) -> None:
+    """Print the run summary (or JSON with --json); on failure one error line and exit 2 for bad
+    input (nothing usable in the source), 1 otherwise."""
+    from ferclean.ingest import SourceError
+    from ferclean.run_summary import build_summary, render
+    from ferclean.store import Store
+
     if not state.is_completed():
-        fail(f"{title} flow {state.name.lower()}: {state.message}", code=1)
-    summary = state.result()
-    t = Table(title=f"{title} run {summary['run_id']} -> {summary['out']}")
-    for col in ("stage", "status", "seconds", "summary"):
-        t.add_column(col)
-    for stage, res in summary["stages"].items():
-        brief = {k: v for k, v in res["summary"].items() if not isinstance(v, dict | list)}
-        t.add_row(stage, "cached" if res["cached"] else "computed", f"{res['seconds']:.1f}",
-                  json.dumps(brief, default=str)[:160])
-    Console(stderr=True).print(t)
+        exc = state.result(raise_on_failure=False)
+        if isinstance(exc, SourceError):
+            fail(str(exc), code=2)
+        detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else state.message
+        fail(f"{title} {state.name.lower()}: {detail}", code=1)
+    summary = build_summary(Store(out), title, state.result(), model_dir=str(model_dir) if model_dir else None)
+    if json_out:
+        sys.stdout.write(summary.to_json() + "\n")
+    else:
+        Console(highlight=False, soft_wrap=True).print(render(summary), markup=False)
 
 
 @app.command("relabel-collection")
@@ -191,21 +238,25 @@ def relabel_collection(
     task_runner: Annotated[str, typer.Option("--task-runner", help="default (threads), process, dask.")] = "default",
     scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler address.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute cached stages.")] = False,
+    root: Annotated[Optional[Path], typer.Option(help=ROOT_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (for scripts).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Apply a trained model to a new collection: ingest -> faces -> aus -> score -> verdicts (no training)."""
+    quiet_flow_console()
     from flows.relabel_collection import relabel_collection_flow
 
     if not source.exists():
         fail(f"source {source} does not exist")
     if not (model / "model.json").is_file():
         fail(f"{model} holds no trained model (model.json missing)")
+    _check_root(root)
     state = relabel_collection_flow(
         source=str(source), out=str(out), model_dir=str(model), config_file=str(config) if config else None,
         limit=limit, workers=workers, task_runner=task_runner, scheduler_address=scheduler_address,
-        force=force, progress=progress, return_state=True,
+        force=force, root=str(root.resolve()) if root else None, progress=progress, return_state=True,
     )
-    _finish_flow("relabel-collection", state)
+    _finish_flow("relabel-collection", state, out, model_dir=model, json_out=json_out)
 
 
 @app.command()

@@ -61,6 +61,7 @@ def relabel_collection_flow(
     scheduler_address: str | None = None,
     force: bool = False,
     allow_refit_reference: bool = False,
+    root: str | None = None,
     retries: int = 2,
     retry_delay_s: float = 2.0,
     progress: bool = False,
@@ -70,7 +71,7 @@ def relabel_collection_flow(
     `config_file` sections: ingest, faces, aus, score (`score.relabel` holds verdict thresholds).
     The AU reference comes from :func:`model_au_reference`; when none is found the flow fails
     unless `allow_refit_reference` (then it is fitted on the new collection, which changes what
-    AU intensities mean). Other parameters as in :func:`flows.curate.curate_flow`.
+    AU intensities mean); `root` as for curate. Other parameters as in :func:`flows.curate.curate_flow`.
     """
     if task_runner not in TASK_RUNNERS:
         raise ValueError(f"task_runner must be one of {TASK_RUNNERS}")
@@ -79,7 +80,7 @@ def relabel_collection_flow(
     run_config: dict[str, Any] = {
         "flow": "relabel-collection", "source": source, "model_dir": model_dir, "config_file": config_file,
         "limit": limit, "workers": workers, "task_runner": task_runner, "scheduler_address": scheduler_address,
-        "force": force,
+        "force": force, "root": root,
     }
     shard_runner = {"kind": task_runner, "workers": workers, "scheduler_address": scheduler_address,
                     "retries": retries, "retry_delay_s": retry_delay_s}
@@ -99,7 +100,8 @@ def relabel_collection_flow(
                 "or pass allow_refit_reference=True"
             )
         overrides: dict[str, dict[str, Any]] = {s.name: {"workers": workers} for s in plan}
-        overrides["ingest"] = {"source": source, "limit": limit, "workers": workers}
+        overrides["ingest"] = {"source": source, "limit": limit, "workers": workers,
+                               **({"root": root} if root else {})}
         overrides["aus"] = {"reference_path": reference, "workers": workers}
         overrides["score"] = {"model_dir": str(Path(model_dir).expanduser().resolve())}
         configs = pipeline.build_configs(plan, raw, overrides, all_stages=stages)

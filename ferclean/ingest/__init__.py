@@ -2,6 +2,6 @@
 
 from ferclean.ingest.config import IngestConfig
 from ferclean.ingest.core import detect_format, run_ingest
-from ferclean.ingest.sources import SourceError
+from ferclean.ingest.sources import SourceError, TooManyRejects
 
-__all__ = ["IngestConfig", "SourceError", "detect_format", "run_ingest"]
+__all__ = ["IngestConfig", "SourceError", "TooManyRejects", "detect_format", "run_ingest"]

@@ -39,15 +39,34 @@ def normalize_split(raw: object) -> str:
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
-    """Resolve `rel` under `root`; reject absolute paths and anything (.., symlinks) that escapes."""
+    """Resolve a manifest's image path under `root` (an absolute, resolved folder).
+
+    Relative paths are taken from `root`; absolute paths are accepted when they lie inside it.
+    Either way the file, after `..` and symlinks are resolved, must stay inside `root`.
+    """
     if not rel or not rel.strip():
         raise ItemRejected("malformed_row", "empty image path")
-    if os.path.isabs(rel) or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        raise ItemRejected("path_escapes_root", f"absolute path {rel!r} is not allowed; paths are relative to {root}")
+    if os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
+        target = Path(rel).resolve()
+        if not target.is_relative_to(root):
+            raise ItemRejected("path_escapes_root", f"absolute path {rel!r} is outside the root {root} (see --root)")
+        return target
     target = (root / rel).resolve()
     if not target.is_relative_to(root):
-        raise ItemRejected("path_escapes_root", f"{rel!r} resolves to {target}, outside {root}")
+        raise ItemRejected("path_escapes_root", f"{rel!r} resolves to {target}, outside the root {root}")
     return target
+
+
+def sample_id_for(root: Path, rel: str, target: Path) -> str:
+    """The default sample_id of a manifest path: the path below `root` with forward slashes, the
+    same whether the manifest wrote it relative or absolute."""
+    rel = rel.replace("\\", "/")
+    if not (os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":")):
+        return rel
+    lexical = Path(os.path.normpath(rel))
+    if lexical.is_relative_to(root):
+        return lexical.relative_to(root).as_posix()
+    return target.relative_to(root).as_posix()
 
 
 @dataclass(frozen=True)

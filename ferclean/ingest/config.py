@@ -26,6 +26,11 @@ class IngestConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="stop after this many input rows/files")
     shard_size: int = Field(5000, ge=1, description="rows per Parquet part (bounds memory)")
     max_pixels: int = Field(40_000_000, ge=1, description="reject images with more pixels (decompression bombs)")
+    max_reject_share: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="stop the run (exit 2) when more than this share of input rows is rejected; the "
+                    "default 1.0 stops only when no row is usable. Example: 0.5 stops a run that "
+                    "rejects more than half its input")
 
     @field_validator("classes", mode="before")
     @classmethod

@@ -12,10 +12,12 @@ import pyarrow as pa
 from ferclean.classes import normalize_label
 from ferclean.ingest.checks import ItemRejected, inspect_bytes, read_file
 from ferclean.ingest.config import IngestConfig
+from ferclean.ingest.stop import stop_message
 from ferclean.ingest.sources import (
     FERPLUS_COLUMNS,
     Item,
     SourceError,
+    TooManyRejects,
     iter_fer2013_csv,
     iter_folder,
     iter_manifest,
@@ -130,6 +132,7 @@ def run_ingest(store: Store, run: Run, config: IngestConfig, progress: bool = Tr
     rows: list[dict[str, Any]] = []
     keys: list[str] = []
     reasons: Counter[str] = Counter()
+    examples: dict[str, str] = {}
     n_in = n_ok = 0
 
     def flush() -> None:
@@ -150,6 +153,7 @@ def run_ingest(store: Store, run: Run, config: IngestConfig, progress: bool = Tr
             seen.add(row["sample_id"])
         except ItemRejected as exc:
             reasons[exc.reason_code] += 1
+            examples.setdefault(exc.reason_code, f"{item.source_ref}: {exc.message}")
             run.reject(item.source_ref, "ingest", exc.reason_code, exc.message)
             continue
         rows.append(row)
@@ -157,10 +161,16 @@ def run_ingest(store: Store, run: Run, config: IngestConfig, progress: bool = Tr
         if len(rows) >= config.shard_size:
             flush()
     flush()
-    store.keep_only("samples", keys)
     run.flush_rejects()
     run.counts["ingest.input_rows"] += n_in
     run.counts["samples"] += n_ok
+    stop = stop_message(n_in, n_ok, reasons, examples, config.max_reject_share)
+    if stop:
+        # Nothing half-written: this run's parts go, the previous samples table stays as it was.
+        for key in keys:
+            store.part_path("samples", key).unlink(missing_ok=True)
+        raise TooManyRejects(stop)
+    store.keep_only("samples", keys)
     digest = hashlib.sha256("".join(sorted(keys)).encode()).hexdigest()[:12]
     return {"format": fmt, "collection": collection, "input_rows": n_in, "samples": n_ok,
             "rejects": sum(reasons.values()), "rejects_by_reason": dict(reasons), "parts": len(keys),

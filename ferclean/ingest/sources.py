@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ferclean.classes import FER2013_CODES, normalize_label
-from ferclean.ingest.checks import SPLIT_SYNONYMS, ItemRejected, normalize_split, resolve_inside
+from ferclean.ingest.checks import SPLIT_SYNONYMS, ItemRejected, normalize_split, resolve_inside, sample_id_for
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 PATH_COLUMNS = ("image_path", "path", "file", "filename", "image")
@@ -44,6 +44,12 @@ class Item:
 
 class SourceError(Exception):
     """The source as a whole is unusable (missing root, unreadable manifest, bad columns)."""
+
+
+class TooManyRejects(SourceError):
+    """Ingest left no usable sample (or more rejects than `max_reject_share` allows): the run stops
+    before any later stage. The message is one line: counts, the dominant reason with an example,
+    and the fix."""
 
 
 # -- folders ----------------------------------------------------------------------------------
@@ -196,8 +202,8 @@ def iter_manifest(manifest: Path, root: Path) -> Iterator[Item]:
                     raise ItemRejected("malformed_row", f"fewer fields than the header's {len(header)}")
                 rel = row[path_col].strip()
                 item.source_ref = f"{ref} ({rel})" if rel else ref
-                item.sample_id = (row[id_col].strip() if id_col else "") or rel.replace("\\", "/")
                 item.path = resolve_inside(root, rel)
+                item.sample_id = (row[id_col].strip() if id_col else "") or sample_id_for(root, rel, item.path)
                 item.label_raw = row[label_col] if label_col else None
                 item.split = normalize_split(row[split_col]) if split_col and row[split_col].strip() else None
                 for c in extra_cols:

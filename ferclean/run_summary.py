@@ -1,0 +1,126 @@
+"""The end-of-run summary a person reads: what came in, what was found, what was decided, where
+the results are and what to run next. Built from the run folder's tables (not from the stage
+summaries, which stay in `runs.counts` and the Prefect artifacts), so it is the same whether a
+stage computed or was skipped as cached."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from ferclean.store import Store
+
+
+@dataclass
+class RunSummary:
+    kind: str
+    run_id: str
+    out: str
+    seconds: float | None
+    stages: dict[str, str]  # stage -> "computed 12.3 s" | "cached"
+    input_rows: int | None
+    samples: int
+    images_with_face: int
+    faces_by_detector: dict[str, int]
+    rejects_by_reason: dict[str, int]  # "stage:reason" -> count, this run's rejects
+    verdicts: dict[str, int]  # action -> samples, over the latest verdicts
+    human_decisions: int
+    model_dir: str | None
+    catalog: str
+    report: str | None
+    next_commands: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=False)
+
+
+def _counts(values: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _latest_actions(store: Store) -> tuple[dict[str, int], int]:
+    """Verdict counts over each sample's latest verdict, and how many of those are human."""
+    from ferclean.catalog import query
+
+    if store.count("relabels") == 0:
+        return {}, 0
+    _, rows = query(store, "select action, source, count(*) from latest_verdicts group by 1, 2")
+    actions: dict[str, int] = {}
+    human = 0
+    for action, source, n in rows:
+        actions[action] = actions.get(action, 0) + int(n)
+        human += int(n) if source == "human" else 0
+    return dict(sorted(actions.items(), key=lambda kv: -kv[1])), human
+
+
+def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_dir: str | None = None) -> RunSummary:
+    """Summarise a finished flow run (`flow_result` is what the curate / relabel-collection flow returned)."""
+    run_id = flow_result["run_id"]
+    stages = {}
+    for name, res in flow_result.get("stages", {}).items():
+        stages[name] = "cached" if res.get("cached") else f"computed {res.get('seconds', 0):.1f} s"
+    ingest = flow_result.get("stages", {}).get("ingest", {}).get("summary", {})
+    rej = store.read("rejects", columns=["run_id", "stage", "reason_code"])
+    rej = rej.filter(pc.equal(rej.column("run_id"), run_id))
+    rejects = _counts([f"{s}:{r}" for s, r in zip(rej.column("stage").to_pylist(),
+                                                   rej.column("reason_code").to_pylist(), strict=True)])
+    faces = store.read("faces", columns=["is_primary", "detector"])
+    prim = faces.filter(pc.field("is_primary"))
+    actions, human = _latest_actions(store)
+    model = Path(model_dir) if model_dir else store.root / "model"
+    report = store.root / "report.html"
+    out = shlex.quote(str(store.root))
+    nxt = []
+    if actions:
+        nxt += [f"ferclean report {out}", f"ferclean query {out} \"select * from noise_by_class\"",
+                f"ferclean review export {out} --audit 100"]
+        if kind == "curate":
+            nxt.append(f"ferclean export {out} --to cleaned/ --layout folder")
+    else:
+        nxt.append(f"ferclean query {out} \"select split, count(*) from samples group by 1\"")
+    if rejects:
+        nxt.append(f"ferclean query {out} \"select stage, reason_code, message from rejects where run_id = '{run_id}'\"")
+    return RunSummary(
+        kind=kind, run_id=run_id, out=str(store.root), seconds=flow_result.get("seconds"), stages=stages,
+        input_rows=ingest.get("input_rows"), samples=store.count("samples"), images_with_face=prim.num_rows,
+        faces_by_detector=_counts(prim.column("detector").to_pylist()), rejects_by_reason=rejects,
+        verdicts=actions, human_decisions=human,
+        model_dir=str(model) if (model / "model.json").is_file() else None,
+        catalog=str(store.root / "catalog.duckdb"), report=str(report) if report.is_file() else None,
+        next_commands=nxt,
+    )
+
+
+def _kv(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in d.items()) or "none"
+
+
+def render(s: RunSummary) -> str:
+    """The summary as a few plain lines."""
+    lines = [f"{s.kind} run {s.run_id} finished -> {s.out}"]
+    if s.stages:
+        lines.append("  stages:    " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
+    got = f"{s.samples:,} samples" + (f" from {s.input_rows:,} input rows" if s.input_rows is not None else "")
+    lines.append(f"  input:     {got}")
+    if s.images_with_face or s.faces_by_detector:
+        lines.append(f"  faces:     {s.images_with_face:,} images with a face ({_kv(s.faces_by_detector)})")
+    lines.append(f"  rejects:   {_kv(s.rejects_by_reason)}")
+    if s.verdicts:
+        human = f"; {s.human_decisions:,} decided by a reviewer" if s.human_decisions else ""
+        lines.append(f"  verdicts:  {_kv(s.verdicts)}{human}")
+    lines.append(f"  catalog:   {s.catalog}")
+    if s.model_dir and s.kind == "curate":
+        lines.append(f"  model:     {s.model_dir}")
+    if s.report:
+        lines.append(f"  report:    {s.report}")
+    lines.append("  next:")
+    lines += [f"    {c}" for c in s.next_commands]
+    return "\n".join(lines)
