@@ -264,35 +264,77 @@ def serve(
     source: Annotated[Optional[str], typer.Argument(help="Collection to curate on the schedule.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder of the scheduled curate runs.")] = None,
     cron: Annotated[str, typer.Option(help="Curate schedule (crontab, 5 fields).")] = "0 2 * * *",
+    interval: Annotated[Optional[float], typer.Option(help="Run every N seconds instead of on --cron / --relabel-cron (e.g. 21600: every 6 hours).", min=1)] = None,
     timezone: Annotated[str, typer.Option(help="Time zone of the cron schedules.")] = "UTC",
     config: Annotated[Optional[str], typer.Option("--config", help="YAML/JSON per-stage settings.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N input rows.", min=1)] = None,
     workers: Annotated[int, typer.Option(help="Parallel shard tasks.", min=1)] = 1,
     task_runner: Annotated[str, typer.Option("--task-runner", help="default (threads), process, dask.")] = "default",
     scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler address.")] = None,
+    root: Annotated[Optional[str], typer.Option(help=ROOT_HELP + " Applies to both schedules.")] = None,
     relabel_source: Annotated[Optional[str], typer.Option("--relabel-source", help="A new collection to score on its own schedule.")] = None,
     relabel_out: Annotated[Optional[str], typer.Option("--relabel-out", help="Output folder of the relabel-collection runs.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Model for relabel-collection (default OUT/model).")] = None,
     relabel_cron: Annotated[str, typer.Option("--relabel-cron", help="relabel-collection schedule.")] = "0 4 * * *",
+    prefect_home: Annotated[Optional[Path], typer.Option("--prefect-home", help="Without PREFECT_API_URL: where the Prefect server that ferclean starts keeps its database and log (default OUT/.prefect).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Without PREFECT_API_URL: the loopback port of the Prefect server ferclean starts (default: a free one).")] = None,
 ) -> None:
-    """Serve both flows as scheduled Prefect deployments (blocks; Ctrl-C stops).
+    """Serve both flows as scheduled Prefect deployments (blocks; Ctrl-C or SIGTERM stops).
 
-    Uses the Prefect API in PREFECT_API_URL (e.g. `prefect server start`, UI at
-    http://127.0.0.1:4200), else Prefect's embedded temporary API. Runs can also be started
-    from the UI or with `prefect deployment run 'ferclean-curate/nightly-curate'`.
+    With PREFECT_API_URL set (e.g. after `prefect server start`, UI at http://127.0.0.1:4200) the
+    deployments are registered there. Without it, ferclean starts its own `prefect server` on a
+    free loopback port (state under --prefect-home), prints its UI address, and stops it when
+    serving stops: Prefect's embedded temporary API would never fire a schedule. Runs can also be
+    started from the UI or with `prefect deployment run 'ferclean-curate/nightly-curate'`.
     """
-    from flows.deploy import build_deployments
-    from flows.deploy import serve as serve_deployments
+    import os
+    import signal
 
+    from ferclean.prefect_server import LocalPrefectServer, ServerStartError, api_healthy
+
+    if root is not None and not Path(root).is_dir():
+        fail(f"--root {root} is not a folder")
+    state_dir = out or relabel_out
+    if not (source or relabel_source) or not state_dir:
+        fail("nothing to serve: give a curate SOURCE with --out and/or --relabel-source with --relabel-out")
+    api_url = os.environ.get("PREFECT_API_URL")
+    server = None
+    if api_url:
+        if not api_healthy(api_url, timeout=10):
+            fail(f"no Prefect API answers at PREFECT_API_URL={api_url}: start it (`prefect server start`) "
+                 "or unset PREFECT_API_URL and ferclean starts a server of its own")
+    else:
+        home = prefect_home or Path(state_dir) / ".prefect"
+        server = LocalPrefectServer(home, port=port)
+        err.print(f"starting a Prefect server for the schedules (state in {server.home}) ...")
+        try:
+            server.start()
+        except ServerStartError as exc:
+            fail(str(exc))
+        os.environ["PREFECT_API_URL"] = server.api_url
+        err.print(f"Prefect UI: {server.ui_url}  (export PREFECT_API_URL={server.api_url} to use the prefect CLI)")
+
+    def stop_on_sigterm(signum, frame):  # noqa: ANN001, ARG001
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
-        deps = build_deployments(
-            source, out, cron=cron, timezone=timezone, config_file=config, limit=limit, workers=workers,
-            task_runner=task_runner, scheduler_address=scheduler_address, relabel_source=relabel_source,
-            relabel_out=relabel_out, model_dir=model, relabel_cron=relabel_cron,
-        )
-    except ValueError as exc:
-        fail(str(exc))
-    serve_deployments(deps)
+        from flows.deploy import build_deployments
+        from flows.deploy import serve as serve_deployments
+
+        try:
+            deps = build_deployments(
+                source, out, cron=cron, interval=interval, timezone=timezone, config_file=config, limit=limit,
+                workers=workers, task_runner=task_runner, scheduler_address=scheduler_address, root=root,
+                relabel_source=relabel_source, relabel_out=relabel_out, model_dir=model, relabel_cron=relabel_cron,
+            )
+        except ValueError as exc:
+            fail(str(exc))
+        serve_deployments(deps)
+    finally:
+        if server is not None:
+            err.print("stopping the Prefect server ...")
+            server.stop()
 
 
 # -- report, review, export (issue 7) ------------------------------------------------------------
