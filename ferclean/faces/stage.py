@@ -149,6 +149,12 @@ def _shard_rejects(store: Store, shard: Shard) -> list[dict]:
     p = rejects_dir(store) / f"{shard.key}.rejects.json"
     if p.exists():
         return json.loads(p.read_text())
+    old = rejects_dir(store) / f"{shard.derive_from}.rejects.json"
+    if shard.derive_from and old.exists():  # a derived shard: the earlier shard's rejects of its samples
+        keep = set(shard.sample_ids)
+        rejects = [r for r in json.loads(old.read_text()) if r["sample_id"] in keep]
+        _write_json_atomic(p, rejects)
+        return rejects
     present = set(pc.unique(store.read(STAGE, ["sample_id"], pc.field("sample_id").isin(list(shard.sample_ids)))
                             .column("sample_id")).to_pylist())
     return [{"sample_id": s, "reason": "no_face", "message": "no faces row (reject details lost)"}
