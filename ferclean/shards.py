@@ -151,13 +151,13 @@ def plan_shards(
     plan's shards where their samples are unchanged (see :func:`incremental_plan`)."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
-    cols = ["sample_id", "content_sha256"] if table == "samples" else ["sample_id"]
-    ids = store.read(table, columns=cols, filter=where)
-    if "content_sha256" not in ids.column_names:
-        ids = ids.append_column("content_sha256", pa.array([""] * ids.num_rows, pa.string()))
-    ids = ids.group_by(["sample_id"]).aggregate([("content_sha256", "min")])
-    ids = ids.sort_by("sample_id")
-    current = list(zip(ids.column("sample_id").to_pylist(), ids.column("content_sha256_min").to_pylist(), strict=True))
+    ids = store.read(table, columns=["sample_id"], filter=where).group_by(["sample_id"]).aggregate([])
+    # A sample's content is its image's hash (also for a stage reading another table, e.g. aus
+    # over faces: a replaced image must be recomputed there too).
+    sha = store.read("samples", columns=["sample_id", "content_sha256"])
+    ids = ids.join(sha, "sample_id", join_type="left outer").sort_by("sample_id")
+    current = list(zip(ids.column("sample_id").to_pylist(),
+                       pc.fill_null(ids.column("content_sha256"), "").to_pylist(), strict=True))
     cfg = config_fingerprint(config)
     shards = incremental_plan(stage, cfg, current, read_plan(store, stage, cfg), shard_size)
     write_plan(store, stage, cfg, shards, dict(current))

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from conftest import write_png
 
+from ferclean.aus import AusConfig, run_aus
 from ferclean.faces import FacesConfig, run_faces
 from ferclean.ingest import IngestConfig, run_ingest
 from ferclean.runs import open_run
@@ -58,11 +59,12 @@ def _ingest_and_faces(src: Path, out: Path) -> str:
     with open_run(store, "test", {}) as run:
         run_ingest(store, run, IngestConfig(source=str(src)), progress=False)
         run_faces(store, run, FacesConfig(shard_size=8, contact_sheet_n=0), progress=False)
+        run_aus(store, run, AusConfig(shard_size=8, reference_refit_share=0.1), progress=False)
     return run.run_id
 
 
-def _computed(store: Store, run_id: str) -> set[str]:
-    t = store.read("faces", ["sample_id", "run_id"])
+def _computed(store: Store, run_id: str, table: str = "faces") -> set[str]:
+    t = store.read(table, ["sample_id", "run_id"])
     return set(t.filter(pc.equal(t.column("run_id"), run_id)).column("sample_id").to_pylist())
 
 
@@ -78,13 +80,16 @@ def test_faces_stage_recomputes_only_what_changed(tmp_path):
     for i in (11, 57, 101):  # three new images whose ids fall inside three different shards
         write_png(src / "happy" / f"img{i:03d}.png", (48, 48), seed=1000 + i)
     second = _ingest_and_faces(src, out)
-    assert _computed(store, second) == {"happy/img011.png", "happy/img057.png", "happy/img101.png"}
-    assert store.read("faces", ["sample_id"]).num_rows == 63
+    new = {"happy/img011.png", "happy/img057.png", "happy/img101.png"}
+    assert _computed(store, second) == new
+    assert _computed(store, second, "aus") == new  # the AU reference is kept: 3 of 60 faces changed
+    assert store.read("faces", ["sample_id"]).num_rows == 63 == store.count("aus")
 
     (src / "happy" / "img020.png").unlink()  # deleted
     write_png(src / "happy" / "img040.png", (48, 48), seed=4040)  # replaced by another image
     third = _ingest_and_faces(src, out)
-    assert _computed(store, third) == {"happy/img040.png"}
+    assert _computed(store, third) == {"happy/img040.png"} == _computed(store, third, "aus")
+    assert store.count("aus") == 62
     ids = store.read("faces", ["sample_id"]).column("sample_id").to_pylist()
     assert len(ids) == 62 and "happy/img020.png" not in ids and len(set(ids)) == 62
     plan = pq.read_table(plan_path(store, "faces"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +49,11 @@ class AusConfig(BaseModel):
     reference_path: str | None = Field(
         None, description="reuse a stored reference JSON (e.g. the training run's aus_reference.json)")
     min_neutral: int = Field(20, ge=1, description="neutral faces needed to use their median")
+    reference_refit_share: float = Field(
+        0.05, ge=0, le=1,
+        description="keep the previous run's fitted reference while at most this share of the faces it was "
+                    "fitted on changed (added, removed, relabelled), so a nightly increment scores only the "
+                    "new faces; 0 refits on every change")
     presence_threshold: float = Field(1.0, ge=0, le=5, description="AUxx_c = AUxx_r >= this (robust SDs)")
     lips_part_iod: float = Field(0.05, ge=0, description="AU25 present when the inner-lip gap > this (IOD)")
     blink_ratio: float = Field(0.45, gt=0, lt=1, description="AU45 present when eye aperture < this x neutral")
@@ -76,12 +83,22 @@ def _read_reference_faces(store: Store, config: AusConfig) -> pa.Table:
                      "label_original": samples["label_original"].take(idx), "lm": faces[config.landmarks_column]})
 
 
+def _reference_state(store: Store) -> Path:
+    """Where the aus stage keeps its last fitted reference and the faces it was fitted on."""
+    return store.root / "stages" / "aus.reference.json"
+
+
+def _fit_settings(config: AusConfig) -> dict:
+    return config.model_dump(include={"landmarks_column", "reference", "reference_split", "min_neutral"})
+
+
 def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
     """Fit the geometric reference on primary faces of `config.reference_split` samples.
 
     When that split has no faces (e.g. an unlabelled collection) the reference is fitted on all
     primary faces and its `source` says so; reuse a training run's reference instead where
-    possible (`reference_path`).
+    possible (`reference_path`). The previous fit is kept while at most
+    `config.reference_refit_share` of its faces changed.
     """
     tab = _read_reference_faces(store, config)
     if tab.num_rows == 0:
@@ -90,6 +107,17 @@ def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
     suffix = ""
     if part.num_rows == 0:
         part, suffix = tab, f" (no {config.reference_split!r} faces: all primary faces)"
+    ids = {f"{a}|{b}" for a, b in zip(part["sample_id"].to_pylist(), part["label_original"].to_pylist(), strict=True)}
+    state = _reference_state(store)
+    if state.is_file():
+        prev = json.loads(state.read_text())
+        if prev["settings"] == _fit_settings(config):
+            changed = len(ids.symmetric_difference(prev["faces"])) / max(len(prev["faces"]), 1)
+            if changed <= config.reference_refit_share:
+                ref = Reference.from_json(prev["reference"])
+                if changed:
+                    ref.source += f" (kept from an earlier run: {changed:.1%} of its faces changed)"
+                return ref
     lm = landmarks_array(part["lm"])
     pts = normalise_landmarks(lm)[0]
     m = measure(pts)
@@ -98,6 +126,10 @@ def fit_reference_from_store(store: Store, config: AusConfig) -> Reference:
         neutral = pc.fill_null(pc.equal(part["label_original"], "neutral"), False).to_numpy(zero_copy_only=False)
     ref = fit_reference(m, neutral, config.min_neutral, pts if config.reference == "conditional" else None)
     ref.source += suffix
+    state.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state.with_name(f".tmp-{state.name}")
+    tmp.write_text(json.dumps({"settings": _fit_settings(config), "reference": ref.to_json(), "faces": sorted(ids)}))
+    os.replace(tmp, state)
     return ref
 
 
