@@ -50,6 +50,7 @@ from pydantic import BaseModel, Field
 
 from ferclean.au_view import AU_VIEW_METHOD, combine
 from ferclean.classes import FER7
+from ferclean.primary import primary_sample_map
 
 QUALITY_FLAGS: tuple[str, ...] = ("full_frame", "tiny", "blurry", "extreme_pose", "multiple_faces")
 
@@ -353,17 +354,7 @@ def _face_info(store: Any) -> dict[str, list[str]]:
     """sample_id -> quality flags of the primary face (only samples with a faces row)."""
     if store.count("faces") == 0:
         return {}
-    dset = store.dataset("faces")
-    cols = [c for c in ("sample_id", "is_primary", "quality_flags") if c in dset.schema.names]
-    t = dset.to_table(columns=cols)
-    out: dict[str, list[str]] = {}
-    d = t.to_pydict()
-    prim = d.get("is_primary", [True] * t.num_rows)
-    flags = d.get("quality_flags", [None] * t.num_rows)
-    for sid, p, f in zip(d["sample_id"], prim, flags):
-        if sid not in out or p:
-            out[sid] = list(f or [])
-    return out
+    return {sid: list(f or []) for sid, f in primary_sample_map(store, "quality_flags").items()}
 
 
 def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], classes: Sequence[str],

@@ -45,6 +45,7 @@ from ferclean.dataset_issues.issues import cluster_issue_rows, issues_table, sam
 from ferclean.dataset_issues.neighbors import near_pairs_banded
 from ferclean.dataset_issues.nonface import blank_evidence, embedding_evidence, nonface_score, quality_evidence
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
+from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
 from ferclean.runs import Run
 from ferclean.store import Store
@@ -89,12 +90,11 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     undetected = sig.has_face_row & ~sig.detected
     if undetected.sum() < 2:
         return out
-    cols = ["sample_id", "is_primary", "crop_png"]
+    cols = ["sample_id", "crop_png"]
     fit_pool = sig.detected if sig.detected.sum() >= 200 else sig.has_face_row
     share = min(1.0, cfg.face_space_fit_n / max(int(fit_pool.sum()), 1))
     fit_rows, fit_vecs, todo_idx, todo_vecs = [], [], [], []
-    for batch in store.iter_batches("faces", columns=cols, batch_size=cfg.hash_batch):
-        t = pa.Table.from_batches([batch]).filter(pc.field("is_primary"))
+    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
         sids = t.column("sample_id").to_pylist()
         rows = np.array([pos.get(x, -1) for x in sids])
         ok_row = rows >= 0
@@ -181,10 +181,9 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
         return False
     sig.no_detection[:] = 1.0  # no face row at all = no face found
     want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
-    cols = ["sample_id", "is_primary", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
+    cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
     emb_idx, emb_parts = [], []
-    for batch in store.iter_batches("faces", columns=cols, batch_size=cfg.hash_batch):
-        t = pa.Table.from_batches([batch]).filter(pc.field("is_primary"))
+    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
         sids = t.column("sample_id").to_pylist()
         rows = [pos.get(s, -1) for s in sids]
         keep = [k for k, r in enumerate(rows) if r >= 0]

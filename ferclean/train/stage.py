@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
+from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, cooccurrence_graph, decode_crops, prototype_aus
@@ -138,15 +139,9 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
     if require_label:
         s = s.filter(pc.is_in(s["label_original"], pa.array(list(classes))))
     sd = s.select(["sample_id", "label_original"]).to_pydict()
-    crops: dict[str, bytes] = {}
-    fdset = store.dataset("faces")
-    if fdset is not None:
-        cols = [c for c in ("sample_id", "face_index", "is_primary", "crop_png") if c in fdset.schema.names]
-        f = fdset.to_table(columns=cols).to_pydict()
-        prim = f.get("is_primary", [True] * len(f["sample_id"]))
-        for sid, p, png in zip(f["sample_id"], prim, f["crop_png"]):
-            if png is not None and (p or sid not in crops):
-                crops[sid] = png
+    f = primary_faces(store, ["crop_png"])
+    crops = {sid: png for sid, png in zip(f["sample_id"].to_pylist(), f["crop_png"].to_pylist(), strict=True)
+             if png is not None}
     keep = [i for i, sid in enumerate(sd["sample_id"]) if sid in crops]
     ids = [sd["sample_id"][i] for i in keep]
     labs = [sd["label_original"][i] for i in keep]
@@ -158,11 +153,8 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
         au_cols = _au_columns(adset.schema.names)
         r_cols = _au_columns(adset.schema.names, "_r")
         if au_cols or r_cols:
-            cols = ["sample_id"] + (["face_index"] if "face_index" in adset.schema.names else []) + au_cols + r_cols
-            a = adset.to_table(columns=cols).to_pandas()
-            if "face_index" in a.columns:
-                a = a.sort_values("face_index").drop_duplicates("sample_id")  # primary is face 0 by convention
-            a = a.set_index("sample_id").reindex(ids)
+            # the AUs of the same face the crop comes from (ferclean.primary), not face 0
+            a = primary_aus(store, au_cols + r_cols).to_pandas().set_index("sample_id").reindex(ids)
             if au_cols:
                 aus = a[au_cols].to_numpy(dtype=np.float32)
                 au_names = [c[:-2] for c in au_cols]
