@@ -40,10 +40,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def verdict_metrics(labels, plural, ev, z, probs, rows) -> dict:
     d = decide(labels, probs, None if z["alpha"].shape == () else z["alpha"],
                None if z["sem_dist"].shape == () else z["sem_dist"], RelabelConfig())
-    fin = final_labels(labels, d["action"], d["suggested"])
+    fin = final_labels(labels, d.action, d.suggested)
     sel = ev & rows
-    flag = np.isin(d["action"], ["relabel", "review"])
-    rel = (d["action"] == "relabel") & sel
+    flag = np.isin(d.action, ["relabel", "review"])
+    rel = (d.action == "relabel") & sel
     m = prf(flag[sel], (labels != plural)[sel])
     m.update({"relabel": int(rel.sum()), "relabel_precision": round(float((fin[rel] == plural[rel]).mean()), 4),
               "acc_raw": round(float((labels[sel] == plural[sel]).mean()), 4),

@@ -39,11 +39,11 @@ def final_accuracy(labels, plural, ev, z, prior, audited, probs=None) -> tuple[f
     alpha = None if z["alpha"].shape == () else z["alpha"]
     sem = None if z["sem_dist"].shape == () else z["sem_dist"]
     d = decide(labels, (z["probs"] if probs is None else probs).astype(np.float64), alpha, sem, cfg)
-    fin = final_labels(labels, d["action"], d["suggested"])
+    fin = final_labels(labels, d.action, d.suggested)
     fin[audited] = plural[audited]
     rest = ev.copy()
     rest[audited] = False
-    flag, wrong = np.isin(d["action"], ["relabel", "review"])[rest], (labels != plural)[rest]
+    flag, wrong = np.isin(d.action, ["relabel", "review"])[rest], (labels != plural)[rest]
     tp = float((flag & wrong).sum())
     f1 = 2 * tp / max(float(flag.sum() + wrong.sum()), 1.0)
     return float((fin[rest] == plural[rest]).mean()), f1

@@ -123,12 +123,12 @@ def _score_rule(labels, plural, ev, truth, scores, z, method: str, rule: str) ->
     """Flag P/R/F1, relabels and final accuracy of one method under one verdict rule."""
     d = decide(labels, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"],
                RelabelConfig(method=method, rule=rule))
-    flag = np.isin(d["action"], ["relabel", "review"])
-    fin = final_labels(labels, d["action"], d["suggested"])
+    flag = np.isin(d.action, ["relabel", "review"])
+    fin = final_labels(labels, d.action, d.suggested)
     m = prf(flag[ev], truth[ev])
-    rel = d["action"] == "relabel"
-    m.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
-              "relabel_precision": round(float((d["suggested"][rel & ev] == plural[rel & ev]).mean()), 4) if (rel & ev).any() else None,
+    rel = d.action == "relabel"
+    m.update({"relabel": int(rel.sum()), "review": int((d.action == "review").sum()),
+              "relabel_precision": round(float((d.suggested[rel & ev] == plural[rel & ev]).mean()), 4) if (rel & ev).any() else None,
               "acc_final": round(float((fin[ev] == plural[ev]).mean()), 4),
               "model_argmax_acc": round(float((scores["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
               "crossfit_seconds": round(float(z["seconds"]), 1),

@@ -33,18 +33,18 @@ from ferclean.train.stage import au_graph_for, crossfit  # noqa: E402
 def verdicts(labels: np.ndarray, z) -> tuple[dict, np.ndarray]:
     d = decide(labels, z["probs"].astype(np.float64), z["alpha"], z["sem_dist"],
                RelabelConfig(method="ulcag", rule="bayes"))
-    return d, final_labels(labels, d["action"], d["suggested"])
+    return d, final_labels(labels, d.action, d.suggested)
 
 
 def report(name: str, z, data: dict) -> None:
     labels, plural, ev = data["labels"], data["plural"], data["eval"]
     d, fin = verdicts(labels, z)
-    flag, truth = np.isin(d["action"], ["relabel", "review"]), labels != plural
+    flag, truth = np.isin(d.action, ["relabel", "review"]), labels != plural
     tp = (flag & truth)[ev].sum()
     p, r = tp / flag[ev].sum(), tp / truth[ev].sum()
     print(json.dumps({"scores": name, "argmax_acc": round(float((z["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
                       "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(2 * p * r / (p + r)), 4),
-                      "relabel": int((d["action"] == "relabel").sum()),
+                      "relabel": int((d.action == "relabel").sum()),
                       "final_acc": round(float((fin[ev] == plural[ev]).mean()), 4)}))
 
 

@@ -87,16 +87,16 @@ def verdicts(noisy: np.ndarray, truth: np.ndarray, scores: dict, au_probs: np.nd
     rule = RelabelConfig()
     probs = combine(scores["probs"].astype(np.float64), au_probs, rule.au_view_weight)
     d = decide(noisy, probs, scores["alpha"], scores["sem_dist"], rule)
-    flag = np.isin(d["action"], ["relabel", "review"])
-    fin = final_labels(noisy, d["action"], d["suggested"])
-    rel = d["action"] == "relabel"
+    flag = np.isin(d.action, ["relabel", "review"])
+    fin = final_labels(noisy, d.action, d.suggested)
+    rel = d.action == "relabel"
     row = prf(flag, noisy != truth)
-    row.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
+    row.update({"relabel": int(rel.sum()), "review": int((d.action == "review").sum()),
                 "relabel_precision": round(float((fin[rel] == truth[rel]).mean()), 4) if rel.any() else None,
                 "label_acc_noisy": round(float((noisy == truth).mean()), 4),
                 "label_acc_final": round(float((fin == truth).mean()), 4),
-                "temperature": round(float(d["temperature"]), 3)})
-    return {"row": row, "final": fin, "action": d["action"]}
+                "temperature": round(float(d.temperature), 3)})
+    return {"row": row, "final": fin, "action": d.action}
 
 
 def main() -> None:

@@ -103,8 +103,8 @@ def analyse(labels: np.ndarray, plural: np.ndarray, ev: np.ndarray, scores: dict
         # 2. current defaults (threshold rule) and the bayes rule with fixed defaults: FER+-free at run time
         for rule in ("threshold", "bayes"):
             d = decide(y, probs[src], alpha, sem, RelabelConfig(rule=rule))
-            add(f"decide rule={rule} (RelabelConfig defaults)", src, np.isin(d["action"], FLAGGED),
-                final_labels(y, d["action"], d["suggested"]), rule == "bayes")
+            add(f"decide rule={rule} (RelabelConfig defaults)", src, np.isin(d.action, FLAGGED),
+                final_labels(y, d.action, d.suggested), rule == "bayes")
         # 3. held-out tuned thresholds on single scores (flags only)
         pc = cal[src]
         post = bayes_posterior(y, pc, confident_joint(y, pc))

@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 import ferclean
+from ferclean.noise import RelabelConfig
 from ferclean.shards import Shard, ShardFn, config_fingerprint
 from ferclean.store import Store
 
@@ -97,8 +98,9 @@ class ScoreConfig(BaseModel):
 
     model_dir: str = Field(description="folder of a trained model (a curate run's OUT/model)")
     collection: str | None = Field(None, description="score only this samples.collection (default: all)")
-    relabel: dict[str, Any] = Field(
-        default_factory=dict, description="RelabelConfig settings of the verdict rule (thresholds)")
+    relabel: RelabelConfig = Field(
+        default_factory=RelabelConfig, description="the verdict rule (thresholds); filled from the config file's "
+        "`relabel:` section when it has one")
 
 
 def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True) -> dict:
@@ -106,11 +108,11 @@ def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True
 
     Thin adapter to :func:`ferclean.relabel.score_collection` with the stage signature.
     """
-    from ferclean.relabel import RelabelConfig, score_collection
+    from ferclean.relabel import score_collection
 
     if not (Path(config.model_dir) / "model.json").is_file():
         raise FileNotFoundError(f"no trained model at {config.model_dir} (model.json missing)")
-    return score_collection(store, run, config.model_dir, RelabelConfig(**config.relabel),
+    return score_collection(store, run, config.model_dir, config.relabel,
                             collection=config.collection, progress=progress)
 
 
@@ -278,8 +280,12 @@ def build_configs(
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"config file names unknown stages {sorted(unknown)}; stages are {sorted(known)}")
+    rule = _relabel_config(raw, overrides)
     out: dict[str, BaseModel | None] = {}
     for spec in plan:
+        if spec.name == "relabel":
+            out[spec.name] = rule
+            continue
         fn = load_stage_function(spec)
         cls = config_class(fn) if fn else None
         settings = dict(raw.get(spec.name, {}))
@@ -291,8 +297,24 @@ def build_configs(
         for key, value in (overrides or {}).get(spec.name, {}).items():
             if key in cls.model_fields and value is not None:
                 settings[key] = value
+        if "relabel" in cls.model_fields and cls.model_fields["relabel"].annotation is RelabelConfig:
+            if "relabel" in settings:
+                raise ValueError(f"{spec.name}.relabel: set the verdict rule in the file's relabel: section "
+                                 "(one RelabelConfig for every stage that uses it)")
+            settings["relabel"] = rule
         out[spec.name] = cls.model_validate(settings)
     return out
+
+
+def _relabel_config(raw: Mapping[str, Mapping[str, Any]],
+                    overrides: Mapping[str, Mapping[str, Any]] | None) -> RelabelConfig:
+    """The one RelabelConfig of a run (the `relabel:` section), for the relabel stage and for every stage
+    whose config has a `relabel` field (train: the final model's labels; score)."""
+    settings = dict(raw.get("relabel", {}))
+    for key, value in (overrides or {}).get("relabel", {}).items():
+        if key in RelabelConfig.model_fields and value is not None:
+            settings[key] = value
+    return RelabelConfig.model_validate(settings)
 
 
 def config_dump(config: BaseModel | None) -> dict[str, Any] | None:

@@ -67,7 +67,7 @@ def relabel_collection_flow(
 ) -> dict[str, Any]:
     """Score a new collection `source` into `out` with the model in `model_dir` (no training).
 
-    `config_file` sections: ingest, faces, aus, score (`score.relabel` holds verdict thresholds).
+    `config_file` sections: ingest, faces, aus, score, relabel (the verdict rule's thresholds).
     The AU reference comes from :func:`model_au_reference`; when none is found the flow fails
     unless `allow_refit_reference` (then it is fitted on the new collection, which changes what
     AU intensities mean). Other parameters as in :func:`flows.curate.curate_flow`.

@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 
 from ferclean.faces.config import QualityThresholds
-
-FLAGS = ("tiny", "blurry", "extreme_pose", "multiple_faces", "full_frame")
+from ferclean.flags import QUALITY_FLAGS as FLAGS  # the one list (ferclean.flags)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:

@@ -23,11 +23,13 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
+from ferclean.noise import decide, final_labels
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, cooccurrence_graph, decode_crops, prototype_aus
 from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
+from ferclean.train.model_io import save_model
 
 
 @dataclass
@@ -201,9 +203,6 @@ def latest_aus_reference(out: Path) -> Path | None:
 
 def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Cross-fit each method in `config.methods`, write `predictions`, train + save the final model."""
-    from ferclean.relabel import RelabelConfig, decide, final_labels
-    from ferclean.train.model_io import save_model
-
     classes = list(config.classes)
     inputs = load_inputs(store, classes, config.splits, config.input_size)
     run.counts["train.samples"] = len(inputs.sample_ids)
@@ -216,7 +215,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     aus = inputs.aus if use_aus else prototype_aus(inputs.label_names, inputs.au_names)
     a_bar = au_graph_for(store, inputs.au_names, aus) if use_aus else cooccurrence_graph(aus)
     run.counts["train.pseudo_aus." + ("aus" if use_aus else "prototype")] += 1
-    fp = config_fingerprint({"cfg": config.model_dump(mode="json"), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
+    fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
     ckpt_dir = store.root / "checkpoints" / "train" / fp
     curves: list[dict[str, Any]] = []
     curves_path = Path(run.dir) / "train_curves.json"
@@ -263,11 +262,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     if config.final_model:
         method = config.final_method
         scores = oof.get(method) or next(iter(oof.values()))
-        rule = RelabelConfig(method=method)
+        rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
         d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
                    scores["sem_dist"], rule)
-        fin = final_labels(labels, d["action"], d["suggested"])
-        use, fallback = final_training_indices(fin, d["action"], len(classes))
+        fin = final_labels(labels, d.action, d.suggested)
+        use, fallback = final_training_indices(fin, d.action, len(classes))
         if fallback:
             summary["final_train_fallback"] = "too few confident samples: trained on every labelled sample"
         res = fit(inputs.images[use], fin[use], method, config, aus[use] if method in AUX_METHODS else None,
