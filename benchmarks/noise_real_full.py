@@ -80,7 +80,7 @@ def compute(args: argparse.Namespace, data: dict, cache: Path) -> None:
 
     torch.set_num_threads(args.threads)
     images = decode_crops([Path(p) for p in data["paths"]], args.size)
-    a_bar = au_graph_for(Store(args.store), data["au_names"], data["aus"])
+    a_bar, _ = au_graph_for(Store(args.store), data["au_names"], data["aus"])
     cfg = TrainConfig(input_size=args.size, width=args.width, epochs=args.epochs, batch_size=args.batch,
                       folds=3, seed=0, checkpoint=False, backbone="cnn", num_threads=args.threads,
                       **dict(kv.split("=", 1) for kv in args.set))

@@ -66,7 +66,7 @@ def main() -> None:
     if not out_path.exists():
         _, fin = verdicts(data["labels"], z1)
         images = decode_crops([Path(p) for p in data["paths"]], 48)
-        a_bar = au_graph_for(store, data["au_names"], data["aus"])
+        a_bar, _ = au_graph_for(store, data["au_names"], data["aus"])
         cfg = TrainConfig(**json.loads(str(z1["config"])))
         t = time.time()
         out = crossfit(images, fin, "ulcag", cfg, data["aus"], a_bar,

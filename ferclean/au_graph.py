@@ -75,6 +75,15 @@ def row_normalise(A: np.ndarray) -> np.ndarray:
     return np.divide(A, s, out=np.zeros_like(A), where=s > 0)
 
 
+def cooccurrence_graph(presence: np.ndarray) -> np.ndarray:
+    """Row-normalised eq. 5 graph straight from (N, M) 0/1 presence (NaN = absent) -> (M, M) float32.
+
+    What training uses when no `au_graph` table fits its AUs: rows sum to one, an AU that never
+    occurs keeps only its self-loop.
+    """
+    return row_normalise(cooccurrence(presence).A).astype(np.float32)
+
+
 class AuGraphConfig(BaseModel):
     """Settings of the au_graph stage."""
 

@@ -279,3 +279,20 @@ def test_the_users_relabel_settings_decide_the_final_models_training_labels(tmp_
     assert summaries["to_argmax"]["final_labels_changed"] == disagree  # every disagreement relabeled to the argmax
     with pytest.raises(ValueError, match="relabel: section"):
         pipeline.build_configs(plan, {"train": {**train, "relabel": keep_all}})
+
+
+def test_au_graph_for_says_where_the_graph_came_from_and_fails_on_a_broken_table(tmp_path):
+    from ferclean.au_graph import graph_table, cooccurrence
+    from ferclean.train.stage import au_graph_for
+
+    store = Store(tmp_path / "out")
+    presence = np.array([[1, 0], [1, 1], [0, 0]], np.float32)
+    a, source = au_graph_for(store, ["AU01", "AU02"], presence)
+    assert source.endswith("(no au_graph table)") and np.allclose(a.sum(1), 1)
+    store.write_part("au_graph", "graph", graph_table("r0", ("AU01", "AU02"), cooccurrence(presence)))
+    assert au_graph_for(store, ["AU01", "AU02"], presence)[1] == "au_graph table"
+    assert "lacks AU04" in au_graph_for(store, ["AU01", "AU04"], presence)[1]
+    t = store.read("au_graph")
+    store.write_part("au_graph", "graph", t.slice(0, 3))  # a pair missing: not silently replaced
+    with pytest.raises(ValueError, match="incomplete"):
+        au_graph_for(store, ["AU01", "AU02"], presence)

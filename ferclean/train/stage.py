@@ -22,12 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
+from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
 from ferclean.noise import decide, final_labels
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
-from ferclean.train.data import OPENFACE_AUS, cooccurrence_graph, decode_crops, prototype_aus
+from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
 from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
 from ferclean.train.model_io import save_model
 
@@ -167,19 +168,23 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
     return Inputs(ids, labs, images, aus, au_names, intensity, intensity_names)
 
 
-def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> np.ndarray:
-    """Row-normalised (M, M) AU graph: from `ferclean.au_graph` when it has our AUs, else eq. 5."""
-    try:
-        from ferclean.au_graph import load_au_graph, row_normalise  # type: ignore[import-not-found]
+def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> tuple[np.ndarray, str]:
+    """Row-normalised (M, M) AU graph and where it came from.
 
-        names, a = load_au_graph(store)
-        pos = {n: i for i, n in enumerate(names)}
-        if all(n in pos for n in au_names):
-            sel = [pos[n] for n in au_names]
-            return np.asarray(row_normalise(np.asarray(a)[np.ix_(sel, sel)]), np.float32)
-    except Exception:  # noqa: BLE001  (module absent or graph not built yet)
-        pass
-    return cooccurrence_graph(presence)
+    The `au_graph` table's graph when it has every one of `au_names`; eq. 5 on `presence` when the
+    table is empty (the au_graph stage did not run) or lacks some of our AUs, and the second value
+    says so (it goes into the stage summary). A table that exists but cannot be read raises: the
+    stage fails rather than quietly training on another graph.
+    """
+    if not store.count("au_graph"):
+        return cooccurrence_graph(presence), "eq. 5 on the training AUs (no au_graph table)"
+    names, a = load_au_graph(store)
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [n for n in au_names if n not in pos]
+    if missing:
+        return cooccurrence_graph(presence), f"eq. 5 on the training AUs (au_graph lacks {', '.join(missing)})"
+    sel = [pos[n] for n in au_names]
+    return np.asarray(row_normalise(np.asarray(a)[np.ix_(sel, sel)]), np.float32), "au_graph table"
 
 
 def final_training_indices(final: np.ndarray, action: np.ndarray, n_classes: int) -> tuple[np.ndarray, bool]:
@@ -213,7 +218,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     if config.pseudo_aus == "aus" and inputs.aus is None:
         raise ValueError("pseudo_aus='aus' but the aus table is empty")
     aus = inputs.aus if use_aus else prototype_aus(inputs.label_names, inputs.au_names)
-    a_bar = au_graph_for(store, inputs.au_names, aus) if use_aus else cooccurrence_graph(aus)
+    a_bar, graph_source = (au_graph_for(store, inputs.au_names, aus) if use_aus
+                           else (cooccurrence_graph(aus), "eq. 5 on the prototype AUs"))
     run.counts["train.pseudo_aus." + ("aus" if use_aus else "prototype")] += 1
     fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
     ckpt_dir = store.root / "checkpoints" / "train" / fp
@@ -243,7 +249,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         keys.update(key(k) for k in range(config.folds))
         oof[method] = _read_oof(store, [key(k) for k in range(config.folds)], inputs.sample_ids)
     summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
-                               "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp}
+                               "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp,
+                               "au_graph": graph_source}
     au_probs, au_rows = None, np.zeros(len(labels), bool)
     if config.au_view and inputs.au_intensity is not None:
         au_rows = ~np.isnan(inputs.au_intensity).all(axis=1)  # samples with an aus row
