@@ -41,6 +41,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 import ferclean
+from ferclean.model_dir import ModelDir
 from ferclean.noise import RelabelConfig
 from ferclean.shards import Shard, ShardFn, config_fingerprint
 from ferclean.store import Store
@@ -110,9 +111,7 @@ def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True
     """
     from ferclean.relabel import score_collection
 
-    if not (Path(config.model_dir) / "model.json").is_file():
-        raise FileNotFoundError(f"no trained model at {config.model_dir} (model.json missing)")
-    return score_collection(store, run, config.model_dir, config.relabel,
+    return score_collection(store, run, ModelDir(config.model_dir).require(), config.relabel,
                             collection=config.collection, progress=progress)
 
 

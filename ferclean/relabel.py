@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from ferclean.au_view import AU_VIEW_METHOD, combine
 from ferclean.classes import FER7
 from ferclean.dataset_issues.issues import sample_issue_reasons
+from ferclean.model_dir import ModelDir
 from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public names)
     QUALITY_FLAGS,
     Decision,
@@ -251,7 +252,7 @@ def _class_order(preds: pa.Table) -> list[str]:
     return list(FER7)
 
 
-def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig,
+def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, config: RelabelConfig,
                      collection: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Apply a saved model to samples (optionally one collection) without training.
 
@@ -261,6 +262,7 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
     from ferclean.train.model_io import load_model, score
     from ferclean.train.stage import load_inputs, prediction_table
 
+    model_dir = ModelDir(model_dir).require()
     model = load_model(model_dir)
     classes = model.classes
     inputs = load_inputs(store, classes, splits=None, input_size=int(model.meta["input_size"]),
@@ -272,7 +274,7 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
     key = f"score-{collection or 'all'}-{method}"
     store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                           probs, alpha, sem))
-    au_probs, au_view = _collection_au_view(store, run, Path(model_dir), inputs, classes, collection)
+    au_probs, au_view = _collection_au_view(store, run, model_dir, inputs, classes, collection)
     if au_probs is not None:
         au_view = _au_view_summary(au_probs, config.au_view_weight)
     faces = _face_info(store)
@@ -290,26 +292,23 @@ def score_collection(store: Any, run: Any, model_dir: str, config: RelabelConfig
             "class_prior": prior_source, "au_view": au_view}
 
 
-def _collection_au_view(store: Any, run: Any, model_dir: Path, inputs: Any, classes: Sequence[str],
+def _collection_au_view(store: Any, run: Any, model_dir: ModelDir, inputs: Any, classes: Sequence[str],
                         collection: str | None) -> tuple[np.ndarray | None, str]:
     """The model folder's AU view applied to the collection's aus rows (also written to `predictions`),
     or None with the reason it is absent."""
-    import json
+    from ferclean.train.stage import prediction_table
 
-    from ferclean.au_view import AuView
-    from ferclean.train.stage import AU_VIEW_FILE, prediction_table
-
-    path = model_dir / AU_VIEW_FILE
-    if not path.exists():
-        return None, "absent (the model folder has no au_view.json)"
-    spec = json.loads(path.read_text())
+    saved = model_dir.load_au_view()
+    if saved is None:
+        return None, "absent (the model folder has no AU view)"
+    view, view_names = saved
     names = list(inputs.intensity_names or [])
-    if inputs.au_intensity is None or not set(spec["au_names"]) <= set(names):
+    if inputs.au_intensity is None or not set(view_names) <= set(names):
         return None, "absent (run the aus stage on the collection first)"
-    x = inputs.au_intensity[:, [names.index(n) for n in spec["au_names"]]]
+    x = inputs.au_intensity[:, [names.index(n) for n in view_names]]
     rows = np.flatnonzero(~np.isnan(x).all(axis=1))
     au_probs = np.full((len(inputs.sample_ids), len(classes)), np.nan)
-    au_probs[rows] = AuView.from_dict(spec).predict_proba(x[rows])
+    au_probs[rows] = view.predict_proba(x[rows])
     store.write_part("predictions", f"score-{collection or 'all'}-{AU_VIEW_METHOD}", prediction_table(
         run.run_id, [inputs.sample_ids[i] for i in rows], AU_VIEW_METHOD, -1, classes, au_probs[rows], None, None))
     return au_probs, ""

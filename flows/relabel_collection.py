@@ -10,7 +10,6 @@ against the same neutral face as in training), and `score` writes `predictions` 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from flows.stages import TASK_RUNNERS, call_stage, catalog_task  # first: sets P
 from prefect import flow, get_run_logger  # noqa: I001
 
 from ferclean import pipeline
+from ferclean.model_dir import ModelDir
 from ferclean.runs import open_run
 from ferclean.store import Store
 
@@ -33,15 +33,11 @@ def model_au_reference(model_dir: str | Path) -> str | None:
     `<model_dir>/aus_reference.json`, and the reference the training OUT's aus stage used (its
     stage manifest `OUT/stages/aus.json`, for a model at `OUT/model`).
     """
-    model_dir = Path(model_dir).expanduser().resolve()
-    meta_path = model_dir / "model.json"
-    if meta_path.is_file():
-        ref = json.loads(meta_path.read_text()).get("neutral_au_reference")
-        if isinstance(ref, str) and Path(ref).is_file():
-            return ref
-    if (model_dir / "aus_reference.json").is_file():
-        return str(model_dir / "aus_reference.json")
-    manifest = pipeline.read_manifest(Store(model_dir.parent), "aus")
+    md = ModelDir(Path(model_dir).expanduser().resolve())
+    ref = md.au_reference()
+    if ref is not None:
+        return str(ref)
+    manifest = pipeline.read_manifest(Store(md.path.parent), "aus")
     if manifest is not None:
         ref = manifest.summary.get("reference_path")
         if isinstance(ref, str) and Path(ref).is_file():

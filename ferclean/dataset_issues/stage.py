@@ -45,6 +45,7 @@ from ferclean.dataset_issues.issues import cluster_issue_rows, issues_table, sam
 from ferclean.dataset_issues.neighbors import near_pairs_banded
 from ferclean.dataset_issues.nonface import blank_evidence, embedding_evidence, nonface_score, quality_evidence
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
+from ferclean.model_dir import ModelDir
 from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
 from ferclean.runs import Run
@@ -287,7 +288,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     sig = Signals(n)
     timings: dict[str, float] = {}
 
-    model_dir = Path(cfg.model_dir) if cfg.model_dir else store.root / "model"
+    model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
     embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
     has_faces = gather_face_signals(store, pos, sig, cfg, embed)
     timings["faces_s"] = time.perf_counter() - t0

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
+from ferclean.model_dir import ModelDir
+from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
 from ferclean.noise import decide, final_labels
 from ferclean.primary import primary_aus, primary_faces
@@ -124,9 +126,6 @@ def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: 
     })
 
 
-AU_VIEW_FILE = "au_view.json"  # the final AU view in the model folder (ferclean.au_view.AuView.to_dict)
-
-
 def _au_columns(names: Sequence[str], suffix: str = "_c") -> list[str]:
     return sorted(c for c in names if c.startswith("AU") and c.endswith(suffix))
 
@@ -202,7 +201,7 @@ def final_training_indices(final: np.ndarray, action: np.ndarray, n_classes: int
 
 def latest_aus_reference(out: Path) -> Path | None:
     """The neutral AU reference the aus stage saved most recently under `OUT/runs/*/`, if any."""
-    refs = sorted(Path(out).glob("runs/*/aus_reference.json"), key=lambda p: p.stat().st_mtime)
+    refs = sorted(Path(out).glob(f"runs/*/{REFERENCE_FILE}"), key=lambda p: p.stat().st_mtime)
     return refs[-1] if refs else None
 
 
@@ -280,7 +279,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                   a_bar if method in AUX_METHODS else None,
                   ckpt_path=ckpt_dir / f"{method}-final.pt" if config.checkpoint else None,
                   log=lambda row: log({**row, "fold": -1}))
-        model_dir = save_model(res, config, inputs.au_names, store.root / "model",
+        model_dir = ModelDir.of_run(store.root)
+        save_model(res, config, inputs.au_names, model_dir,
                                extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"],
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
@@ -288,7 +288,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
-            (Path(model_dir) / AU_VIEW_FILE).write_text(json.dumps(view.to_dict(inputs.intensity_names)))
+            model_dir.save_au_view(view, list(inputs.intensity_names or []))
             rows = np.flatnonzero(au_rows)
             fkey = f"train-{AU_VIEW_METHOD}-final-{fp}"
             store.write_part("predictions", fkey, prediction_table(
@@ -297,14 +297,14 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
             keys.add(fkey)
         ref = latest_aus_reference(store.root)
         if ref is not None:  # a model folder must work on its own for relabel-collection
-            shutil.copyfile(ref, Path(model_dir) / "aus_reference.json")
+            model_dir.save_au_reference(ref)
         out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip,
                       amp=config.resolved_amp())
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
         keys.add(fkey)
-        summary.update({"model_dir": str(model_dir), "final_train_samples": int(len(use)),
+        summary.update({"model_dir": str(model_dir.path), "final_train_samples": int(len(use)),
                         "final_labels_changed": int((fin[use] != labels[use]).sum())})
     stale = {k for k in store.part_keys("predictions") if k.startswith("train-") and k not in keys}
     store.keep_only("predictions", store.part_keys("predictions") - stale)
