@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger  # noqa: I001
 from ferclean import pipeline
 from ferclean.model_dir import ModelDir
 from ferclean.runs import open_run
+from ferclean.stage_cache import config_dump, folder_fingerprint, read_manifest
 from ferclean.store import Store
 
 STAGES = "relabel_collection"
@@ -37,7 +38,7 @@ def model_au_reference(model_dir: str | Path) -> str | None:
     ref = md.au_reference()
     if ref is not None:
         return str(ref)
-    manifest = pipeline.read_manifest(Store(md.path.parent), "aus")
+    manifest = read_manifest(Store(md.path.parent), "aus")
     if manifest is not None:
         ref = manifest.summary.get("reference_path")
         if isinstance(ref, str) and Path(ref).is_file():
@@ -101,10 +102,10 @@ def relabel_collection_flow(
         configs = pipeline.build_configs(plan, raw, overrides, all_stages=stages)
         run.config.update({
             "au_reference": reference, "stages": [s.name for s in plan],
-            "configs": {k: pipeline.config_dump(v) for k, v in configs.items()},
+            "configs": {k: config_dump(v) for k, v in configs.items()},
         })
         extra = {
-            "score": {"model": pipeline.folder_fingerprint(model_dir)},
+            "score": {"model": folder_fingerprint(model_dir)},
             "aus": {"reference_sha256": hashlib.sha256(Path(reference).read_bytes()).hexdigest()} if reference else None,
         }
         logger.info("run %s: stages %s, AU reference %s", run.run_id, [s.name for s in plan], reference)
