@@ -22,20 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from audit_curve import final_accuracy  # noqa: E402
-from noise_real_full import load, prf  # noqa: E402
-from noise_synthetic import aus_columns  # noqa: E402
+from bench_common import RESULTS, aus_columns, final_accuracy, prf
+from bench_common import load_train_split as load
 
 from ferclean.au_view import combine, crossfit_au_view  # noqa: E402
 from ferclean.classes import FER7  # noqa: E402
 from ferclean.relabel import RelabelConfig, decide, final_labels, prior_from_counts  # noqa: E402
 from ferclean.store import Store  # noqa: E402
 from ferclean.train.stage import fold_assignment  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def verdict_metrics(labels, plural, ev, z, probs, rows) -> dict:
     d = decide(labels, probs, None if z["alpha"].shape == () else z["alpha"],

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench_common import PLURALITY, prf
+
 from ferclean.classes import FER7
 from ferclean.relabel import RelabelConfig, decide, final_labels
 from ferclean.train.config import TrainConfig
@@ -30,16 +32,6 @@ from ferclean.train.stage import crossfit
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 RESULTS = Path(__file__).resolve().parent / "results"
-PLURALITY = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-             "anger": "angry", "disgust": "disgust", "fear": "fear"}
-
-
-def prf(flag: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    tp = int((flag & truth).sum())
-    p = tp / max(int(flag.sum()), 1)
-    r = tp / max(int(truth.sum()), 1)
-    return {"flagged": int(flag.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
 
 
 def load(n: int | None, seed: int) -> pd.DataFrame:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from noise_real_full import load  # noqa: E402
+from bench_common import load_train_split as load
 
 from ferclean.relabel import RelabelConfig, decide, final_labels  # noqa: E402
 from ferclean.store import Store  # noqa: E402

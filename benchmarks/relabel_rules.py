@@ -23,20 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import prf
 
 from ferclean.relabel import (RelabelConfig, apply_temperature, bayes_posterior,  # noqa: E402
                               calibrate_temperature, confident_joint, decide, final_labels)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLAGGED = ["relabel", "review"]
-
-
-def prf(flag: np.ndarray, truth: np.ndarray) -> dict:
-    tp = int((flag & truth).sum())
-    p, r = tp / max(int(flag.sum()), 1), tp / max(int(truth.sum()), 1)
-    return {"flagged": int(flag.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
 
 
 def best_f1_threshold(score: np.ndarray, truth: np.ndarray) -> float:

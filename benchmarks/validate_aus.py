@@ -28,29 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013"
+from bench_common import PROTOTYPES, load_rows, lr_accuracy, prototype_aurocs  # noqa: F401  (shared helpers)
+
+from bench_common import FER as DATA  # noqa: E402
 CACHE = Path("/tmp/ferclean_aus_cache")
 RESULTS = Path(__file__).resolve().parent / "results"
-VOTES = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-         "anger": "angry", "disgust": "disgust", "fear": "fear", "contempt": "contempt"}
-PROTOTYPES = {
-    "happy": ["AU06", "AU12"],
-    "surprise": ["AU01", "AU02", "AU05", "AU26"],
-    "sad": ["AU01", "AU04", "AU15"],
-    "angry": ["AU04", "AU07", "AU23"],
-    "fear": ["AU01", "AU02", "AU04", "AU20"],
-    "disgust": ["AU09", "AU10"],
-}
-
-
-def load_rows(min_votes: int = 7) -> pd.DataFrame:
-    """FER rows whose FER+ plurality has >= min_votes votes, with column `truth`."""
-    d = pd.read_csv(DATA / "labels.csv")
-    v = list(VOTES)
-    top = d[v].max(axis=1)
-    d = d[top >= min_votes].copy()
-    d["truth"] = d[v].idxmax(axis=1).map(VOTES)
-    return d.reset_index(drop=True)
 
 
 def dlib_models():
@@ -116,33 +98,6 @@ def with_fastlm(rows: pd.DataFrame, lm: np.ndarray) -> np.ndarray:
 
     imgs = [cv2.imread(str(DATA / p), cv2.IMREAD_GRAYSCALE) for p in rows.image_path]
     return blend_landmarks(lm, predict_landmarks(imgs, flip=True))
-
-
-def prototype_aurocs(intensity: np.ndarray, truth: np.ndarray, aus: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """AUROC of each prototype AU's intensity for class vs rest."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, dict[str, float]] = {}
-    for cls, protos in PROTOTYPES.items():
-        y = truth == cls
-        if y.sum() == 0 or (~y).sum() == 0:
-            continue
-        out[cls] = {a: float(roc_auc_score(y, np.nan_to_num(intensity[:, aus.index(a)]))) for a in protos}
-    return out
-
-
-def lr_accuracy(features: np.ndarray, truth: np.ndarray, folds: int = 5) -> tuple[float, float]:
-    """5-fold accuracy of a standardised multinomial logistic regression, and the majority rate."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.nan_to_num(features)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    acc = cross_val_score(clf, x, truth, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
-    _, counts = np.unique(truth, return_counts=True)
-    return float(acc.mean()), float(counts.max() / counts.sum())
 
 
 def lr_holdout(features: np.ndarray, truth: np.ndarray, fit: np.ndarray, test: np.ndarray) -> float:

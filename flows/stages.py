@@ -148,17 +148,18 @@ def run_stage(
     `shard_runner` ({kind, workers, scheduler_address, retries, retry_delay_s}) makes an image
     stage map its shards on that task runner first; None runs the stage function alone.
     """
-    before = None
-    if shard_runner is not None and spec.shard_plan is not None:
-        def before() -> dict[str, int]:
-            sub = shards_flow.with_options(task_runner=make_task_runner(
-                shard_runner.get("kind", "default"), shard_runner.get("workers", 1),
-                shard_runner.get("scheduler_address")))
-            return sub(stage=spec.name, out=str(store.root), config=config_dump(config) or {}, run_id=run.run_id,
-                       stages=stages, retries=shard_runner.get("retries", 2),
-                       retry_delay_s=shard_runner.get("retry_delay_s", 2.0))
+    def map_shards() -> dict[str, int]:
+        assert shard_runner is not None
+        sub = shards_flow.with_options(task_runner=make_task_runner(
+            shard_runner.get("kind", "default"), shard_runner.get("workers", 1),
+            shard_runner.get("scheduler_address")))
+        return sub(stage=spec.name, out=str(store.root), config=config_dump(config) or {}, run_id=run.run_id,
+                   stages=stages, retries=shard_runner.get("retries", 2),
+                   retry_delay_s=shard_runner.get("retry_delay_s", 2.0))
+
+    mapped = shard_runner is not None and spec.shard_plan is not None
     return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
-                                 extra_inputs=extra_inputs, before=before)
+                                 extra_inputs=extra_inputs, before=map_shards if mapped else None)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=_retry_on_io,

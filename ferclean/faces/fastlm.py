@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 

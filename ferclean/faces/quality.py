@@ -9,7 +9,7 @@ import numpy as np
 
 from ferclean.faces.config import QualityThresholds
 from ferclean.faces.image import to_gray
-from ferclean.flags import QUALITY_FLAGS as FLAGS  # the one list (ferclean.flags)
+from ferclean.flags import QUALITY_FLAGS as FLAGS  # noqa: F401  (the one list, ferclean.flags; re-exported)
 
 
 def crop_stats(crop: np.ndarray) -> tuple[float, float, float]:
