@@ -21,10 +21,20 @@ import pyarrow.compute as pc
 KEY = ("sample_id", "face_index")
 
 
-def _with_key(names: Sequence[str], columns: Sequence[str] | None, has: Sequence[str]) -> list[str] | None:
+def _with_key(columns: Sequence[str] | None, has: Sequence[str]) -> list[str] | None:
+    """`columns` with the key columns the table has in front (None = every column)."""
     if columns is None:
         return None
     return list(dict.fromkeys([*(k for k in KEY if k in has), *columns]))
+
+
+def _open(store: Any, table: str, columns: Sequence[str] | None) -> tuple[Any, list[str] | None, pa.Table | None]:
+    """(dataset, columns to read, None), or (None, None, the empty contract-typed table) when `table` has no parts."""
+    dset = store.dataset(table)
+    if dset is None:
+        empty = store.read(table)
+        return None, None, empty.select(_with_key(columns, empty.column_names) or empty.column_names)
+    return dset, _with_key(columns, dset.schema.names), None
 
 
 def _first_per_sample(t: pa.Table) -> pa.Table:
@@ -40,13 +50,10 @@ def _first_per_sample(t: pa.Table) -> pa.Table:
 
 def primary_faces(store: Any, columns: Sequence[str] | None = None) -> pa.Table:
     """One `faces` row per sample that has one: its primary face (columns + sample_id, face_index)."""
-    dset = store.dataset("faces")
-    if dset is None:
-        empty = store.read("faces")
-        return empty.select(_with_key(empty.column_names, columns, empty.column_names) or empty.column_names)
-    names = dset.schema.names
-    cols = _with_key(names, columns, names)
-    if "is_primary" in names:
+    dset, cols, empty = _open(store, "faces", columns)
+    if empty is not None:
+        return empty
+    if "is_primary" in dset.schema.names:
         t = dset.to_table(columns=cols, filter=pc.field("is_primary"))
     else:
         t = dset.to_table(columns=cols)
@@ -64,7 +71,7 @@ def iter_primary_faces(store: Any, columns: Sequence[str], batch_size: int = 409
         for off in range(0, t.num_rows, batch_size):
             yield t.slice(off, batch_size)
         return
-    for batch in dset.to_batches(columns=_with_key(names, columns, names), filter=pc.field("is_primary"),
+    for batch in dset.to_batches(columns=_with_key(columns, names), filter=pc.field("is_primary"),
                                  batch_size=batch_size):
         if batch.num_rows:
             yield pa.Table.from_batches([batch])
@@ -81,19 +88,16 @@ def primary_aus(store: Any, columns: Sequence[str] | None = None) -> pa.Table:
 
     With an empty `faces` table, face 0 is taken (an aus table imported on its own).
     """
-    dset = store.dataset("aus")
-    if dset is None:
-        empty = store.read("aus")
-        return empty.select(_with_key(empty.column_names, columns, empty.column_names) or empty.column_names)
-    names = dset.schema.names
-    cols = _with_key(names, columns, names)
-    if "face_index" not in names:  # one aus row per sample already
+    dset, cols, empty = _open(store, "aus", columns)
+    if empty is not None:
+        return empty
+    if "face_index" not in dset.schema.names:  # one aus row per sample already
         return _first_per_sample(dset.to_table(columns=cols))
     if store.count("faces") == 0:
         return _first_per_sample(dset.to_table(columns=cols, filter=pc.field("face_index") == 0))
     a = dset.to_table(columns=cols)
-    keys = primary_keys(store)
-    return _first_per_sample(a.filter(pc.is_in(_key_strings(a), value_set=pa.chunked_array(_key_strings(keys)).combine_chunks())))
+    keys = pa.chunked_array(_key_strings(primary_keys(store))).combine_chunks()
+    return _first_per_sample(a.filter(pc.is_in(_key_strings(a), value_set=keys)))
 
 
 def _key_strings(t: pa.Table) -> pa.Array:
