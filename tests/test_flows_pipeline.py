@@ -246,3 +246,13 @@ def test_model_au_reference_lookup(tmp_path):
     own.write_text("{}")
     (model / "model.json").write_text(json.dumps({"neutral_au_reference": str(own)}))
     assert model_au_reference(model) == str(own)
+
+
+def test_relabel_collection_scores_with_the_relabel_section():
+    plan = pipeline.resolve_until(None, pipeline.RELABEL_COLLECTION_STAGES)
+    cfgs = pipeline.build_configs(plan, {"relabel": {"rule": "threshold"}}, {"score": {"model_dir": "/m"}},
+                                  all_stages=pipeline.RELABEL_COLLECTION_STAGES)
+    assert cfgs["score"].model_dir == "/m" and cfgs["score"].relabel.rule == "threshold"
+    with pytest.raises(ValueError, match="relabel: section"):
+        pipeline.build_configs(plan, {"score": {"model_dir": "/m", "relabel": {}}}, None,
+                               all_stages=pipeline.RELABEL_COLLECTION_STAGES)
