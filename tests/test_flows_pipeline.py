@@ -249,7 +249,7 @@ def test_model_au_reference_lookup(tmp_path):
 
 
 def test_relabel_collection_scores_with_the_relabel_section():
-    plan = pipeline.resolve_until(None, pipeline.RELABEL_COLLECTION_STAGES)
+    plan = [pipeline.get_spec("score", pipeline.RELABEL_COLLECTION_STAGES)]
     cfgs = pipeline.build_configs(plan, {"relabel": {"rule": "threshold"}}, {"score": {"model_dir": "/m"}},
                                   all_stages=pipeline.RELABEL_COLLECTION_STAGES)
     assert cfgs["score"].model_dir == "/m" and cfgs["score"].relabel.rule == "threshold"
