@@ -408,3 +408,10 @@ def test_every_issue_type_has_exactly_one_detector():
     assert all(issubclass(m, IssueManager) for m in ISSUE_MANAGERS)
     allowed = load_contract("dataset_issues").column("issue_type").allowed
     assert allowed is None or set(types) <= set(allowed)
+
+
+def test_nonface_evidence_flags_are_quality_flags():
+    from ferclean.dataset_issues.nonface import EVIDENCE_FLAGS
+    from ferclean.flags import QUALITY_FLAGS
+
+    assert set(EVIDENCE_FLAGS) <= set(QUALITY_FLAGS)
