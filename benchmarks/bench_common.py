@@ -27,6 +27,8 @@ from ferclean.store import Store
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 FER = BENCH.parents[1] / "shared" / "data" / "fer2013"
+FASTLM_CACHE = Path("/tmp/ferclean_fastlm")
+FASTLM_TARGETS = FASTLM_CACHE / "targets.npz"  # dlib 68-point targets (benchmarks/train_fastlm.py --steps targets)
 
 #: FER+ vote column -> FER class, for the 8 FER+ classes (vote column order: ties go to the first).
 FERPLUS_VOTES: dict[str, str] = dict(FERPLUS_VOTE_COLUMNS)
@@ -184,3 +186,47 @@ def decode_rate(paths: list[str], workers: int) -> float:
         with ProcessPoolExecutor(workers) as pool:
             n = sum(pool.map(_decode_chunk, chunks))
     return n / (time.perf_counter() - t)
+
+
+# -- landmarks and geometric AUs (aus / fastlm benchmarks) ----------------------------------------
+def evaluate(rows: pd.DataFrame, lm: np.ndarray, reference: str = "conditional", presence_threshold: float = 1.0,
+             ref_rows: pd.DataFrame | None = None, ref_lm: np.ndarray | None = None) -> dict:
+    """Fit the reference on `ref_rows` / `ref_lm` (default: the train part of `rows`), neutral =
+    FER2013's own label; score `rows`."""
+    from ferclean.au_graph import cooccurrence
+    from ferclean.aus.geometric import fit_reference, geometric_aus, measure, normalise_landmarks
+    from ferclean.aus.names import AU_NAMES
+
+    train = (rows.split == "train").to_numpy()
+    if ref_rows is None:
+        ref_rows, ref_lm = rows[train], lm[train]
+    pts = normalise_landmarks(ref_lm)[0]
+    neutral = (ref_rows.label == "neutral").to_numpy() if reference in ("neutral", "conditional") else None
+    ref = fit_reference(measure(pts), neutral, points=pts if reference == "conditional" else None)
+    inten, pres = geometric_aus(lm, ref, presence_threshold=presence_threshold)
+    truth = rows.truth.to_numpy()
+    aurocs = prototype_aurocs(inten, truth, AU_NAMES)
+    flat = [v for d in aurocs.values() for v in d.values()]
+    acc, majority = lr_accuracy(inten, truth)
+    co = cooccurrence(pres[train])
+    return {"reference": ref, "intensity": inten, "presence": pres, "aurocs": aurocs,
+            "mean_auroc": float(np.mean(flat)), "lr_acc": acc, "majority": majority, "co": co}
+
+
+def dlib_flipped_landmarks(paths: list[str]) -> np.ndarray:
+    """dlib landmarks (stage path) of the horizontally mirrored images, mapped back to the originals."""
+    import cv2
+
+    from ferclean.faces import FacesConfig, analyze_image, get_backend, load_image
+    from ferclean.faces.fastlm import MIRROR_68
+
+    cfg = FacesConfig()
+    backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
+    out = np.zeros((len(paths), 68, 2))
+    for i, p in enumerate(paths):
+        img = cv2.flip(load_image(p), 1)
+        r = next(r for r in analyze_image(img, backend, cfg) if r["is_primary"])
+        lm = np.asarray(r["landmarks68"]).reshape(68, 2)[MIRROR_68]
+        lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
+        out[i] = lm
+    return out

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench_common import PROTOTYPES, load_rows, lr_accuracy, prototype_aurocs  # noqa: F401  (shared helpers)
+from bench_common import PROTOTYPES, evaluate, load_rows, lr_accuracy, prototype_aurocs  # noqa: F401  (shared helpers)
 
 from bench_common import FER as DATA  # noqa: E402
 CACHE = Path("/tmp/ferclean_aus_cache")
@@ -115,30 +115,6 @@ def load_reference_rows() -> pd.DataFrame:
     """All FER2013 train images (one row per PNG) with FER2013's own `label`: the reference split."""
     d = pd.read_csv(DATA / "labels.csv")
     return d[d.split == "train"].drop_duplicates("image_path").reset_index(drop=True)
-
-
-def evaluate(rows: pd.DataFrame, lm: np.ndarray, reference: str = "conditional", presence_threshold: float = 1.0,
-             ref_rows: pd.DataFrame | None = None, ref_lm: np.ndarray | None = None) -> dict:
-    """Fit the reference on `ref_rows` / `ref_lm` (default: the train part of `rows`), neutral =
-    FER2013's own label; score `rows`."""
-    from ferclean.au_graph import cooccurrence
-    from ferclean.aus.geometric import fit_reference, geometric_aus, measure, normalise_landmarks
-    from ferclean.aus.names import AU_NAMES
-
-    train = (rows.split == "train").to_numpy()
-    if ref_rows is None:
-        ref_rows, ref_lm = rows[train], lm[train]
-    pts = normalise_landmarks(ref_lm)[0]
-    neutral = (ref_rows.label == "neutral").to_numpy() if reference in ("neutral", "conditional") else None
-    ref = fit_reference(measure(pts), neutral, points=pts if reference == "conditional" else None)
-    inten, pres = geometric_aus(lm, ref, presence_threshold=presence_threshold)
-    truth = rows.truth.to_numpy()
-    aurocs = prototype_aurocs(inten, truth, AU_NAMES)
-    flat = [v for d in aurocs.values() for v in d.values()]
-    acc, majority = lr_accuracy(inten, truth)
-    co = cooccurrence(pres[train])
-    return {"reference": ref, "intensity": inten, "presence": pres, "aurocs": aurocs,
-            "mean_auroc": float(np.mean(flat)), "lr_acc": acc, "majority": majority, "co": co}
 
 
 # -- alternatives measured before choosing the geometric recipes ---------------------------------
