@@ -22,11 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from audit_curve import final_accuracy  # noqa: E402
-from noise_real_full import load, prf  # noqa: E402
-from noise_synthetic import aus_columns  # noqa: E402
+from bench_common import RESULTS, aus_columns, final_accuracy, prf
+from bench_common import load_train_split as load
 
 from ferclean.au_view import combine, crossfit_au_view  # noqa: E402
 from ferclean.classes import FER7  # noqa: E402
@@ -34,16 +31,13 @@ from ferclean.relabel import RelabelConfig, decide, final_labels, prior_from_cou
 from ferclean.store import Store  # noqa: E402
 from ferclean.train.stage import fold_assignment  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
 def verdict_metrics(labels, plural, ev, z, probs, rows) -> dict:
     d = decide(labels, probs, None if z["alpha"].shape == () else z["alpha"],
                None if z["sem_dist"].shape == () else z["sem_dist"], RelabelConfig())
-    fin = final_labels(labels, d["action"], d["suggested"])
+    fin = final_labels(labels, d.action, d.suggested)
     sel = ev & rows
-    flag = np.isin(d["action"], ["relabel", "review"])
-    rel = (d["action"] == "relabel") & sel
+    flag = np.isin(d.action, ["relabel", "review"])
+    rel = (d.action == "relabel") & sel
     m = prf(flag[sel], (labels != plural)[sel])
     m.update({"relabel": int(rel.sum()), "relabel_precision": round(float((fin[rel] == plural[rel]).mean()), 4),
               "acc_raw": round(float((labels[sel] == plural[sel]).mean()), 4),

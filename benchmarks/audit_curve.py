@@ -20,34 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS, final_accuracy
+from bench_common import load_train_split as load
 
-from noise_real_full import load  # noqa: E402
-
-from ferclean.relabel import RelabelConfig, decide, final_labels, prior_from_counts  # noqa: E402
+from ferclean.relabel import prior_from_counts  # noqa: E402
 from ferclean.store import Store  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def final_accuracy(labels, plural, ev, z, prior, audited, probs=None) -> tuple[float, float]:
-    """(final-label accuracy, flag F1 vs label != plurality), both on the scored rows not audited.
-
-    z: the saved scores (npz); `probs` replaces z's probabilities when given (e.g. combined with the AU view).
-    """
-    cfg = RelabelConfig(method="ulcag", rule="bayes", class_prior=prior)
-    alpha = None if z["alpha"].shape == () else z["alpha"]
-    sem = None if z["sem_dist"].shape == () else z["sem_dist"]
-    d = decide(labels, (z["probs"] if probs is None else probs).astype(np.float64), alpha, sem, cfg)
-    fin = final_labels(labels, d["action"], d["suggested"])
-    fin[audited] = plural[audited]
-    rest = ev.copy()
-    rest[audited] = False
-    flag, wrong = np.isin(d["action"], ["relabel", "review"])[rest], (labels != plural)[rest]
-    tp = float((flag & wrong).sum())
-    f1 = 2 * tp / max(float(flag.sum() + wrong.sum()), 1.0)
-    return float((fin[rest] == plural[rest]).mean()), f1
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

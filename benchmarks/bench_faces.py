@@ -10,76 +10,27 @@ Writes benchmarks/results/faces_bench.json (and faces_full.json with --full). Ne
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import importlib.util
 import json
 import os
 import platform
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
 os.environ.setdefault("FERCLEAN_NO_PROGRESS", "1")
+
+from bench_common import FER, RESULTS, _decode_chunk, decode_rate, fer_rows, samples_table  # noqa: E402
 
 from ferclean.faces import FacesConfig, run_faces  # noqa: E402
 from ferclean.runs import open_run  # noqa: E402
 from ferclean.store import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FER = ROOT.parent / "shared" / "data" / "fer2013"
 FEAT_DATA = Path(list(importlib.util.find_spec("feat").submodule_search_locations)[0]) / "tests" / "data"
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def fer_rows(n: int | None) -> list[dict]:
-    with open(FER / "labels.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    return rows if n is None else rows[:n]
-
-
-def samples_table(items: list[tuple[str, Path]], sizes: dict[Path, tuple[int, int, int]] | None = None) -> pa.Table:
-    """A `samples` table for (sample_id, path) pairs (width/height/channels from the header)."""
-    from PIL import Image
-
-    rows = []
-    for i, (sid, p) in enumerate(items):
-        if sizes and p in sizes:
-            w, h, c = sizes[p]
-        else:
-            with Image.open(p) as im:
-                w, h = im.size
-                c = len(im.getbands())
-        rows.append({
-            "sample_id": sid, "source_path": str(p), "content_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-            "split": "train", "label_original": None, "label_raw": None, "collection": "bench",
-            "width": w, "height": h, "channels": c, "source_row": i, "run_id": "bench",
-        })
-    return pa.Table.from_pylist(rows)
-
-
-def _decode_chunk(paths: list[str]) -> int:
-    ok = 0
-    for p in paths:
-        ok += cv2.imread(p, cv2.IMREAD_UNCHANGED) is not None
-    return ok
-
-
-def decode_rate(paths: list[str], workers: int) -> float:
-    """cv2.imread images/s over `paths` with `workers` processes (pool start-up included)."""
-    chunks = [paths[i::workers * 4] for i in range(workers * 4)]
-    t = time.perf_counter()
-    if workers == 1:
-        n = _decode_chunk(paths)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            n = sum(pool.map(_decode_chunk, chunks))
-    return n / (time.perf_counter() - t)
 
 
 def stage_rate(items: list[tuple[str, Path]], cfg: FacesConfig, workdir: Path, sizes=None) -> tuple[float, dict, Path]:

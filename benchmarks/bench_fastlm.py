@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("FERCLEAN_NO_PROGRESS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_faces import FER, _decode_chunk, decode_rate, fer_rows, samples_table  # noqa: E402
+from bench_common import FER, _decode_chunk, decode_rate, fer_rows, samples_table  # noqa: E402
 
 from ferclean.aus.stage import AusConfig, run_aus  # noqa: E402
 from ferclean.faces import FacesConfig, run_faces  # noqa: E402

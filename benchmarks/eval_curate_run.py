@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from noise_real_full import PLURALITY, prf  # noqa: E402
+from bench_common import PLURALITY, prf
 
 from ferclean.classes import FER7  # noqa: E402
 from ferclean.store import Store  # noqa: E402

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from train_fastlm import FER, TARGETS, _dlib_flipped_chunk  # noqa: E402
-from validate_aus import evaluate, load_rows, prototype_aurocs  # noqa: E402
+from bench_common import FASTLM_TARGETS as TARGETS
+from bench_common import FER, evaluate, load_rows, prototype_aurocs
+from bench_common import dlib_flipped_landmarks as _dlib_flipped_chunk
 
 from ferclean.aus.names import AU_NAMES  # noqa: E402
 from ferclean.faces.fastlm import predict_landmarks  # noqa: E402

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench_common import PLURALITY, prf
+
 from ferclean.classes import FER7
 from ferclean.relabel import RelabelConfig, decide, final_labels
 from ferclean.train.config import TrainConfig
@@ -30,16 +32,6 @@ from ferclean.train.stage import crossfit
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 RESULTS = Path(__file__).resolve().parent / "results"
-PLURALITY = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-             "anger": "angry", "disgust": "disgust", "fear": "fear"}
-
-
-def prf(flag: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    tp = int((flag & truth).sum())
-    p = tp / max(int(flag.sum()), 1)
-    r = tp / max(int(truth.sum()), 1)
-    return {"flagged": int(flag.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
 
 
 def load(n: int | None, seed: int) -> pd.DataFrame:
@@ -57,18 +49,18 @@ def evaluate(df: pd.DataFrame, labels: np.ndarray, scores: dict, cfg: RelabelCon
     plural = np.array([FER7.index(p) if isinstance(p, str) else -1 for p in df["plurality"]])
     truth = labels != plural
     d = decide(labels, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"], cfg)
-    flag = np.isin(d["action"], ["relabel", "review"])
-    fin = final_labels(labels, d["action"], d["suggested"])
+    flag = np.isin(d.action, ["relabel", "review"])
+    fin = final_labels(labels, d.action, d.suggested)
     out = prf(flag[ev], truth[ev])
     out.update({
-        "relabel": int((d["action"][ev] == "relabel").sum()), "review": int((d["action"][ev] == "review").sum()),
-        "relabel_precision": round(float((fin[ev] == plural[ev])[d["action"][ev] == "relabel"].mean()), 4)
-        if (d["action"][ev] == "relabel").any() else None,
+        "relabel": int((d.action[ev] == "relabel").sum()), "review": int((d.action[ev] == "review").sum()),
+        "relabel_precision": round(float((fin[ev] == plural[ev])[d.action[ev] == "relabel"].mean()), 4)
+        if (d.action[ev] == "relabel").any() else None,
         "acc_before": round(float((labels[ev] == plural[ev]).mean()), 4),
         "acc_after": round(float((fin[ev] == plural[ev]).mean()), 4),
         "model_argmax_acc": round(float((scores["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
     })
-    out["temperature"] = round(float(d["temperature"]), 3)
+    out["temperature"] = round(float(d.temperature), 3)
     from sklearn.metrics import roc_auc_score
 
     p_orig = scores["probs"][np.arange(len(labels)), labels]

@@ -22,57 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS, prf
+from bench_common import load_train_split as load
 
-from ferclean.classes import FER7
 from ferclean.relabel import RelabelConfig, decide, final_labels
 from ferclean.store import Store
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import decode_crops
 from ferclean.train.stage import au_graph_for, crossfit
 
-RESULTS = Path(__file__).resolve().parent / "results"
-PLURALITY = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-             "anger": "angry", "disgust": "disgust", "fear": "fear"}
-
-
-def load(store: Store) -> dict:
-    """Train-split samples in sample_id order, their labels, FER+ plurality, and pseudo AUs."""
-    s = store.read("samples", columns=["sample_id", "source_path", "split", "label_original",
-                                       "ferplus_majority", "label_ambiguous"])
-    s = s.filter(pc.equal(s["split"], "train")).sort_by("sample_id")
-    ids = s["sample_id"].to_pylist()
-    aus = store.read("aus")
-    faces = store.read("faces", columns=["sample_id", "face_index", "is_primary"])
-    prim = {(r["sample_id"], r["face_index"]) for r in faces.to_pylist() if r["is_primary"]}
-    au_cols = sorted(c for c in aus.column_names if c.startswith("AU") and c.endswith("_c")
-                     and aus[c].null_count < aus.num_rows)
-    rows = {}
-    for r in aus.select(["sample_id", "face_index", *au_cols]).to_pylist():
-        if (r["sample_id"], r["face_index"]) in prim:
-            rows[r["sample_id"]] = [r[c] or 0 for c in au_cols]
-    presence = np.array([rows.get(i, [0] * len(au_cols)) for i in ids], np.float32)
-    labels = np.array([FER7.index(x) for x in s["label_original"].to_pylist()], np.int64)
-    plural = np.array([FER7.index(PLURALITY[p]) if p in PLURALITY else -1
-                       for p in s["ferplus_majority"].to_pylist()], np.int64)
-    ev = (plural >= 0) & ~np.array([bool(x) for x in s["label_ambiguous"].to_pylist()])
-    return {"ids": ids, "paths": s["source_path"].to_pylist(), "labels": labels, "plural": plural,
-            "eval": ev, "aus": presence, "au_names": [c[:-2] for c in au_cols],
-            "missing_aus": len(ids) - sum(i in rows for i in ids)}
-
-
-def prf(flag: np.ndarray, truth: np.ndarray) -> dict:
-    tp = int((flag & truth).sum())
-    p, r = tp / max(int(flag.sum()), 1), tp / max(int(truth.sum()), 1)
-    return {"flagged": int(flag.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
 
 
 def compute(args: argparse.Namespace, data: dict, cache: Path) -> None:
@@ -80,7 +43,7 @@ def compute(args: argparse.Namespace, data: dict, cache: Path) -> None:
 
     torch.set_num_threads(args.threads)
     images = decode_crops([Path(p) for p in data["paths"]], args.size)
-    a_bar = au_graph_for(Store(args.store), data["au_names"], data["aus"])
+    a_bar, _ = au_graph_for(Store(args.store), data["au_names"], data["aus"])
     cfg = TrainConfig(input_size=args.size, width=args.width, epochs=args.epochs, batch_size=args.batch,
                       folds=3, seed=0, checkpoint=False, backbone="cnn", num_threads=args.threads,
                       **dict(kv.split("=", 1) for kv in args.set))
@@ -123,12 +86,12 @@ def _score_rule(labels, plural, ev, truth, scores, z, method: str, rule: str) ->
     """Flag P/R/F1, relabels and final accuracy of one method under one verdict rule."""
     d = decide(labels, scores["probs"].astype(np.float64), scores["alpha"], scores["sem_dist"],
                RelabelConfig(method=method, rule=rule))
-    flag = np.isin(d["action"], ["relabel", "review"])
-    fin = final_labels(labels, d["action"], d["suggested"])
+    flag = np.isin(d.action, ["relabel", "review"])
+    fin = final_labels(labels, d.action, d.suggested)
     m = prf(flag[ev], truth[ev])
-    rel = d["action"] == "relabel"
-    m.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
-              "relabel_precision": round(float((d["suggested"][rel & ev] == plural[rel & ev]).mean()), 4) if (rel & ev).any() else None,
+    rel = d.action == "relabel"
+    m.update({"relabel": int(rel.sum()), "review": int((d.action == "review").sum()),
+              "relabel_precision": round(float((d.suggested[rel & ev] == plural[rel & ev]).mean()), 4) if (rel & ev).any() else None,
               "acc_final": round(float((fin[ev] == plural[ev]).mean()), 4),
               "model_argmax_acc": round(float((scores["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
               "crossfit_seconds": round(float(z["seconds"]), 1),

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from noise_real_full import load  # noqa: E402
+from bench_common import load_train_split as load
 
 from ferclean.relabel import RelabelConfig, decide, final_labels  # noqa: E402
 from ferclean.store import Store  # noqa: E402
@@ -33,18 +30,18 @@ from ferclean.train.stage import au_graph_for, crossfit  # noqa: E402
 def verdicts(labels: np.ndarray, z) -> tuple[dict, np.ndarray]:
     d = decide(labels, z["probs"].astype(np.float64), z["alpha"], z["sem_dist"],
                RelabelConfig(method="ulcag", rule="bayes"))
-    return d, final_labels(labels, d["action"], d["suggested"])
+    return d, final_labels(labels, d.action, d.suggested)
 
 
 def report(name: str, z, data: dict) -> None:
     labels, plural, ev = data["labels"], data["plural"], data["eval"]
     d, fin = verdicts(labels, z)
-    flag, truth = np.isin(d["action"], ["relabel", "review"]), labels != plural
+    flag, truth = np.isin(d.action, ["relabel", "review"]), labels != plural
     tp = (flag & truth)[ev].sum()
     p, r = tp / flag[ev].sum(), tp / truth[ev].sum()
     print(json.dumps({"scores": name, "argmax_acc": round(float((z["probs"].argmax(1)[ev] == plural[ev]).mean()), 4),
                       "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(2 * p * r / (p + r)), 4),
-                      "relabel": int((d["action"] == "relabel").sum()),
+                      "relabel": int((d.action == "relabel").sum()),
                       "final_acc": round(float((fin[ev] == plural[ev]).mean()), 4)}))
 
 
@@ -66,7 +63,7 @@ def main() -> None:
     if not out_path.exists():
         _, fin = verdicts(data["labels"], z1)
         images = decode_crops([Path(p) for p in data["paths"]], 48)
-        a_bar = au_graph_for(store, data["au_names"], data["aus"])
+        a_bar, _ = au_graph_for(store, data["au_names"], data["aus"])
         cfg = TrainConfig(**json.loads(str(z1["config"])))
         t = time.time()
         out = crossfit(images, fin, "ulcag", cfg, data["aus"], a_bar,

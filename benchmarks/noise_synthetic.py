@@ -23,11 +23,12 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bench_common import PLURALITY, aus_columns, prf
 
 from ferclean.au_view import combine, crossfit_au_view
 from ferclean.classes import FER7
@@ -39,8 +40,6 @@ from ferclean.train.stage import crossfit, fold_assignment
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 RESULTS = Path(__file__).resolve().parent / "results"
-VOTES = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-         "anger": "angry", "disgust": "disgust", "fear": "fear"}
 
 
 def flip_per_class(y: np.ndarray, rate: float, n_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -55,31 +54,10 @@ def flip_per_class(y: np.ndarray, rate: float, n_classes: int, rng: np.random.Ge
 
 
 def high_agreement(df: pd.DataFrame, min_votes: int) -> pd.DataFrame:
-    votes = df[list(VOTES)]
+    votes = df[list(PLURALITY)]
     top = votes.max(axis=1)
-    df = df.assign(truth=votes.idxmax(axis=1).map(VOTES))
+    df = df.assign(truth=votes.idxmax(axis=1).map(PLURALITY))
     return df[(top >= min_votes) & ~df["label_ambiguous"].astype(bool)]
-
-
-def prf(flag: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    tp = int((flag & truth).sum())
-    p, r = tp / max(int(flag.sum()), 1), tp / max(int(truth.sum()), 1)
-    return {"flagged": int(flag.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
-
-
-def aus_columns(store_dir: str, image_paths: Sequence[str], suffix: str) -> tuple[np.ndarray, list[str]]:
-    """(N, M) AU columns ending in `suffix` (`_c` presence, `_r` intensity) of each image's primary face
-    from a run's `aus` table (NaN where none; all-empty AUs left out)."""
-    from ferclean.store import Store
-
-    store = Store(Path(store_dir))
-    aus = store.read("aus").to_pandas()
-    prim = store.read("faces", columns=["sample_id", "face_index", "is_primary"]).to_pandas()
-    aus = aus.merge(prim[prim.is_primary][["sample_id", "face_index"]], on=["sample_id", "face_index"])
-    cols = sorted(c for c in aus.columns if c.startswith("AU") and c.endswith(suffix) and aus[c].notna().any())
-    table = aus.set_index("sample_id")[cols].reindex(list(image_paths))
-    return table.to_numpy(np.float64), [c[: -len(suffix)] for c in cols]
 
 
 def verdicts(noisy: np.ndarray, truth: np.ndarray, scores: dict, au_probs: np.ndarray | None) -> dict:
@@ -87,16 +65,16 @@ def verdicts(noisy: np.ndarray, truth: np.ndarray, scores: dict, au_probs: np.nd
     rule = RelabelConfig()
     probs = combine(scores["probs"].astype(np.float64), au_probs, rule.au_view_weight)
     d = decide(noisy, probs, scores["alpha"], scores["sem_dist"], rule)
-    flag = np.isin(d["action"], ["relabel", "review"])
-    fin = final_labels(noisy, d["action"], d["suggested"])
-    rel = d["action"] == "relabel"
+    flag = np.isin(d.action, ["relabel", "review"])
+    fin = final_labels(noisy, d.action, d.suggested)
+    rel = d.action == "relabel"
     row = prf(flag, noisy != truth)
-    row.update({"relabel": int(rel.sum()), "review": int((d["action"] == "review").sum()),
+    row.update({"relabel": int(rel.sum()), "review": int((d.action == "review").sum()),
                 "relabel_precision": round(float((fin[rel] == truth[rel]).mean()), 4) if rel.any() else None,
                 "label_acc_noisy": round(float((noisy == truth).mean()), 4),
                 "label_acc_final": round(float((fin == truth).mean()), 4),
-                "temperature": round(float(d["temperature"]), 3)})
-    return {"row": row, "final": fin, "action": d["action"]}
+                "temperature": round(float(d.temperature), 3)})
+    return {"row": row, "final": fin, "action": d.action}
 
 
 def main() -> None:

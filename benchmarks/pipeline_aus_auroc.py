@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import FER as DATA
+from bench_common import load_rows, lr_accuracy, prototype_aurocs
 
-from validate_aus import DATA, load_rows, lr_accuracy, prototype_aurocs  # noqa: E402
-
-from ferclean.aus.names import AU_NAMES  # noqa: E402
-from ferclean.store import Store  # noqa: E402
+from ferclean.aus.names import AU_NAMES
+from ferclean.primary import primary_aus
+from ferclean.store import Store
 
 
 def main() -> None:
@@ -32,14 +30,12 @@ def main() -> None:
     samples = store.read("samples", columns=["sample_id", "source_path"])
     by_path = {os.path.realpath(p): s for s, p in zip(samples["sample_id"].to_pylist(),
                                                        samples["source_path"].to_pylist(), strict=True)}
-    faces = store.read("faces", columns=["sample_id", "face_index"], filter=pc.field("is_primary"))
-    primary = dict(zip(faces["sample_id"].to_pylist(), faces["face_index"].to_pylist(), strict=True))
-    aus = store.read("aus")
-    row_of = {k: i for i, k in enumerate(zip(aus["sample_id"].to_pylist(), aus["face_index"].to_pylist(), strict=True))}
+    aus = primary_aus(store, [f"{a}_r" for a in AU_NAMES])  # the primary face's AUs (ferclean.primary)
+    row_of = {s: i for i, s in enumerate(aus["sample_id"].to_pylist())}
     inten = np.stack([aus[f"{a}_r"].to_numpy(zero_copy_only=False) for a in AU_NAMES], 1)
     rows = load_rows(7)
     sids = [by_path[os.path.realpath(str(DATA / p))] for p in rows.image_path]
-    x = inten[[row_of[(s, primary[s])] for s in sids]]
+    x = inten[[row_of[s] for s in sids]]
     truth = rows.truth.to_numpy()
     valid = (rows.split == "valid").to_numpy()
     out: dict = {"store": str(store.root), "rows": int(len(rows))}

@@ -23,20 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import prf
 
 from ferclean.relabel import (RelabelConfig, apply_temperature, bayes_posterior,  # noqa: E402
                               calibrate_temperature, confident_joint, decide, final_labels)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FLAGGED = ["relabel", "review"]
-
-
-def prf(flag: np.ndarray, truth: np.ndarray) -> dict:
-    tp = int((flag & truth).sum())
-    p, r = tp / max(int(flag.sum()), 1), tp / max(int(truth.sum()), 1)
-    return {"flagged": int(flag.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / max(p + r, 1e-12), 4)}
 
 
 def best_f1_threshold(score: np.ndarray, truth: np.ndarray) -> float:
@@ -103,8 +96,8 @@ def analyse(labels: np.ndarray, plural: np.ndarray, ev: np.ndarray, scores: dict
         # 2. current defaults (threshold rule) and the bayes rule with fixed defaults: FER+-free at run time
         for rule in ("threshold", "bayes"):
             d = decide(y, probs[src], alpha, sem, RelabelConfig(rule=rule))
-            add(f"decide rule={rule} (RelabelConfig defaults)", src, np.isin(d["action"], FLAGGED),
-                final_labels(y, d["action"], d["suggested"]), rule == "bayes")
+            add(f"decide rule={rule} (RelabelConfig defaults)", src, np.isin(d.action, FLAGGED),
+                final_labels(y, d.action, d.suggested), rule == "bayes")
         # 3. held-out tuned thresholds on single scores (flags only)
         pc = cal[src]
         post = bayes_posterior(y, pc, confident_joint(y, pc))

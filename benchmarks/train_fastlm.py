@@ -32,10 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_common import FASTLM_CACHE as CACHE
+from bench_common import FASTLM_TARGETS as TARGETS
+from bench_common import FER
+from bench_common import dlib_flipped_landmarks as _dlib_flipped_chunk
+
 ROOT = Path(__file__).resolve().parents[1]
-FER = ROOT.parent / "shared" / "data" / "fer2013"
-CACHE = Path("/tmp/ferclean_fastlm")
-TARGETS = CACHE / "targets.npz"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -250,25 +252,6 @@ def evaluate(weights: Path) -> dict:
     res["target_detector_share_valid"] = {d: round(float((z["detector"][va] == d).mean()), 4)
                                           for d in ("dlib", "full_frame")}
     return res
-
-
-def _dlib_flipped_chunk(paths: list[str]) -> np.ndarray:
-    """dlib landmarks (stage path) of the horizontally mirrored images, mapped back to the originals."""
-    import cv2
-
-    from ferclean.faces import FacesConfig, analyze_image, get_backend, load_image
-    from ferclean.faces.fastlm import MIRROR_68
-
-    cfg = FacesConfig()
-    backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
-    out = np.zeros((len(paths), 68, 2))
-    for i, p in enumerate(paths):
-        img = cv2.flip(load_image(p), 1)
-        r = next(r for r in analyze_image(img, backend, cfg) if r["is_primary"])
-        lm = np.asarray(r["landmarks68"]).reshape(68, 2)[MIRROR_68]
-        lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
-        out[i] = lm
-    return out
 
 
 def dlib_flip_floor(procs: int = 2) -> dict:

@@ -28,29 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013"
+from bench_common import PROTOTYPES, evaluate, load_rows, lr_accuracy, prototype_aurocs  # noqa: F401  (shared helpers)
+
+from bench_common import FER as DATA  # noqa: E402
 CACHE = Path("/tmp/ferclean_aus_cache")
 RESULTS = Path(__file__).resolve().parent / "results"
-VOTES = {"neutral": "neutral", "happiness": "happy", "surprise": "surprise", "sadness": "sad",
-         "anger": "angry", "disgust": "disgust", "fear": "fear", "contempt": "contempt"}
-PROTOTYPES = {
-    "happy": ["AU06", "AU12"],
-    "surprise": ["AU01", "AU02", "AU05", "AU26"],
-    "sad": ["AU01", "AU04", "AU15"],
-    "angry": ["AU04", "AU07", "AU23"],
-    "fear": ["AU01", "AU02", "AU04", "AU20"],
-    "disgust": ["AU09", "AU10"],
-}
-
-
-def load_rows(min_votes: int = 7) -> pd.DataFrame:
-    """FER rows whose FER+ plurality has >= min_votes votes, with column `truth`."""
-    d = pd.read_csv(DATA / "labels.csv")
-    v = list(VOTES)
-    top = d[v].max(axis=1)
-    d = d[top >= min_votes].copy()
-    d["truth"] = d[v].idxmax(axis=1).map(VOTES)
-    return d.reset_index(drop=True)
 
 
 def dlib_models():
@@ -118,33 +100,6 @@ def with_fastlm(rows: pd.DataFrame, lm: np.ndarray) -> np.ndarray:
     return blend_landmarks(lm, predict_landmarks(imgs, flip=True))
 
 
-def prototype_aurocs(intensity: np.ndarray, truth: np.ndarray, aus: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """AUROC of each prototype AU's intensity for class vs rest."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, dict[str, float]] = {}
-    for cls, protos in PROTOTYPES.items():
-        y = truth == cls
-        if y.sum() == 0 or (~y).sum() == 0:
-            continue
-        out[cls] = {a: float(roc_auc_score(y, np.nan_to_num(intensity[:, aus.index(a)]))) for a in protos}
-    return out
-
-
-def lr_accuracy(features: np.ndarray, truth: np.ndarray, folds: int = 5) -> tuple[float, float]:
-    """5-fold accuracy of a standardised multinomial logistic regression, and the majority rate."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x = np.nan_to_num(features)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    acc = cross_val_score(clf, x, truth, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
-    _, counts = np.unique(truth, return_counts=True)
-    return float(acc.mean()), float(counts.max() / counts.sum())
-
-
 def lr_holdout(features: np.ndarray, truth: np.ndarray, fit: np.ndarray, test: np.ndarray) -> float:
     """Accuracy on `test` rows of the same logistic regression fitted on `fit` rows only."""
     from sklearn.linear_model import LogisticRegression
@@ -160,30 +115,6 @@ def load_reference_rows() -> pd.DataFrame:
     """All FER2013 train images (one row per PNG) with FER2013's own `label`: the reference split."""
     d = pd.read_csv(DATA / "labels.csv")
     return d[d.split == "train"].drop_duplicates("image_path").reset_index(drop=True)
-
-
-def evaluate(rows: pd.DataFrame, lm: np.ndarray, reference: str = "conditional", presence_threshold: float = 1.0,
-             ref_rows: pd.DataFrame | None = None, ref_lm: np.ndarray | None = None) -> dict:
-    """Fit the reference on `ref_rows` / `ref_lm` (default: the train part of `rows`), neutral =
-    FER2013's own label; score `rows`."""
-    from ferclean.au_graph import cooccurrence
-    from ferclean.aus.geometric import fit_reference, geometric_aus, measure, normalise_landmarks
-    from ferclean.aus.names import AU_NAMES
-
-    train = (rows.split == "train").to_numpy()
-    if ref_rows is None:
-        ref_rows, ref_lm = rows[train], lm[train]
-    pts = normalise_landmarks(ref_lm)[0]
-    neutral = (ref_rows.label == "neutral").to_numpy() if reference in ("neutral", "conditional") else None
-    ref = fit_reference(measure(pts), neutral, points=pts if reference == "conditional" else None)
-    inten, pres = geometric_aus(lm, ref, presence_threshold=presence_threshold)
-    truth = rows.truth.to_numpy()
-    aurocs = prototype_aurocs(inten, truth, AU_NAMES)
-    flat = [v for d in aurocs.values() for v in d.values()]
-    acc, majority = lr_accuracy(inten, truth)
-    co = cooccurrence(pres[train])
-    return {"reference": ref, "intensity": inten, "presence": pres, "aurocs": aurocs,
-            "mean_auroc": float(np.mean(flat)), "lr_acc": acc, "majority": majority, "co": co}
 
 
 # -- alternatives measured before choosing the geometric recipes ---------------------------------

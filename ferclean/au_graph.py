@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from ferclean.aus.names import AU_NAMES
+from ferclean.primary import primary_aus
 from ferclean.store import Store
 
 
@@ -72,6 +73,15 @@ def row_normalise(A: np.ndarray) -> np.ndarray:
     A = np.asarray(A, dtype=np.float64)
     s = A.sum(1, keepdims=True)
     return np.divide(A, s, out=np.zeros_like(A), where=s > 0)
+
+
+def cooccurrence_graph(presence: np.ndarray) -> np.ndarray:
+    """Row-normalised eq. 5 graph straight from (N, M) 0/1 presence (NaN = absent) -> (M, M) float32.
+
+    What training uses when no `au_graph` table fits its AUs: rows sum to one, an AU that never
+    occurs keeps only its self-loop.
+    """
+    return row_normalise(cooccurrence(presence).A).astype(np.float32)
 
 
 class AuGraphConfig(BaseModel):
@@ -141,34 +151,15 @@ def run_au_graph(store: Store, run: Any, config: AuGraphConfig, progress: bool =
     table `au_graph` and, when `config.plot`, `run.dir / "au_graph.png"`. Returns a summary with
     the number of faces counted, the AUs never present and the strongest off-diagonal links.
     """
-    import duckdb
-
-    aus = store.read("aus")
+    aus = primary_aus(store)  # the primary face's row (ferclean.primary), face 0 only without a faces table
     if aus.num_rows == 0:
         raise ValueError("table `aus` is empty: run the aus stage first")
-    samples = store.read("samples", columns=["sample_id", "split"])
-    con = duckdb.connect()
-    try:
-        con.register("aus_t", aus)
-        con.register("samples_t", samples)
-        where = ["s.split = ?"]
-        params: list[Any] = [config.split]
-        join_faces = ""
-        if store.count("faces"):
-            faces = store.read("faces", columns=["sample_id", "face_index", "is_primary"])
-            con.register("faces_t", faces)
-            join_faces = "JOIN faces_t f USING (sample_id, face_index)"
-            where.append("f.is_primary")
-        else:
-            where.append("a.face_index = 0")
-        if config.backend is not None:
-            where.append("a.backend = ?")
-            params.append(config.backend)
-        sql = (f"SELECT a.* FROM aus_t a JOIN samples_t s USING (sample_id) {join_faces} "
-               f"WHERE {' AND '.join(where)} ORDER BY a.sample_id")
-        rows = con.sql(sql, params=params).to_arrow_table()
-    finally:
-        con.close()
+    split = store.read("samples", columns=["sample_id", "split"])
+    split = split.filter(pc.equal(split["split"], config.split)).select(["sample_id"])
+    rows = aus.join(split, keys="sample_id", join_type="inner")
+    if config.backend is not None:
+        rows = rows.filter(pc.equal(rows["backend"], config.backend))
+    rows = rows.sort_by("sample_id")
     # Every presence column of `aus` is a node, AU28 included (null for the geometric backend,
     # so it is reported as never present), so readers can select any AUxx_c they train on.
     au_names = tuple(a for a in (*AU_NAMES, "AU28") if f"{a}_c" in rows.column_names)

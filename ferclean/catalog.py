@@ -1,5 +1,5 @@
 """DuckDB catalog `OUT/catalog.duckdb`: one view per table over its Parquet parts, plus
-analyst views registered in :data:`EXTRA_VIEWS`.
+the analyst views of :data:`ferclean.views.EXTRA_VIEWS`.
 
 Views use absolute paths, so the catalog works from any working directory, from the `duckdb`
 CLI and from pandas/polars; :func:`refresh_catalog` rebuilds them (every run does this, and
@@ -16,10 +16,7 @@ import pyarrow as pa
 
 from ferclean.contracts import contract_tables, load_contract
 from ferclean.store import Store
-
-#: Analyst views, name -> SQL body, created after the table views in this order.
-#: Stage modules add their views here at import (see ferclean.views).
-EXTRA_VIEWS: dict[str, str] = {}
+from ferclean.views import EXTRA_VIEWS  # the analyst views (a plain import: no registration side effects)
 
 
 def _duck_type(t: pa.DataType) -> str:
@@ -56,14 +53,8 @@ def table_view_sql(store: Store, table: str) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def _ensure_extra_views_loaded() -> None:
-    # Importing ferclean.views registers the analyst views.
-    import ferclean.views  # noqa: F401
-
-
 def refresh_catalog(store: Store, on_error: Callable[[str, Exception], None] | None = None) -> None:
     """(Re)create `OUT/catalog.duckdb` with a view per table and the analyst views."""
-    _ensure_extra_views_loaded()
     store.root.mkdir(parents=True, exist_ok=True)
     # Written in the v1.0 storage format so older duckdb CLIs (1.x from PyPI) can open it too.
     con = duckdb.connect(str(store.root / "catalog.duckdb"), config={"storage_compatibility_version": "v1.0.0"})

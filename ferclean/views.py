@@ -1,12 +1,15 @@
-"""Analyst views for the DuckDB catalog, registered into ferclean.catalog.EXTRA_VIEWS.
+"""Analyst views for the DuckDB catalog: :data:`EXTRA_VIEWS` (name -> SQL body, in creation order),
+which ferclean.catalog imports and creates after the table views (this module imports no catalog).
 
 Each view is plain SQL over the table views; keep them cheap (no full scans of crops).
 """
 
 from __future__ import annotations
 
-from ferclean.catalog import EXTRA_VIEWS
 from ferclean.contracts import contract_tables, load_contract
+
+#: Analyst views, name -> SQL body, created after the table views in this order.
+EXTRA_VIEWS: dict[str, str] = {}
 
 
 def _contract_has(table: str, *columns: str) -> bool:

@@ -2,8 +2,8 @@
 export, then a catalog refresh. One `runs` row (kind `curate`) per flow run.
 
 Run it from Python (`curate_flow(source=..., out=...)`), from the CLI (`ferclean curate`), or
-as a deployment (`ferclean serve`). Stages whose modules are not installed yet are not run: the
-plan stops before the first missing required stage (see :func:`ferclean.pipeline.resolve_until`).
+as a deployment (`ferclean serve`). The stages and their configs come from :mod:`ferclean.pipeline`,
+the skip-or-run decision from :mod:`ferclean.stage_cache`; this module only orchestrates.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger  # noqa: I001
 
 from ferclean import pipeline
 from ferclean.runs import open_run
+from ferclean.stage_cache import config_dump
 from ferclean.store import Store
 
 
@@ -56,7 +57,7 @@ def curate_flow(
     """Curate a collection into OUT.
 
     Parameters: `source` (image folder, CSV manifest or FER2013 CSV), `out` (output folder),
-    `until` (last stage; default: as far as the installed stages go), `config_file` (YAML/JSON
+    `until` (last stage; default: export), `config_file` (YAML/JSON
     `{stage: {field: value}}`), `limit` (first N input rows), `workers` (parallel shard tasks),
     `task_runner` ('default' threads | 'process' | 'dask'), `scheduler_address` (an existing Dask
     scheduler; else a LocalCluster of `workers` processes), `force` (recompute even cached stages),
@@ -82,7 +83,7 @@ def curate_flow(
         # Inside the run, so a bad config file or --until also leaves a failed `runs` row.
         plan, configs = curate_plan(source, until, config_file, limit, workers, root)
         run.config["stages"] = [s.name for s in plan]
-        run.config["configs"] = {k: pipeline.config_dump(v) for k, v in configs.items()}
+        run.config["configs"] = {k: config_dump(v) for k, v in configs.items()}
         logger.info("run %s: stages %s", run.run_id, [s.name for s in plan])
         for spec in plan:
             results[spec.name] = call_stage(

@@ -10,7 +10,6 @@ against the same neutral face as in training), and `score` writes `predictions` 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from flows.stages import TASK_RUNNERS, call_stage, catalog_task  # first: sets P
 from prefect import flow, get_run_logger  # noqa: I001
 
 from ferclean import pipeline
+from ferclean.model_dir import ModelDir
 from ferclean.runs import open_run
+from ferclean.stage_cache import config_dump, folder_fingerprint, read_manifest
 from ferclean.store import Store
 
 STAGES = "relabel_collection"
@@ -33,15 +34,11 @@ def model_au_reference(model_dir: str | Path) -> str | None:
     `<model_dir>/aus_reference.json`, and the reference the training OUT's aus stage used (its
     stage manifest `OUT/stages/aus.json`, for a model at `OUT/model`).
     """
-    model_dir = Path(model_dir).expanduser().resolve()
-    meta_path = model_dir / "model.json"
-    if meta_path.is_file():
-        ref = json.loads(meta_path.read_text()).get("neutral_au_reference")
-        if isinstance(ref, str) and Path(ref).is_file():
-            return ref
-    if (model_dir / "aus_reference.json").is_file():
-        return str(model_dir / "aus_reference.json")
-    manifest = pipeline.read_manifest(Store(model_dir.parent), "aus")
+    md = ModelDir(Path(model_dir).expanduser().resolve())
+    ref = md.au_reference()
+    if ref is not None:
+        return str(ref)
+    manifest = read_manifest(Store(md.path.parent), "aus")
     if manifest is not None:
         ref = manifest.summary.get("reference_path")
         if isinstance(ref, str) and Path(ref).is_file():
@@ -68,7 +65,7 @@ def relabel_collection_flow(
 ) -> dict[str, Any]:
     """Score a new collection `source` into `out` with the model in `model_dir` (no training).
 
-    `config_file` sections: ingest, faces, aus, score (`score.relabel` holds verdict thresholds).
+    `config_file` sections: ingest, faces, aus, score, relabel (the verdict rule's thresholds).
     The AU reference comes from :func:`model_au_reference`; when none is found the flow fails
     unless `allow_refit_reference` (then it is fitted on the new collection, which changes what
     AU intensities mean); `root` as for curate. Other parameters as in :func:`flows.curate.curate_flow`.
@@ -107,10 +104,10 @@ def relabel_collection_flow(
         configs = pipeline.build_configs(plan, raw, overrides, all_stages=stages)
         run.config.update({
             "au_reference": reference, "stages": [s.name for s in plan],
-            "configs": {k: pipeline.config_dump(v) for k, v in configs.items()},
+            "configs": {k: config_dump(v) for k, v in configs.items()},
         })
         extra = {
-            "score": {"model": pipeline.folder_fingerprint(model_dir)},
+            "score": {"model": folder_fingerprint(model_dir)},
             "aus": {"reference_sha256": hashlib.sha256(Path(reference).read_bytes()).hexdigest()} if reference else None,
         }
         logger.info("run %s: stages %s, AU reference %s", run.run_id, [s.name for s in plan], reference)

@@ -3,8 +3,9 @@
 No maths here: every task calls a ferclean library function.
 
 - :func:`stage_task` runs one `run_<stage>` in the flow's process (it needs the flow's `Run`
-  object for rejects and counts), skipping it when its stage manifest says nothing changed
-  (see :mod:`ferclean.pipeline`), and publishes the stage's Markdown artifact.
+  object for rejects and counts) through the library's stage cache
+  (:class:`ferclean.stage_cache.StageCache`: skipped when its manifest says nothing changed), and
+  publishes the stage's Markdown artifact.
 - For an image stage, :func:`shards_flow` first maps :func:`shard_task` over the stage's shards
   on the chosen task runner (threads, processes, or Dask), each shard a task with retries and
   exponential back-off, so one bad shard retries alone and finished shards are never redone
@@ -23,7 +24,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # ferclean runs offline; Prefect's telemetry would only log a failed DNS lookup on every run.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import time  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -39,6 +39,8 @@ from pydantic import BaseModel  # noqa: E402
 from ferclean import artifacts, pipeline  # noqa: E402
 from ferclean.runs import Run  # noqa: E402
 from ferclean.shards import Shard, ShardFn, process_shard  # noqa: E402
+from ferclean.stage_cache import StageCache, config_dump  # noqa: E402
+from ferclean.stage_spec import StageSpec  # noqa: E402
 from ferclean.store import Store  # noqa: E402
 
 TASK_RUNNERS = ("default", "process", "dask")
@@ -101,7 +103,7 @@ def shards_flow(
     spec = pipeline.get_spec(stage, pipeline.STAGE_SETS[stages])
     cfg = pipeline.build_configs([spec], {stage: config}, all_stages=pipeline.STAGE_SETS[stages])[stage]
     store = Store(out)
-    work = pipeline.shard_work(spec, store, cfg, run_id)
+    work = spec.shard_plan(store, cfg, run_id) if spec.shard_plan is not None else None
     if work is None:  # e.g. a non-sharded backend: the stage function does all the work
         logger.info("%s: no per-shard work for this config", stage)
         return {"shards": 0, "skipped": 0, "computed": 0, "rows": 0}
@@ -130,7 +132,7 @@ def shards_flow(
 def run_stage(
     store: Store,
     run: Run,
-    spec: pipeline.StageSpec,
+    spec: StageSpec,
     config: BaseModel | None,
     *,
     source: str | None = None,
@@ -140,46 +142,24 @@ def run_stage(
     shard_runner: Mapping[str, Any] | None = None,
     stages: str = "curate",
 ) -> dict[str, Any]:
-    """Run (or skip) one stage and record its manifest; returns {cached, seconds, summary, shards}.
+    """Run (or skip) one stage through the library's stage cache; returns {cached, seconds, summary,
+    computed_by, shards}.
 
     `shard_runner` ({kind, workers, scheduler_address, retries, retry_delay_s}) makes an image
     stage map its shards on that task runner first; None runs the stage function alone.
     """
-    t0 = time.perf_counter()
-    expected = pipeline.expected_manifest(store, spec, config, source=source, extra_inputs=extra_inputs)
-    old = None if force else pipeline.is_up_to_date(store, spec, expected)
-    if old is not None:
-        run.counts[f"stages.{spec.name}.cached"] = 1
-        return {"cached": True, "seconds": time.perf_counter() - t0, "summary": old.summary,
-                "computed_by": old.run_id, "shards": None}
-    pipeline.clear_manifest(store, spec.name)
-    started = pipeline.now_iso()
-    shard_summary = None
-    if shard_runner is not None and pipeline.has_shard_work(spec):
-        sub = shards_flow.with_options(
-            task_runner=make_task_runner(
-                shard_runner.get("kind", "default"), shard_runner.get("workers", 1),
-                shard_runner.get("scheduler_address"),
-            )
-        )
-        shard_summary = sub(
-            stage=spec.name, out=str(store.root), config=pipeline.config_dump(config) or {}, run_id=run.run_id, stages=stages,
-            retries=shard_runner.get("retries", 2), retry_delay_s=shard_runner.get("retry_delay_s", 2.0),
-        )
-    fn = pipeline.load_stage_function(spec)
-    if fn is None:
-        raise RuntimeError(f"stage {spec.name!r} is not available")
-    summary = fn(store, run, config, progress=progress) if config is not None else fn(store, run, progress=progress)
-    summary = dict(summary or {})
-    run.counts[f"stages.{spec.name}.computed"] = 1
-    expected.output_fingerprint = pipeline.path_fingerprint(store, spec.outputs)
-    expected.run_id = run.run_id
-    expected.summary = summary
-    expected.started_at = started
-    expected.finished_at = pipeline.now_iso()
-    pipeline.write_manifest(store, expected)
-    return {"cached": False, "seconds": time.perf_counter() - t0, "summary": summary,
-            "computed_by": run.run_id, "shards": shard_summary}
+    def map_shards() -> dict[str, int]:
+        assert shard_runner is not None
+        sub = shards_flow.with_options(task_runner=make_task_runner(
+            shard_runner.get("kind", "default"), shard_runner.get("workers", 1),
+            shard_runner.get("scheduler_address")))
+        return sub(stage=spec.name, out=str(store.root), config=config_dump(config) or {}, run_id=run.run_id,
+                   stages=stages, retries=shard_runner.get("retries", 2),
+                   retry_delay_s=shard_runner.get("retry_delay_s", 2.0))
+
+    mapped = shard_runner is not None and spec.shard_plan is not None
+    return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
+                                 extra_inputs=extra_inputs, before=map_shards if mapped else None)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=_retry_on_io,

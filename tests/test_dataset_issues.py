@@ -396,3 +396,22 @@ def test_stage_with_faces_and_model_embeddings(tmp_path, monkeypatch):
     with open_run(store, "dataset_issues", {}) as run:
         run_dataset_issues(store, run, DatasetIssuesConfig(hash_source="auto"), progress=False)
     assert not [r for r in store.read("dataset_issues").to_pylist() if r["issue_type"] == "near_duplicate"]
+
+
+def test_every_issue_type_has_exactly_one_detector():
+    from ferclean.contracts import load_contract
+    from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueManager
+    from ferclean.dataset_issues.issues import ISSUE_TYPES
+
+    types = [t for m in ISSUE_MANAGERS for t in m.issue_types]
+    assert sorted(types) == sorted(ISSUE_TYPES) and len(set(m.name for m in ISSUE_MANAGERS)) == len(ISSUE_MANAGERS)
+    assert all(issubclass(m, IssueManager) for m in ISSUE_MANAGERS)
+    allowed = load_contract("dataset_issues").column("issue_type").allowed
+    assert allowed is None or set(types) <= set(allowed)
+
+
+def test_nonface_evidence_flags_are_quality_flags():
+    from ferclean.dataset_issues.nonface import EVIDENCE_FLAGS
+    from ferclean.flags import QUALITY_FLAGS
+
+    assert set(EVIDENCE_FLAGS) <= set(QUALITY_FLAGS)

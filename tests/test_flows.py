@@ -8,6 +8,7 @@ the default runner; each stage publishes a Markdown artifact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from conftest import write_png
 
 from ferclean import pipeline
+from ferclean.stage_cache import read_manifest
 from ferclean.store import Store
 
 pytest.importorskip("prefect")
@@ -102,7 +104,9 @@ def _failing_faces_work(store, config, run_id):  # noqa: ANN001, ANN202
     """The real faces shard plan, with a function that fails on shard 2 (a broken disk, say)."""
     import functools
 
-    work = pipeline._faces_work(store, config, run_id)
+    from ferclean.faces.stage import shard_work
+
+    work = shard_work(store, config, run_id)
     return pipeline.ShardWork(work.out_table, functools.partial(_fail_on_shard_2, work.fn), work.job, work.shards)
 
 
@@ -121,7 +125,9 @@ def test_failure_mid_faces_then_rerun_does_only_unfinished_shards(
 
     out = tmp_path / "out"
     store = Store(out)
-    monkeypatch.setitem(pipeline.SHARD_ADAPTERS, "faces", _failing_faces_work)
+    failing = tuple(dataclasses.replace(s, shard_plan=_failing_faces_work) if s.name == "faces" else s
+                    for s in pipeline.CURATE_STAGES)
+    monkeypatch.setitem(pipeline.STAGE_SETS, "curate", failing)
     _calls.clear()
     from flows.curate import curate_flow
 
@@ -132,8 +138,8 @@ def test_failure_mid_faces_then_rerun_does_only_unfinished_shards(
     runs = _runs(store)
     assert len(runs) == 1 and runs[0]["status"] == "failed"
     assert "1 of 4 shards failed" in runs[0]["error"] and "simulated I/O error" in runs[0]["error"]
-    assert pipeline.read_manifest(store, "faces") is None
-    assert pipeline.read_manifest(store, "ingest") is not None
+    assert read_manifest(store, "faces") is None
+    assert read_manifest(store, "ingest") is not None
     assert len(store.part_keys("faces")) == 3
     assert not list(store.table_dir("faces").glob(".tmp-*"))  # no half-written part
 
@@ -231,7 +237,7 @@ def test_all_stages_then_relabel_collection(prefect_server, collection, tmp_path
     nstore = Store(new_out)
     (nrun,) = _runs(nstore)
     assert nrun["kind"] == "relabel-collection" and nrun["status"] == "completed"
-    aus_manifest = pipeline.read_manifest(store, "aus")
+    aus_manifest = read_manifest(store, "aus")
     # The model folder carries its own copy of the training run's neutral AU reference, and that is used.
     used = json.loads(nrun["config"])["au_reference"]
     assert used == str(out / "model" / "aus_reference.json")

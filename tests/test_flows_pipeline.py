@@ -1,5 +1,5 @@
 """Tests of the flow plumbing that needs no Prefect server: stage registry and plan, per-stage
-config loading, stage manifests (the cache rule), source fingerprints and artifact rendering."""
+config loading, the stage cache (manifests), source fingerprints and artifact rendering."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from ferclean import artifacts, pipeline
+from ferclean import artifacts, pipeline, stage_cache
 from ferclean.pipeline import StageSpec
 from ferclean.store import Store
 
@@ -21,53 +21,45 @@ class _Cfg(BaseModel, extra="forbid"):
 
 
 def run_demo_stage(store, run, config: _Cfg, progress: bool = True) -> dict:  # noqa: ANN001
-    """A tiny stage function used to exercise the registry (never run by a flow)."""
+    """A tiny stage function used to exercise the registry and the cache (never run by a flow)."""
     return {"alpha": config.alpha}
 
 
-def run_optional_none(store, run, config: _Cfg | None = None, progress: bool = True) -> dict:  # noqa: ANN001
-    return {}
+def run_no_config(store, run, progress: bool = True) -> dict:  # noqa: ANN001
+    run.counts["no_config.calls"] += 1
+    return {"rows": 1}
 
 
-THIS = __name__
 STAGES = (
-    StageSpec("a", THIS, "run_demo_stage"),
-    StageSpec("b", "ferclean._no_such_module_", "run_b", optional=True),
-    StageSpec("c", THIS, "run_optional_none"),
-    StageSpec("d", "ferclean._no_such_module_", "run_d"),
-    StageSpec("e", THIS, "run_demo_stage"),
+    StageSpec("a", run_demo_stage, _Cfg),
+    StageSpec("c", run_no_config, None),
+    StageSpec("e", run_demo_stage, _Cfg),
 )
 
 
-def test_resolve_until_stops_before_first_missing_required_stage():
-    assert [s.name for s in pipeline.resolve_until(None, STAGES)] == ["a", "c"]
-    assert [s.name for s in pipeline.resolve_until("a", STAGES)] == ["a"]
-    with pytest.raises(ValueError, match="'d' is not available"):
-        pipeline.resolve_until("e", STAGES)
+def test_resolve_until_slices_the_registry():
+    assert [s.name for s in pipeline.resolve_until(None, STAGES)] == ["a", "c", "e"]
+    assert [s.name for s in pipeline.resolve_until("c", STAGES)] == ["a", "c"]
     with pytest.raises(ValueError, match="--until must be one of"):
         pipeline.resolve_until("zzz", STAGES)
+    assert [s.name for s in pipeline.resolve_until(None)] == list(pipeline.STAGE_NAMES)
 
 
-def test_load_stage_function_raises_for_broken_module(tmp_path, monkeypatch):
-    (tmp_path / "broken_stage_mod.py").write_text("import _definitely_missing_dependency_\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError):
-        pipeline.load_stage_function(StageSpec("x", "broken_stage_mod", "run_x"))
-
-
-def test_config_class_unwraps_optional():
-    assert pipeline.config_class(run_demo_stage) is _Cfg
-    assert pipeline.config_class(run_optional_none) is _Cfg
+def test_registry_holds_plain_functions_and_config_classes():
+    for spec in (*pipeline.CURATE_STAGES, *pipeline.RELABEL_COLLECTION_STAGES):
+        assert callable(spec.run) and spec.run.__name__ == f"run_{spec.name}"
+        assert spec.config_cls is not None and issubclass(spec.config_cls, BaseModel)
+    assert [s.name for s in pipeline.CURATE_STAGES if s.shard_plan is not None] == ["faces", "aus"]
 
 
 def test_build_configs_file_then_overrides(tmp_path):
     f = tmp_path / "cfg.yaml"
-    f.write_text("a:\n  alpha: 2.5\nc: {}\n")
+    f.write_text("a:\n  alpha: 2.5\ne: {}\n")
     raw = pipeline.read_config_file(f)
     plan = pipeline.resolve_until(None, STAGES)
-    cfgs = pipeline.build_configs(plan, raw, {"a": {"workers": 4, "not_a_field": 1}, "c": {"workers": None}}, STAGES)
+    cfgs = pipeline.build_configs(plan, raw, {"a": {"workers": 4, "not_a_field": 1}, "e": {"workers": None}}, STAGES)
     assert cfgs["a"] == _Cfg(alpha=2.5, workers=4)
-    assert cfgs["c"] == _Cfg()
+    assert cfgs["e"] == _Cfg() and cfgs["c"] is None
     j = tmp_path / "cfg.json"
     j.write_text(json.dumps({"a": {"alpha": 3}}))
     assert pipeline.read_config_file(j) == {"a": {"alpha": 3}}
@@ -75,13 +67,35 @@ def test_build_configs_file_then_overrides(tmp_path):
         pipeline.build_configs(plan, {"zz": {}}, None, STAGES)
     with pytest.raises(ValidationError):
         pipeline.build_configs(plan, {"a": {"alfa": 1}}, None, STAGES)
+    with pytest.raises(ValueError, match="takes no config"):
+        pipeline.build_configs(plan, {"c": {"x": 1}}, None, STAGES)
 
 
 def test_real_curate_configs_build_with_defaults():
     plan = pipeline.resolve_until(None)
     assert plan and plan[0].name == "ingest"
-    cfgs = pipeline.build_configs(plan, {}, {"ingest": {"source": "/x", "limit": 5}})
+    cfgs = pipeline.build_configs(plan, {"relabel": {"au_view_weight": 0.25}}, {"ingest": {"source": "/x", "limit": 5}})
     assert cfgs["ingest"].source == "/x" and cfgs["ingest"].limit == 5
+    assert cfgs["relabel"].au_view_weight == 0.25 and cfgs["train"].relabel is cfgs["relabel"]
+
+
+def test_stage_cache_runs_then_skips_until_something_changes(tmp_path):
+    from ferclean.runs import open_run
+
+    store = Store(tmp_path)
+    cache = stage_cache.StageCache(store)
+    spec = StageSpec("c", run_no_config, None, inputs=("rejects",))
+    calls = []
+    with open_run(store, "t", {}) as run:
+        first = cache.run(run, spec, None, before=lambda: calls.append(1) or {"shards": 0})
+        second = cache.run(run, spec, None, before=lambda: calls.append(2))
+        _write(store, "rejects", "k1", ["x"])
+        third = cache.run(run, spec, None)
+        forced = cache.run(run, spec, None, force=True)
+    assert (first["cached"], second["cached"], third["cached"], forced["cached"]) == (False, True, False, False)
+    assert first["shards"] == {"shards": 0} and calls == [1]  # `before` only runs when the stage is computed
+    assert second["summary"] == {"rows": 1} and second["computed_by"] == first["computed_by"]
+    assert stage_cache.read_manifest(store, "c").summary == {"rows": 1}
 
 
 def _write(store: Store, table: str, key: str, ids: list[str]) -> None:
@@ -94,31 +108,31 @@ def _write(store: Store, table: str, key: str, ids: list[str]) -> None:
 
 def test_manifest_skips_only_when_inputs_config_code_and_outputs_match(tmp_path):
     store = Store(tmp_path)
-    spec = StageSpec("a", THIS, "run_demo_stage", inputs=("rejects",), outputs=("runs_like/",))
+    spec = StageSpec("a", run_demo_stage, _Cfg, inputs=("rejects",), outputs=("runs_like/",))
     _write(store, "rejects", "k1", ["x"])
-    exp = pipeline.expected_manifest(store, spec, _Cfg())
-    assert pipeline.is_up_to_date(store, spec, exp) is None  # nothing recorded yet
+    exp = stage_cache.expected_manifest(store, spec, _Cfg())
+    assert stage_cache.is_up_to_date(store, spec, exp) is None  # nothing recorded yet
     (tmp_path / "runs_like").mkdir()
     (tmp_path / "runs_like" / "f.txt").write_text("out")
-    exp.output_fingerprint = pipeline.path_fingerprint(store, spec.outputs)
+    exp.output_fingerprint = stage_cache.path_fingerprint(store, spec.outputs)
     exp.summary = {"n": 1}
-    pipeline.write_manifest(store, exp)
-    again = pipeline.expected_manifest(store, spec, _Cfg())
-    assert pipeline.is_up_to_date(store, spec, again).summary == {"n": 1}
+    stage_cache.write_manifest(store, exp)
+    again = stage_cache.expected_manifest(store, spec, _Cfg())
+    assert stage_cache.is_up_to_date(store, spec, again).summary == {"n": 1}
     # config change
-    assert pipeline.is_up_to_date(store, spec, pipeline.expected_manifest(store, spec, _Cfg(alpha=2))) is None
+    assert stage_cache.is_up_to_date(store, spec, stage_cache.expected_manifest(store, spec, _Cfg(alpha=2))) is None
     # output tampered with
     (tmp_path / "runs_like" / "f.txt").write_text("changed!")
-    assert pipeline.is_up_to_date(store, spec, again) is None
-    exp.output_fingerprint = pipeline.path_fingerprint(store, spec.outputs)
-    pipeline.write_manifest(store, exp)
-    assert pipeline.is_up_to_date(store, spec, again) is not None
+    assert stage_cache.is_up_to_date(store, spec, again) is None
+    exp.output_fingerprint = stage_cache.path_fingerprint(store, spec.outputs)
+    stage_cache.write_manifest(store, exp)
+    assert stage_cache.is_up_to_date(store, spec, again) is not None
     # input change: a new part
     _write(store, "rejects", "k2", ["y"])
-    assert pipeline.is_up_to_date(store, spec, pipeline.expected_manifest(store, spec, _Cfg())) is None
+    assert stage_cache.is_up_to_date(store, spec, stage_cache.expected_manifest(store, spec, _Cfg())) is None
     # an unreadable manifest means recompute
-    pipeline.manifest_path(store, "a").write_text("{not json")
-    assert pipeline.read_manifest(store, "a") is None
+    stage_cache.manifest_path(store, "a").write_text("{not json")
+    assert stage_cache.read_manifest(store, "a") is None
 
 
 def test_source_fingerprint_sees_changed_image(tmp_path):
@@ -127,24 +141,34 @@ def test_source_fingerprint_sees_changed_image(tmp_path):
     img.write_bytes(b"1234")
     manifest = tmp_path / "labels.csv"
     manifest.write_text("image_path,label\nimg/a.png,happy\n")
-    fp = pipeline.source_fingerprint(manifest)
-    assert fp == pipeline.source_fingerprint(manifest)
+    fp = stage_cache.source_fingerprint(manifest)
+    assert fp == stage_cache.source_fingerprint(manifest)
     img.write_bytes(b"12345")
-    assert pipeline.source_fingerprint(manifest) != fp
-    fp2 = pipeline.source_fingerprint(manifest)
+    assert stage_cache.source_fingerprint(manifest) != fp
+    fp2 = stage_cache.source_fingerprint(manifest)
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert pipeline.source_fingerprint(manifest) != fp2
+    assert stage_cache.source_fingerprint(manifest) != fp2
 
 
 def test_code_version_changes_with_source(tmp_path, monkeypatch):
+    import importlib
+
     mod = tmp_path / "stage_mod_cv.py"
     mod.write_text("def run_x(store, run, progress=True):\n    return {}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    spec = StageSpec("x", "stage_mod_cv", "run_x")
-    v1 = pipeline.code_version(spec)
+    spec = StageSpec("x", importlib.import_module("stage_mod_cv").run_x, None)
+    v1 = stage_cache.code_version(spec)
     mod.write_text("def run_x(store, run, progress=True):\n    return {'v': 2}\n")
-    assert pipeline.code_version(spec) != v1
+    assert stage_cache.code_version(spec) != v1
+
+
+def test_code_version_covers_the_modules_a_stage_imports():
+    from ferclean.code_graph import ferclean_graph, reachable
+
+    # the verdict rule lives in ferclean.noise: editing it must recompute relabel (and train)
+    assert "ferclean.noise" in reachable("ferclean.relabel", ferclean_graph())
+    assert "ferclean.noise" in reachable("ferclean.train.stage", ferclean_graph())
 
 
 def test_markdown_rendering():
@@ -213,8 +237,8 @@ def test_model_au_reference_lookup(tmp_path):
     ref = train_out / "runs" / "r1" / "aus_reference.json"
     ref.parent.mkdir(parents=True)
     ref.write_text("{}")
-    m = pipeline.StageManifest("aus", "i", "c", "v", summary={"reference_path": str(ref)})
-    pipeline.write_manifest(Store(train_out), m)
+    m = stage_cache.StageManifest("aus", "i", "c", "v", summary={"reference_path": str(ref)})
+    stage_cache.write_manifest(Store(train_out), m)
     assert model_au_reference(model) == str(ref)  # found through the training run's aus manifest
     (model / "aus_reference.json").write_text("{}")
     assert model_au_reference(model) == str(model / "aus_reference.json")
@@ -222,3 +246,13 @@ def test_model_au_reference_lookup(tmp_path):
     own.write_text("{}")
     (model / "model.json").write_text(json.dumps({"neutral_au_reference": str(own)}))
     assert model_au_reference(model) == str(own)
+
+
+def test_relabel_collection_scores_with_the_relabel_section():
+    plan = [pipeline.get_spec("score", pipeline.RELABEL_COLLECTION_STAGES)]
+    cfgs = pipeline.build_configs(plan, {"relabel": {"rule": "threshold"}}, {"score": {"model_dir": "/m"}},
+                                  all_stages=pipeline.RELABEL_COLLECTION_STAGES)
+    assert cfgs["score"].model_dir == "/m" and cfgs["score"].relabel.rule == "threshold"
+    with pytest.raises(ValueError, match="relabel: section"):
+        pipeline.build_configs(plan, {"score": {"model_dir": "/m", "relabel": {}}}, None,
+                               all_stages=pipeline.RELABEL_COLLECTION_STAGES)

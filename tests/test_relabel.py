@@ -24,36 +24,36 @@ def test_keep_review_relabel_by_probability():
         [0.45, 0.40, 0.15],  # p(label)=0.40 >= flag_below, margin 0.05 -> keep
     ])
     d = decide(np.array([0, 0, 0, 1]), probs, None, None, CFG)
-    assert d["action"].tolist() == ["keep", "relabel", "review", "keep"]
-    assert d["suggested"].tolist() == [0, 1, 2, 0]
-    assert d["margin"][1] == pytest.approx(0.5)
-    assert "low_confidence" in d["reasons"][1] and "model_disagrees" in d["reasons"][1]
-    assert d["reasons"][0] == []
-    assert final_labels(np.array([0, 0, 0, 1]), d["action"], d["suggested"]).tolist() == [0, 1, 0, 1]
+    assert d.action.tolist() == ["keep", "relabel", "review", "keep"]
+    assert d.suggested.tolist() == [0, 1, 2, 0]
+    assert d.margin[1] == pytest.approx(0.5)
+    assert "low_confidence" in d.reasons[1] and "model_disagrees" in d.reasons[1]
+    assert d.reasons[0] == []
+    assert final_labels(np.array([0, 0, 0, 1]), d.action, d.suggested).tolist() == [0, 1, 0, 1]
 
 
 def test_low_alpha_flags_borderline_only():
     probs = np.array([[0.35, 0.5, 0.15], [0.7, 0.2, 0.1]])
     d = decide(np.array([0, 0]), probs, np.array([0.2, 0.2]), None, CFG)
-    assert d["action"].tolist() == ["review", "keep"]  # support 0.35 < 0.3 + 0.1 with low alpha; 0.7 not
-    assert d["reasons"][1] == ["low_alpha"]
+    assert d.action.tolist() == ["review", "keep"]  # support 0.35 < 0.3 + 0.1 with low alpha; 0.7 not
+    assert d.reasons[1] == ["low_alpha"]
 
 
 def test_semantic_agreement_required_for_relabel():
     probs = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1]])
     sem = np.array([[0.9, 0.1, 0.5], [0.9, 0.5, 0.1]])  # nearest template 1 (agrees) / 2 (disagrees)
     d = decide(np.array([0, 0]), probs, None, sem, CFG.model_copy(update={"semantic_weight": 0.25}))
-    assert d["action"].tolist() == ["relabel", "review"]
-    assert "semantic_mismatch" in d["reasons"][0]
+    assert d.action.tolist() == ["relabel", "review"]
+    assert "semantic_mismatch" in d.reasons[0]
     q = np.exp(-sem[0] / 0.1) / np.exp(-sem[0] / 0.1).sum()
-    assert d["support"][0] == pytest.approx(0.75 * 0.1 + 0.25 * q[0])
+    assert d.support[0] == pytest.approx(0.75 * 0.1 + 0.25 * q[0])
 
 
 def test_unlabelled_samples():
     d = decide(np.array([-1, -1]), np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]]), None, None, CFG)
-    assert d["action"].tolist() == ["relabel", "review"]
-    assert np.isnan(d["p_original"]).all()
-    assert final_labels(np.array([-1, -1]), d["action"], d["suggested"]).tolist() == [0, -1]
+    assert d.action.tolist() == ["relabel", "review"]
+    assert np.isnan(d.p_original).all()
+    assert final_labels(np.array([-1, -1]), d.action, d.suggested).tolist() == [0, -1]
 
 
 def test_face_rules():
@@ -180,18 +180,18 @@ def test_bayes_rule_actions():
         [0.7, 0.3],   # disagrees
     ])
     d = decide(labels, probs, None, None, cfg)
-    post = d["support"]
+    post = d.support
     assert np.all((post >= 0) & (post <= 1))
-    assert d["action"][0] == "keep" and d["action"][2] == "relabel" and d["suggested"][2] == 1
-    for i, a in enumerate(d["action"]):
+    assert d.action[0] == "keep" and d.action[2] == "relabel" and d.suggested[2] == 1
+    for i, a in enumerate(d.action):
         assert (a != "keep") == (post[i] < 0.5)
         if a == "review":  # the suggestion of a review row is never its own label
-            assert d["suggested"][i] != labels[i]
-    fin = final_labels(labels, d["action"], d["suggested"])
+            assert d.suggested[i] != labels[i]
+    fin = final_labels(labels, d.action, d.suggested)
     assert fin[2] == 1 and fin[0] == 0
     auto = decide(labels, probs, None, None, cfg.model_copy(update={"bayes_flag_below": None}))
-    assert 1 <= int((auto["action"] != "keep").sum()) <= len(labels)
-    assert np.argmin(auto["support"]) in np.flatnonzero(auto["action"] != "keep")
+    assert 1 <= int((auto.action != "keep").sum()) <= len(labels)
+    assert np.argmin(auto.support) in np.flatnonzero(auto.action != "keep")
 
 
 def test_a_confident_au_view_overturns_a_relabel(tmp_path):

@@ -246,3 +246,53 @@ def test_au_view_is_crossfitted_saved_and_used_by_the_verdicts(tmp_path):
         coll = score_collection(store, run, str(store.root / "model"), RelabelConfig(), collection="toy")
     assert used["au_view"].startswith("weight 0.5, 35 samples") and off["au_view"] == "reasons only (au_view_weight 0)"
     assert coll["au_view"] == "weight 0.5, 35 samples" and coll["rows"] == 35
+
+
+def test_the_users_relabel_settings_decide_the_final_models_training_labels(tmp_path):
+    """Regression (issue 15): train built its own default RelabelConfig, so the `relabel:` section of
+    the user's config file never reached the labels the final model trains on."""
+    from ferclean import pipeline
+
+    store, ids = make_store(tmp_path, no_face=0)
+    flipped = store.read("samples").to_pydict()
+    for i in range(0, 36, 4):  # 9 wrong labels for the rule to find
+        flipped["label_original"][i] = CLASSES[(CLASSES.index(flipped["label_original"][i]) + 1) % 3]
+    store.write_part("samples", "all", pa.table(flipped))
+    train = {"classes": CLASSES, "input_size": 16, "width": 4, "epochs": 2, "batch_size": 16, "lr": 0.01,
+             "folds": 2, "backbone": "cnn", "device": "cpu", "au_dim": 4, "gcn_channels": 8, "tta_flip": False,
+             "methods": ["ce"], "final_method": "ce"}
+    keep_all = {"rule": "threshold", "calibrate": False, "flag_below": 0.0, "disagree_margin": 1.0}
+    to_argmax = {"rule": "threshold", "calibrate": False, "flag_below": 1.0, "disagree_margin": 0.0,
+                 "relabel_min_p": 0.0, "relabel_margin": 0.0, "require_semantic_agreement": False}
+    plan = [pipeline.get_spec("train"), pipeline.get_spec("relabel")]
+    summaries = {}
+    for name, rule in (("keep_all", keep_all), ("to_argmax", to_argmax)):
+        configs = pipeline.build_configs(plan, {"train": train, "relabel": rule})
+        assert configs["train"].relabel is configs["relabel"]  # one object reaches both stages
+        with open_run(store, "train", {}) as run:
+            summaries[name] = run_train(store, run, configs["train"], progress=False)
+    preds = store.read("predictions").to_pandas().query("method == 'ce' and fold >= 0").set_index("sample_id")
+    labels = {s: CLASSES.index(lab) for s, lab in zip(flipped["sample_id"], flipped["label_original"], strict=True)}
+    disagree = sum(int(np.argmax(preds.loc[s, "probs"]) != labels[s]) for s in ids)
+    assert disagree > 0
+    assert summaries["keep_all"]["final_labels_changed"] == 0 and summaries["keep_all"]["final_train_samples"] == 36
+    assert summaries["to_argmax"]["final_labels_changed"] == disagree  # every disagreement relabeled to the argmax
+    with pytest.raises(ValueError, match="relabel: section"):
+        pipeline.build_configs(plan, {"train": {**train, "relabel": keep_all}})
+
+
+def test_au_graph_for_says_where_the_graph_came_from_and_fails_on_a_broken_table(tmp_path):
+    from ferclean.au_graph import graph_table, cooccurrence
+    from ferclean.train.stage import au_graph_for
+
+    store = Store(tmp_path / "out")
+    presence = np.array([[1, 0], [1, 1], [0, 0]], np.float32)
+    a, source = au_graph_for(store, ["AU01", "AU02"], presence)
+    assert source.endswith("(no au_graph table)") and np.allclose(a.sum(1), 1)
+    store.write_part("au_graph", "graph", graph_table("r0", ("AU01", "AU02"), cooccurrence(presence)))
+    assert au_graph_for(store, ["AU01", "AU02"], presence)[1] == "au_graph table"
+    assert "lacks AU04" in au_graph_for(store, ["AU01", "AU04"], presence)[1]
+    t = store.read("au_graph")
+    store.write_part("au_graph", "graph", t.slice(0, 3))  # a pair missing: not silently replaced
+    with pytest.raises(ValueError, match="incomplete"):
+        au_graph_for(store, ["AU01", "AU02"], presence)

@@ -27,4 +27,4 @@ def test_ulcag_on_real_fer_crops(fer_dir):
     out = predict(res.model, x, "ulcag", res.templates, res.logit_scale)
     assert out["probs"].shape == (96, 7) and np.allclose(out["probs"].sum(1), 1, atol=1e-5)
     d = decide(y, out["probs"].astype(np.float64), out["alpha"], out["sem_dist"], RelabelConfig())
-    assert set(d["action"]) <= {"keep", "relabel", "review"}
+    assert set(d.action) <= {"keep", "relabel", "review"}

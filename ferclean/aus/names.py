@@ -11,6 +11,9 @@ AU_NAMES: tuple[str, ...] = (
 #: OpenFace 2.0 outputs AU28 presence only (no intensity); nullable in the table.
 AU28_C = "AU28_c"
 
+#: Every AU with a presence column (`AUxx_c`), AU28 included, in AU order: the pseudo-AU set of training.
+PRESENCE_AUS: tuple[str, ...] = tuple(sorted((*AU_NAMES, "AU28")))
+
 FACS_NAMES: dict[str, str] = {
     "AU01": "inner brow raiser", "AU02": "outer brow raiser", "AU04": "brow lowerer",
     "AU05": "upper lid raiser", "AU06": "cheek raiser", "AU07": "lid tightener",

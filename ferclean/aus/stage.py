@@ -27,6 +27,7 @@ from ferclean.aus.geometric import (
 )
 from ferclean.aus.names import AU28_C, AU_NAMES, intensity_columns, presence_columns
 from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
+from ferclean.stage_spec import ShardWork
 from ferclean.store import Store
 
 REFERENCE_FILE = "aus_reference.json"
@@ -190,6 +191,15 @@ def geometric_shard_plan(store: Store, config: AusConfig, ref: Reference, run_id
                                "au": {au: [list(t) for t in r] for au, r in AU_RECIPES.items()}}}
     shards = plan_shards(store, "aus", fingerprint, config.shard_size, table="faces")
     return shards, _ShardJob(run_id, backend)
+
+
+def shard_work(store: Store, config: AusConfig, run_id: str) -> ShardWork | None:
+    """The per-shard work for the flows to map: only the geometric backend is sharded (the others,
+    and a store without faces, run whole: None)."""
+    if config.backend != "geometric" or store.count("faces") == 0:
+        return None
+    shards, job = geometric_shard_plan(store, config, resolve_reference(store, config), run_id)
+    return ShardWork("aus", geometric_shard, job, shards)
 
 
 def run_aus(store: Store, run: Any, config: AusConfig, progress: bool = True) -> dict:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ferclean.model_dir import ModelDir
+
 
 def l2_normalize(emb: np.ndarray) -> np.ndarray:
     """(n, d) float -> rows of unit length (zero rows stay zero), float32."""
@@ -103,19 +105,17 @@ def cosine_pairs_blocked(
     return np.stack([np.concatenate(out_i), np.concatenate(out_j)], 1).astype(np.int64), np.concatenate(out_s)
 
 
-def load_embedder(model_dir: Path, batch: int = 512) -> Callable[[Sequence[bytes]], np.ndarray] | None:
+def load_embedder(model_dir: Path | ModelDir, batch: int = 512) -> Callable[[Sequence[bytes]], np.ndarray] | None:
     """A function mapping aligned PNG crops to embeddings (n, d) float32, or None without a model.
 
-    Loads ``ferclean.train.load_model(model_dir)`` once; the function calls
-    ``ferclean.train.score(model, crops)`` (-> probs, alpha, sem_dist, embeddings) in batches.
-    None when the folder or that API is absent (the model stage may not have run yet).
+    Loads ``ferclean.train.model_io.load_model(model_dir)`` once; the function calls
+    ``ferclean.train.model_io.score(model, crops)`` (-> probs, alpha, sem_dist, embeddings) in batches.
+    None when the folder holds no trained model (the train stage has not run yet).
     """
-    if not Path(model_dir).exists():
+    if not ModelDir(model_dir).exists():
         return None
-    try:
-        from ferclean.train import load_model, score  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+    from ferclean.train.model_io import load_model, score  # torch: only when a model is used
+
     model = load_model(model_dir)
 
     def embed(crops: Sequence[bytes]) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Rows of the `dataset_issues` table and the per-sample reasons the relabel stage reads.
+"""Rows of the `dataset_issues` table (written by the detectors in ferclean.dataset_issues.detectors)
+and the per-sample reasons the relabel stage reads.
 
 Scores (all in [0, 1], higher = stronger):
 - exact_duplicate: 1.0 (identical file bytes);
@@ -26,7 +27,9 @@ ISSUE_TYPES = ("exact_duplicate", "near_duplicate", "conflicting_labels", "split
 REASONS = {"conflicting_labels": "conflicting_labels", "not_a_face": "not_a_face", "outlier": "outlier"}
 
 
-def _row(issue_type: str, key: str, cluster_id: str | None, sample_ids: Iterable[str], score: float, details: dict) -> dict:
+def issue_row(issue_type: str, key: str, cluster_id: str | None, sample_ids: Iterable[str], score: float,
+              details: dict) -> dict:
+    """One `dataset_issues` row (without run_id): issue_id = "<type>:<key>", score clipped to [0, 1]."""
     return {
         "issue_id": f"{issue_type}:{key}",
         "issue_type": issue_type,
@@ -37,37 +40,14 @@ def _row(issue_type: str, key: str, cluster_id: str | None, sample_ids: Iterable
     }
 
 
-def cluster_issue_rows(reports: Iterable[ClusterReport], edge_info: Mapping[str, dict]) -> list[dict]:
-    """Rows for duplicate clusters: one exact_duplicate per group of identical files, one
-    near_duplicate per cluster holding >= 2 different files, plus conflicting_labels and split_leak.
-
-    edge_info: cluster_id -> {"min_similarity": float, "methods": [str], "max_hamming": int | None}.
-    """
-    rows = []
-    for r in reports:
-        info = dict(edge_info.get(r.cluster_id, {}))
-        sim = float(info.get("min_similarity", 1.0))
-        base = {"keep": r.keep, "size": len(r.members), "labels": r.labels, "splits": r.splits}
-        for sha, members in r.sha_groups.items():
-            rows.append(_row("exact_duplicate", sha, r.cluster_id, members, 1.0,
-                             {**base, "content_sha256": sha, "group_size": len(members)}))
-        if not r.exact:
-            rows.append(_row("near_duplicate", r.cluster_id, r.cluster_id, r.members, sim,
-                             {**base, **info, "n_files": r.n_files}))
-        if r.conflicting:
-            labelled = sum(r.labels.values())
-            top = max(r.labels.values())
-            rows.append(_row("conflicting_labels", r.cluster_id, r.cluster_id, r.members,
-                             1.0 - top / labelled, {**base, "majority_label": r.majority_label}))
-        if r.leak:
-            rows.append(_row("split_leak", r.cluster_id, r.cluster_id, r.members, sim,
-                             {**base, **info, "member_splits": r.member_splits}))
-    return rows
+def cluster_base(r: ClusterReport) -> dict:
+    """The details every duplicate-cluster row carries."""
+    return {"keep": r.keep, "size": len(r.members), "labels": r.labels, "splits": r.splits}
 
 
 def sample_issue_rows(issue_type: str, sample_ids: Iterable[str], scores: Iterable[float], details: Iterable[dict]) -> list[dict]:
     """One row per flagged sample (not_a_face, outlier); cluster_id is null."""
-    return [_row(issue_type, sid, None, [sid], s, d) for sid, s, d in zip(sample_ids, scores, details, strict=True)]
+    return [issue_row(issue_type, sid, None, [sid], s, d) for sid, s, d in zip(sample_ids, scores, details, strict=True)]
 
 
 def issues_table(rows: list[dict], run_id: str) -> pa.Table:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-QUALITY_FLAGS = ("tiny", "blurry", "extreme_pose")
+#: The quality flags (of ferclean.flags.QUALITY_FLAGS) that count as evidence of a non-face.
+EVIDENCE_FLAGS = ("tiny", "blurry", "extreme_pose")
 
 
 def blank_evidence(pixel_std: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -35,11 +36,11 @@ def blank_evidence(pixel_std: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def quality_evidence(flags: list[list[str] | None]) -> np.ndarray:
-    """(n,) fraction of QUALITY_FLAGS present per sample; NaN where flags are unknown (None)."""
+    """(n,) fraction of EVIDENCE_FLAGS present per sample; NaN where flags are unknown (None)."""
     out = np.full(len(flags), np.nan)
     for i, f in enumerate(flags):
         if f is not None:
-            out[i] = sum(1 for q in QUALITY_FLAGS if q in f) / len(QUALITY_FLAGS)
+            out[i] = sum(1 for q in EVIDENCE_FLAGS if q in f) / len(EVIDENCE_FLAGS)
     return out
 
 

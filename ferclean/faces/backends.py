@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ferclean.faces.quality import to_gray
+from ferclean.faces.image import to_gray
 
 
 class BackendUnavailable(RuntimeError):

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 
@@ -45,7 +44,8 @@ from ferclean.faces.fastlm_files import (
 )
 from ferclean.faces.geometry import template5, warp_crop
 from ferclean.faces.png import encode_crop
-from ferclean.faces.quality import crop_stats, to_gray
+from ferclean.faces.image import to_batch
+from ferclean.faces.quality import crop_stats
 
 DETECTOR = "fastlm"
 BATCH_SIZE = 256
@@ -85,17 +85,6 @@ def flip_landmarks(lm: Any) -> Any:
     out = out.clone() if hasattr(out, "clone") else out.copy()
     out[..., 0] = 1.0 - out[..., 0]
     return out
-
-
-def to_batch(images: Sequence[np.ndarray], size: int = INPUT_SIZE) -> np.ndarray:
-    """uint8 images (H, W) grey or (H, W, 3) BGR, any sizes -> (N, size, size) uint8 grey."""
-    batch = np.empty((len(images), size, size), np.uint8)
-    for i, img in enumerate(images):
-        g = img if img.ndim == 2 else to_gray(img)
-        if g.shape != (size, size):
-            g = cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA if max(g.shape) > size else cv2.INTER_LINEAR)
-        batch[i] = g
-    return batch
 
 
 @lru_cache(maxsize=2)
@@ -138,7 +127,7 @@ def predict_normalised(images: Sequence[np.ndarray], model: Any = None, batch_si
     sess = _ort_session(_ort_threads())
     out = np.empty((len(images), 68, 2), np.float64)
     for s in range(0, len(images), batch_size):
-        x = to_batch(images[s : s + batch_size]).astype(np.float32)[:, None] * np.float32(1 / 255)
+        x = to_batch(images[s : s + batch_size], INPUT_SIZE).astype(np.float32)[:, None] * np.float32(1 / 255)
         out[s : s + batch_size] = sess.run(None, {"x": x})[0]
     return out
 

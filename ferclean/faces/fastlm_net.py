@@ -19,6 +19,7 @@ from torch import nn
 
 from ferclean.faces.backends import BackendUnavailable
 from ferclean.faces.fastlm_files import INPUT_SIZE, default_weights_path, weights_digest
+from ferclean.faces.image import to_batch
 
 BATCH_SIZE = 256
 if os.environ.get("FERCLEAN_FASTLM_THREADS"):  # set by fastlm.limit_threads in a faces worker process
@@ -102,8 +103,6 @@ def limit_threads(workers: int) -> None:
 
 def to_input(images: Sequence[np.ndarray], size: int = INPUT_SIZE) -> torch.Tensor:
     """uint8 images (H, W) grey or (H, W, 3) BGR, any sizes -> (N, 1, size, size) float in [0, 1]."""
-    from ferclean.faces.fastlm import to_batch
-
     return torch.from_numpy(to_batch(images, size)).unsqueeze(1).float().div_(255.0)
 
 

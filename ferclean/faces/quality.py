@@ -8,18 +8,8 @@ import cv2
 import numpy as np
 
 from ferclean.faces.config import QualityThresholds
-
-FLAGS = ("tiny", "blurry", "extreme_pose", "multiple_faces", "full_frame")
-
-
-def to_gray(image: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, 3|4) BGR(A) uint8 -> (H, W) uint8."""
-    if image.ndim == 2:
-        return image
-    if image.shape[2] == 1:
-        return image[:, :, 0]
-    code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-    return cv2.cvtColor(image, code)
+from ferclean.faces.image import to_gray
+from ferclean.flags import QUALITY_FLAGS as FLAGS  # noqa: F401  (the one list, ferclean.flags; re-exported)
 
 
 def crop_stats(crop: np.ndarray) -> tuple[float, float, float]:

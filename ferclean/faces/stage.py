@@ -29,6 +29,7 @@ from ferclean.faces.config import FacesConfig
 from ferclean.faces.pipeline import analyze_image, resolve_mode
 from ferclean.runs import Run
 from ferclean.shards import Shard, load_rows, plan_shards, run_sharded
+from ferclean.stage_spec import ShardWork
 from ferclean.store import Store
 
 STAGE = "faces"
@@ -194,6 +195,12 @@ def shard_plan(store: Store, config: FacesConfig, run_id: str) -> tuple[list[Sha
     """
     shards = plan_shards(store, STAGE, config.fingerprint_dict(), shard_size=config.shard_size)
     return shards, ShardJob(config, run_id)
+
+
+def shard_work(store: Store, config: FacesConfig, run_id: str) -> ShardWork:
+    """The stage's per-shard work for the flows to map (ferclean.pipeline registers it)."""
+    shards, job = shard_plan(store, config, run_id)
+    return ShardWork(STAGE, faces_shard, job, shards)
 
 
 def _preload_fastlm_runtime(config: FacesConfig) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ferclean.classes import FER7
+from ferclean.noise import RelabelConfig
 
 Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux"]
 METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux")
@@ -21,6 +22,10 @@ class TrainConfig(BaseModel):
     folds: int = Field(3, ge=2, description="K of the K-fold cross-fitting")
     final_model: bool = Field(True, description="train the fold=-1 model on all samples with final labels")
     final_method: Method = Field("ulcag", description="method of the final model and of its label verdicts")
+    relabel: RelabelConfig = Field(
+        default_factory=RelabelConfig, description="the verdict rule whose final labels the final model trains on; "
+        "the pipeline fills it from the config file's `relabel:` section, so one RelabelConfig drives both stages "
+        "(not part of the cross-fitted folds' keys: changing it retrains only the final model)")
     # Backbone and input.
     backbone: Literal["auto", "cnn", "resnet18"] = Field("auto", description="auto: cnn on CPU, resnet18 on CUDA")
     input_size: int = Field(48, ge=16, description="square input side in pixels (crops are resized)")

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: OpenFace 2.0 AU presence set (the `aus` table's AUxx_c columns).
-OPENFACE_AUS: tuple[str, ...] = (
-    "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12", "AU14",
-    "AU15", "AU17", "AU20", "AU23", "AU25", "AU26", "AU28", "AU45",
-)
+from ferclean.au_graph import cooccurrence_graph  # noqa: F401  (re-exported; eq. 5 lives in ferclean.au_graph)
+from ferclean.aus.names import PRESENCE_AUS
+
+#: OpenFace 2.0 AU presence set (the `aus` table's AUxx_c columns); defined in ferclean.aus.names.
+OPENFACE_AUS: tuple[str, ...] = PRESENCE_AUS
 
 #: EMFACS-style prototype AUs per class: the fallback pseudo AUs when no `aus` table exists.
 #: They are derived from the (noisy) given label, so they carry no information beyond it.
@@ -69,20 +69,6 @@ def prototype_aus(labels: Sequence[str], au_names: Sequence[str] = OPENFACE_AUS)
             if au in idx:
                 out[i, idx[au]] = 1.0
     return out
-
-
-def cooccurrence_graph(presence: np.ndarray) -> np.ndarray:
-    """Data-driven AU graph A_pq = P(AU_p | AU_q) = n(p and q) / n(q) (eq. 5), row-normalised.
-
-    presence: (N, M) 0/1 (NaN treated as 0) -> (M, M) float32 whose rows sum to one; an AU that
-    never occurs keeps only its self-loop. Used when `ferclean.au_graph` has no graph for us.
-    """
-    z = np.nan_to_num(np.asarray(presence, dtype=np.float64))
-    co = z.T @ z
-    occ = np.diag(co).copy()
-    a = np.divide(co, occ[None, :], out=np.zeros_like(co), where=occ[None, :] > 0)
-    np.fill_diagonal(a, 1.0)
-    return (a / a.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None,

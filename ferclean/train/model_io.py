@@ -1,12 +1,12 @@
-"""Saving, loading and applying a trained model (`OUT/model/`).
+"""Saving, loading and applying a trained network (`OUT/model/`).
 
-Layout: `model.pt` (state dict + semantic templates + logit scale) and `model.json` (classes, AU
-names, backbone, input size, preprocessing, method, neutral AU reference if any).
+The folder's layout (file names, the AU view, the AU reference) belongs to
+:class:`ferclean.model_dir.ModelDir`; this module (de)serialises the network and its metadata at
+the paths ModelDir gives.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ferclean.model_dir import ModelDir
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import PREPROCESSING, decode_crops
 from ferclean.train.engine import FitResult, predict
@@ -35,15 +36,15 @@ class LoadedModel:
         return list(self.meta["classes"])
 
 
-def save_model(result: FitResult, cfg: TrainConfig, au_names: Sequence[str], model_dir: Path,
+def save_model(result: FitResult, cfg: TrainConfig, au_names: Sequence[str], model_dir: Path | ModelDir,
                neutral_au_reference: dict[str, float] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write `model.pt` and `model.json` into `model_dir`; returns the folder."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    """Write the network and its metadata into `model_dir`; returns the folder."""
+    md = ModelDir(model_dir)
+    md.path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     torch.save({"state_dict": state,
                 "templates": None if result.templates is None else result.templates.detach().cpu(),
-                "logit_scale": result.logit_scale}, model_dir / "model.pt")
+                "logit_scale": result.logit_scale}, md.network_path)
     meta = {
         "classes": list(cfg.classes),
         "au_names": list(au_names) if result.model.n_aus else [],
@@ -59,15 +60,15 @@ def save_model(result: FitResult, cfg: TrainConfig, au_names: Sequence[str], mod
         "logit_scale": result.logit_scale,
         **(extra or {}),
     }
-    (model_dir / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return model_dir
+    md.write_meta(meta)
+    return md.path
 
 
-def load_model(model_dir: str | Path, device: str = "cpu") -> LoadedModel:
+def load_model(model_dir: str | Path | ModelDir, device: str = "cpu") -> LoadedModel:
     """Rebuild a saved model (no download; the state dict holds every weight)."""
-    model_dir = Path(model_dir)
-    meta = json.loads((model_dir / "model.json").read_text())
-    blob = torch.load(model_dir / "model.pt", map_location=device, weights_only=False)
+    md = ModelDir(model_dir)
+    meta = md.meta()
+    blob = torch.load(md.network_path, map_location=device, weights_only=False)
     state = blob["state_dict"]
     a_bar = state.get("a_bar")
     net = build_model(meta["backbone"], len(meta["classes"]), a_bar, meta["input_size"], meta["width"],

@@ -22,11 +22,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
+from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
+from ferclean.model_dir import ModelDir
+from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
+from ferclean.noise import decide, final_labels
+from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
-from ferclean.train.data import OPENFACE_AUS, cooccurrence_graph, decode_crops, prototype_aus
+from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
 from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
+from ferclean.train.model_io import save_model
 
 
 @dataclass
@@ -120,9 +126,6 @@ def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: 
     })
 
 
-AU_VIEW_FILE = "au_view.json"  # the final AU view in the model folder (ferclean.au_view.AuView.to_dict)
-
-
 def _au_columns(names: Sequence[str], suffix: str = "_c") -> list[str]:
     return sorted(c for c in names if c.startswith("AU") and c.endswith(suffix))
 
@@ -138,15 +141,9 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
     if require_label:
         s = s.filter(pc.is_in(s["label_original"], pa.array(list(classes))))
     sd = s.select(["sample_id", "label_original"]).to_pydict()
-    crops: dict[str, bytes] = {}
-    fdset = store.dataset("faces")
-    if fdset is not None:
-        cols = [c for c in ("sample_id", "face_index", "is_primary", "crop_png") if c in fdset.schema.names]
-        f = fdset.to_table(columns=cols).to_pydict()
-        prim = f.get("is_primary", [True] * len(f["sample_id"]))
-        for sid, p, png in zip(f["sample_id"], prim, f["crop_png"]):
-            if png is not None and (p or sid not in crops):
-                crops[sid] = png
+    f = primary_faces(store, ["crop_png"])
+    crops = {sid: png for sid, png in zip(f["sample_id"].to_pylist(), f["crop_png"].to_pylist(), strict=True)
+             if png is not None}
     keep = [i for i, sid in enumerate(sd["sample_id"]) if sid in crops]
     ids = [sd["sample_id"][i] for i in keep]
     labs = [sd["label_original"][i] for i in keep]
@@ -158,11 +155,8 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
         au_cols = _au_columns(adset.schema.names)
         r_cols = _au_columns(adset.schema.names, "_r")
         if au_cols or r_cols:
-            cols = ["sample_id"] + (["face_index"] if "face_index" in adset.schema.names else []) + au_cols + r_cols
-            a = adset.to_table(columns=cols).to_pandas()
-            if "face_index" in a.columns:
-                a = a.sort_values("face_index").drop_duplicates("sample_id")  # primary is face 0 by convention
-            a = a.set_index("sample_id").reindex(ids)
+            # the AUs of the same face the crop comes from (ferclean.primary), not face 0
+            a = primary_aus(store, au_cols + r_cols).to_pandas().set_index("sample_id").reindex(ids)
             if au_cols:
                 aus = a[au_cols].to_numpy(dtype=np.float32)
                 au_names = [c[:-2] for c in au_cols]
@@ -173,19 +167,23 @@ def load_inputs(store: Any, classes: Sequence[str], splits: Sequence[str] | None
     return Inputs(ids, labs, images, aus, au_names, intensity, intensity_names)
 
 
-def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> np.ndarray:
-    """Row-normalised (M, M) AU graph: from `ferclean.au_graph` when it has our AUs, else eq. 5."""
-    try:
-        from ferclean.au_graph import load_au_graph, row_normalise  # type: ignore[import-not-found]
+def au_graph_for(store: Any, au_names: Sequence[str], presence: np.ndarray) -> tuple[np.ndarray, str]:
+    """Row-normalised (M, M) AU graph and where it came from.
 
-        names, a = load_au_graph(store)
-        pos = {n: i for i, n in enumerate(names)}
-        if all(n in pos for n in au_names):
-            sel = [pos[n] for n in au_names]
-            return np.asarray(row_normalise(np.asarray(a)[np.ix_(sel, sel)]), np.float32)
-    except Exception:  # noqa: BLE001  (module absent or graph not built yet)
-        pass
-    return cooccurrence_graph(presence)
+    The `au_graph` table's graph when it has every one of `au_names`; eq. 5 on `presence` when the
+    table is empty (the au_graph stage did not run) or lacks some of our AUs, and the second value
+    says so (it goes into the stage summary). A table that exists but cannot be read raises: the
+    stage fails rather than quietly training on another graph.
+    """
+    if not store.count("au_graph"):
+        return cooccurrence_graph(presence), "eq. 5 on the training AUs (no au_graph table)"
+    names, a = load_au_graph(store)
+    pos = {n: i for i, n in enumerate(names)}
+    missing = [n for n in au_names if n not in pos]
+    if missing:
+        return cooccurrence_graph(presence), f"eq. 5 on the training AUs (au_graph lacks {', '.join(missing)})"
+    sel = [pos[n] for n in au_names]
+    return np.asarray(row_normalise(np.asarray(a)[np.ix_(sel, sel)]), np.float32), "au_graph table"
 
 
 def final_training_indices(final: np.ndarray, action: np.ndarray, n_classes: int) -> tuple[np.ndarray, bool]:
@@ -203,15 +201,12 @@ def final_training_indices(final: np.ndarray, action: np.ndarray, n_classes: int
 
 def latest_aus_reference(out: Path) -> Path | None:
     """The neutral AU reference the aus stage saved most recently under `OUT/runs/*/`, if any."""
-    refs = sorted(Path(out).glob("runs/*/aus_reference.json"), key=lambda p: p.stat().st_mtime)
+    refs = sorted(Path(out).glob(f"runs/*/{REFERENCE_FILE}"), key=lambda p: p.stat().st_mtime)
     return refs[-1] if refs else None
 
 
 def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Cross-fit each method in `config.methods`, write `predictions`, train + save the final model."""
-    from ferclean.relabel import RelabelConfig, decide, final_labels
-    from ferclean.train.model_io import save_model
-
     classes = list(config.classes)
     inputs = load_inputs(store, classes, config.splits, config.input_size)
     run.counts["train.samples"] = len(inputs.sample_ids)
@@ -222,9 +217,10 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     if config.pseudo_aus == "aus" and inputs.aus is None:
         raise ValueError("pseudo_aus='aus' but the aus table is empty")
     aus = inputs.aus if use_aus else prototype_aus(inputs.label_names, inputs.au_names)
-    a_bar = au_graph_for(store, inputs.au_names, aus) if use_aus else cooccurrence_graph(aus)
+    a_bar, graph_source = (au_graph_for(store, inputs.au_names, aus) if use_aus
+                           else (cooccurrence_graph(aus), "eq. 5 on the prototype AUs"))
     run.counts["train.pseudo_aus." + ("aus" if use_aus else "prototype")] += 1
-    fp = config_fingerprint({"cfg": config.model_dump(mode="json"), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
+    fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
     ckpt_dir = store.root / "checkpoints" / "train" / fp
     curves: list[dict[str, Any]] = []
     curves_path = Path(run.dir) / "train_curves.json"
@@ -252,7 +248,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         keys.update(key(k) for k in range(config.folds))
         oof[method] = _read_oof(store, [key(k) for k in range(config.folds)], inputs.sample_ids)
     summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
-                               "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp}
+                               "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp,
+                               "au_graph": graph_source}
     au_probs, au_rows = None, np.zeros(len(labels), bool)
     if config.au_view and inputs.au_intensity is not None:
         au_rows = ~np.isnan(inputs.au_intensity).all(axis=1)  # samples with an aus row
@@ -271,18 +268,19 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     if config.final_model:
         method = config.final_method
         scores = oof.get(method) or next(iter(oof.values()))
-        rule = RelabelConfig(method=method)
+        rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
         d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
                    scores["sem_dist"], rule)
-        fin = final_labels(labels, d["action"], d["suggested"])
-        use, fallback = final_training_indices(fin, d["action"], len(classes))
+        fin = final_labels(labels, d.action, d.suggested)
+        use, fallback = final_training_indices(fin, d.action, len(classes))
         if fallback:
             summary["final_train_fallback"] = "too few confident samples: trained on every labelled sample"
         res = fit(inputs.images[use], fin[use], method, config, aus[use] if method in AUX_METHODS else None,
                   a_bar if method in AUX_METHODS else None,
                   ckpt_path=ckpt_dir / f"{method}-final.pt" if config.checkpoint else None,
                   log=lambda row: log({**row, "fold": -1}))
-        model_dir = save_model(res, config, inputs.au_names, store.root / "model",
+        model_dir = ModelDir.of_run(store.root)
+        save_model(res, config, inputs.au_names, model_dir,
                                extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"],
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
@@ -290,7 +288,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
-            (Path(model_dir) / AU_VIEW_FILE).write_text(json.dumps(view.to_dict(inputs.intensity_names)))
+            model_dir.save_au_view(view, list(inputs.intensity_names or []))
             rows = np.flatnonzero(au_rows)
             fkey = f"train-{AU_VIEW_METHOD}-final-{fp}"
             store.write_part("predictions", fkey, prediction_table(
@@ -299,14 +297,14 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
             keys.add(fkey)
         ref = latest_aus_reference(store.root)
         if ref is not None:  # a model folder must work on its own for relabel-collection
-            shutil.copyfile(ref, Path(model_dir) / "aus_reference.json")
+            model_dir.save_au_reference(ref)
         out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip,
                       amp=config.resolved_amp())
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
         keys.add(fkey)
-        summary.update({"model_dir": str(model_dir), "final_train_samples": int(len(use)),
+        summary.update({"model_dir": str(model_dir.path), "final_train_samples": int(len(use)),
                         "final_labels_changed": int((fin[use] != labels[use]).sum())})
     stale = {k for k in store.part_keys("predictions") if k.startswith("train-") and k not in keys}
     store.keep_only("predictions", store.part_keys("predictions") - stale)

@@ -1,0 +1,132 @@
+"""The interface every dataset-issue detector implements, and the evidence they share.
+
+In the manner of cleanlab's `IssueManager` classes: a detector is a class with a `name`, the
+`issue_types` it writes and one method, `find(ctx) -> list[issue row]`. Evidence several detectors
+need (duplicate clusters, embedding distances, face-space appearance) is computed once, on first use,
+by :class:`IssueContext`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ferclean.dataset_issues.clusters import ClusterReport, analyze_clusters, group_pairs, union_clusters
+from ferclean.dataset_issues.config import DatasetIssuesConfig
+from ferclean.dataset_issues.embeddings import centroid_distances, cosine_pairs_blocked, robust_z
+from ferclean.dataset_issues.nonface import embedding_evidence
+from ferclean.dataset_issues.signals import Signals, edge_summary, face_space_evidence, phash_edges
+from ferclean.store import Store
+
+
+@dataclass
+class Clusters:
+    """Duplicate clusters: one report per cluster, its edge summary, and the pHash search stats."""
+
+    reports: list[ClusterReport]
+    edge_info: dict[str, dict]
+    phash_stats: dict[str, Any]
+
+
+@dataclass
+class EmbeddingStats:
+    """Per-sample embedding evidence (NaN where a sample has no embedding)."""
+
+    far: np.ndarray  # (n,) evidence that the sample is far from every class centroid (not_a_face)
+    own: np.ndarray  # (n,) cosine distance to the own-class centroid
+    z_own: np.ndarray  # (n,) robust z of `own` within its class
+
+
+@dataclass
+class IssueContext:
+    """What the detectors see: the samples' columns, the gathered signals, the stage config."""
+
+    store: Store
+    cfg: DatasetIssuesConfig
+    sample_ids: list[str]
+    splits: list[str | None]
+    labels: list[str | None]
+    shas: list[str]
+    areas: list[int]
+    paths: list[str]
+    sig: Signals
+    has_faces: bool
+    progress: bool = False
+    pos: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pos = {s: i for i, s in enumerate(self.sample_ids)}
+        if self.sig.embedding is not None:
+            # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
+            ok = self.embedded
+            self.sig.embedding[ok] -= self.sig.embedding[ok].mean(axis=0)
+
+    @property
+    def n(self) -> int:
+        return len(self.sample_ids)
+
+    @cached_property
+    def embedded(self) -> np.ndarray:
+        """Indices of the samples with an embedding."""
+        if self.sig.embedding is None:
+            return np.zeros(0, np.int64)
+        return np.flatnonzero(~np.isnan(self.sig.embedding).any(axis=1))
+
+    @cached_property
+    def clusters(self) -> Clusters:
+        """Duplicate clusters joined by identical bytes, pHash (and mirror) edges and, when
+        `embed_duplicates`, embedding edges."""
+        cfg, sig, n = self.cfg, self.sig, self.n
+        sha_edges = group_pairs(np.asarray(self.shas, dtype=object).astype(str)) if n else np.zeros((0, 2), np.int64)
+        edges, sims, methods, hstats = phash_edges(sig, cfg)
+        edges = np.concatenate([sha_edges, edges])
+        sims = np.concatenate([np.ones(len(sha_edges)), sims])
+        methods = ["sha256"] * len(sha_edges) + methods
+        emb_ok = self.embedded
+        if sig.embedding is not None and cfg.embed_duplicates and 0 < len(emb_ok) <= cfg.embed_max_n:
+            ep, es = cosine_pairs_blocked(sig.embedding[emb_ok], cfg.embed_cosine_min)
+            edges = np.concatenate([edges, emb_ok[ep]])
+            sims = np.concatenate([sims, es])
+            methods += ["embedding"] * len(ep)
+        cluster = union_clusters(n, edges)
+        reports = analyze_clusters(cluster, self.sample_ids, self.splits, self.labels, self.shas, self.areas)
+        cid_of = {int(cluster[self.pos[r.members[0]]]): r.cluster_id for r in reports}
+        return Clusters(reports, edge_summary(cluster, edges, sims, methods, cid_of), hstats)
+
+    @cached_property
+    def embedding_stats(self) -> EmbeddingStats | None:
+        """Centroid distances of the embedded samples, or None with fewer than 3 of them."""
+        emb_ok = self.embedded
+        if self.sig.embedding is None or len(emb_ok) < 3:
+            return None
+        classes = sorted({x for x in self.labels if x is not None})
+        cidx = np.array([classes.index(self.labels[i]) if self.labels[i] is not None else -1 for i in emb_ok])
+        own, nearest = centroid_distances(self.sig.embedding[emb_ok], cidx, max(1, len(classes)))
+        far = np.full(self.n, np.nan)
+        far[emb_ok] = embedding_evidence(robust_z(nearest), self.cfg.outlier_z)
+        lab = cidx >= 0
+        z = np.full(len(emb_ok), np.nan)
+        z[lab] = robust_z(own[lab], cidx[lab])
+        own_all, z_all = np.full(self.n, np.nan), np.full(self.n, np.nan)
+        own_all[emb_ok], z_all[emb_ok] = own, z
+        return EmbeddingStats(far, own_all, z_all)
+
+    @cached_property
+    def face_space(self) -> dict[str, np.ndarray]:
+        """Appearance evidence of the undetected primary crops (NaN without a faces table)."""
+        if not self.has_faces:
+            return {k: np.full(self.n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
+        return face_space_evidence(self.store, self.pos, self.sig, self.cfg, self.paths, self.progress)
+
+
+class IssueManager:
+    """A dataset-issue detector: `find` returns `dataset_issues` rows (ferclean.dataset_issues.issues)."""
+
+    name: ClassVar[str]
+    issue_types: ClassVar[tuple[str, ...]]
+
+    def find(self, ctx: IssueContext) -> list[dict]:
+        raise NotImplementedError

@@ -1,0 +1,239 @@
+"""Per-sample evidence the dataset-issue detectors share: image/crop pHashes, face detection and
+quality evidence, model embeddings (:class:`Signals`), the pHash duplicate edges and the
+appearance evidence of undetected crops. Gathered once per run by the stage."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from ferclean.dataset_issues.clusters import group_pairs
+from ferclean.dataset_issues.config import DatasetIssuesConfig
+from ferclean.dataset_issues.face_space import (
+    FaceSpace,
+    appearance_evidence,
+    appearance_rank,
+    crop_vectors,
+    hog_detector,
+    image_vectors,
+    rotated_hog_score,
+)
+from ferclean.dataset_issues.neighbors import near_pairs_banded
+from ferclean.dataset_issues.phash import HASH_SIDE, hash_images
+from ferclean.primary import iter_primary_faces
+from ferclean.progress import track
+from ferclean.store import Store
+
+HASH_BITS = HASH_SIDE * HASH_SIDE
+NO_DETECTOR = "fastlm"  # faces rows whose landmarks came without any detection
+
+
+def _stable_unit(sample_ids: Sequence[str]) -> np.ndarray:
+    """A deterministic pseudo-random number in [0, 1) per sample id (for sampling without state)."""
+    return np.array([int(hashlib.blake2b(s.encode(), digest_size=8).hexdigest(), 16) / 2**64 for s in sample_ids])
+
+
+def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
+                        paths: Sequence[str], progress: bool) -> dict[str, np.ndarray]:
+    """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
+
+    Rows no detector looked at (fastlm) first get dlib's HOG test of the faces stage (~2 ms each,
+    `detect_unchecked`), so the evidence starts from a detection in both faces modes.
+    Two streaming passes over `faces` (memory: one batch of crops): fit the face space on up to
+    `face_space_fit_n` detected crops (all crops when fewer than 200 were detected), then DFFS of
+    every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
+    check on their source image. Returns arrays of length n: appearance (NaN = not scored),
+    dffs, hog (NaN where not computed).
+    """
+    n = len(sig.phash)
+    out = {k: np.full(n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
+    if not cfg.face_space:
+        return out
+    unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
+    if len(unchecked) and cfg.detect_unchecked:
+        detector = hog_detector()
+        for i in track(unchecked, "face detection", total=len(unchecked), enabled=progress):
+            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
+            if img is None:
+                continue
+            found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
+            sig.no_detection[i] = 0.0 if found else 1.0
+            sig.detected[i] = found
+    undetected = sig.has_face_row & ~sig.detected
+    if undetected.sum() < 2:
+        return out
+    cols = ["sample_id", "crop_png"]
+    fit_pool = sig.detected if sig.detected.sum() >= 200 else sig.has_face_row
+    share = min(1.0, cfg.face_space_fit_n / max(int(fit_pool.sum()), 1))
+    fit_rows, fit_vecs, todo_idx, todo_vecs = [], [], [], []
+    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
+        sids = t.column("sample_id").to_pylist()
+        rows = np.array([pos.get(x, -1) for x in sids])
+        ok_row = rows >= 0
+        pick_fit = ok_row & fit_pool[np.maximum(rows, 0)] & (_stable_unit(sids) < share)
+        pick_dffs = ok_row & undetected[np.maximum(rows, 0)]
+        want = np.flatnonzero(pick_fit | pick_dffs)
+        if not len(want):
+            continue
+        crops = t.column("crop_png").take(pa.array(want)).to_pylist()
+        vecs, ok = crop_vectors(crops, cfg.face_space_side)
+        for j, k in enumerate(want):
+            if not ok[j]:
+                continue
+            if pick_fit[k]:
+                fit_rows.append(rows[k])
+                fit_vecs.append(vecs[j])
+            if pick_dffs[k]:
+                todo_idx.append(rows[k])
+                todo_vecs.append(vecs[j])
+    if len(fit_vecs) < 2 or len(todo_idx) < 2:
+        return out
+    idx = np.asarray(todo_idx)
+    out["dffs"][idx] = FaceSpace(cfg.face_space_k).fit(np.stack(fit_vecs)).dffs(np.stack(todo_vecs))
+    # the same on the whole image, independent of where the landmark fit put the eyes
+    img_fit, ok_fit = image_vectors([paths[i] for i in fit_rows], cfg.face_space_side)
+    img_todo, ok_todo = image_vectors([paths[i] for i in idx], cfg.face_space_side)
+    dffs_image = np.full(n, np.nan)
+    if ok_fit.sum() >= 2:
+        dffs_image[idx[ok_todo]] = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit]).dffs(img_todo[ok_todo])
+    out["dffs_image"] = dffs_image
+    n_check = int(round(cfg.hog_check_fraction * len(idx)))
+    if n_check:
+        detector = hog_detector()
+        prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
+        suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
+        for i in track(suspects, "face check", total=len(suspects), enabled=progress):
+            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
+            if img is None:
+                continue
+            out["hog"][i] = rotated_hog_score(img, detector)
+    # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
+    out["appearance"][idx] = 0.0
+    checked = idx[~np.isnan(out["hog"][idx])]
+    if len(checked) >= 2:
+        top = min(0.5, cfg.nonface_top_fraction / max(cfg.hog_check_fraction, 1e-9))
+        out["appearance"][checked] = appearance_evidence(
+            appearance_rank(out["dffs"][checked], dffs_image[checked], -out["hog"][checked]), top)
+    return out
+
+
+class Signals:
+    """Per-sample arrays gathered from images, faces and the model (length n = samples)."""
+
+    def __init__(self, n: int):
+        self.phash = np.zeros(n, np.uint64)
+        self.mirror = np.zeros(n, np.uint64)
+        self.pixel_std = np.full(n, np.nan)
+        self.hashed = np.zeros(n, bool)
+        self.hash_from_crop = np.zeros(n, bool)
+        self.no_detection = np.full(n, np.nan)
+        self.detected = np.zeros(n, bool)  # a face detector confirmed the primary face
+        self.has_face_row = np.zeros(n, bool)
+        self.flags: list[list[str] | None] = [None] * n
+        self.embedding: np.ndarray | None = None
+
+
+def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssuesConfig, from_crop: bool) -> None:
+    h, std, _, m, ok = hash_images(sources, mirror=cfg.mirror)
+    sig.phash[idx] = h
+    sig.pixel_std[idx] = np.where(ok, std, np.nan)
+    if m is not None:
+        sig.mirror[idx] = m
+    sig.hashed[idx] = ok
+    sig.hash_from_crop[idx] = ok & from_crop
+
+
+def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
+                        embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
+    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings.
+
+    Returns True when the faces table has rows. Memory: one batch of crops at a time.
+    """
+    if store.count("faces") == 0:
+        return False
+    sig.no_detection[:] = 1.0  # no face row at all = no face found
+    want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
+    cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
+    emb_idx, emb_parts = [], []
+    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
+        sids = t.column("sample_id").to_pylist()
+        rows = [pos.get(s, -1) for s in sids]
+        keep = [k for k, r in enumerate(rows) if r >= 0]
+        if not keep:
+            continue
+        idx = np.array([rows[k] for k in keep])
+        det = t.column("detector").to_pylist()
+        flags = t.column("quality_flags").to_pylist()
+        for k, r in zip(keep, idx, strict=True):
+            # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
+            sig.no_detection[r] = 1.0 if det[k] == "full_frame" else (np.nan if det[k] == NO_DETECTOR else 0.0)
+            sig.detected[r] = det[k] not in ("full_frame", NO_DETECTOR)
+            sig.has_face_row[r] = True
+            sig.flags[r] = list(flags[k] or [])
+        if want_crops:
+            crops = t.column("crop_png").to_pylist()
+            crops = [crops[k] for k in keep]
+            if cfg.hash_source in ("auto", "crop"):
+                store_hashes(sig, idx, crops, cfg, from_crop=True)
+            if embed is not None:
+                emb_idx.append(idx)
+                emb_parts.append(embed(crops))
+    if emb_parts:
+        dim = emb_parts[0].shape[1]
+        sig.embedding = np.full((len(sig.phash), dim), np.nan, np.float32)
+        sig.embedding[np.concatenate(emb_idx)] = np.concatenate(emb_parts)
+    return True
+
+
+def phash_edges(sig: Signals, cfg: DatasetIssuesConfig) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """Duplicate edges from pHashes: identical hashes, banded near pairs, mirrored pairs.
+
+    Returns (pairs (m, 2) sample indices, similarity (m,), method per edge, stats).
+    """
+    ok = np.flatnonzero(sig.hashed)
+    uniq, first, inverse = np.unique(sig.phash[ok], return_index=True, return_inverse=True)
+    rep = ok[first]  # a representative sample per distinct hash
+    same = ok[group_pairs(inverse)] if len(ok) else np.zeros((0, 2), np.int64)
+    pairs, dist, stats = near_pairs_banded(uniq, cfg.max_hamming)
+    edges = [same, rep[pairs]]
+    sims = [np.ones(len(same)), 1.0 - dist / HASH_BITS]
+    methods = ["phash"] * (len(same) + len(pairs))
+    stats = {"distinct_hashes": int(len(uniq)), "candidates": stats["candidates"], "phash_pairs": int(len(pairs))}
+    if cfg.mirror and len(ok):
+        muniq, mfirst = np.unique(sig.mirror[ok], return_index=True)
+        both = np.concatenate([uniq, muniq])
+        mp, md, mstats = near_pairs_banded(both, cfg.max_hamming)
+        cross = (mp[:, 0] < len(uniq)) & (mp[:, 1] >= len(uniq))
+        a, b = rep[mp[cross, 0]], ok[mfirst[mp[cross, 1] - len(uniq)]]
+        real = a != b  # an image matching its own mirror is symmetric, not a duplicate
+        edges.append(np.stack([a[real], b[real]], 1))
+        sims.append(1.0 - md[cross][real] / HASH_BITS)
+        methods += ["phash_mirror"] * int(real.sum())
+        stats["mirror_pairs"] = int(real.sum())
+        stats["candidates"] += mstats["candidates"]
+    return np.concatenate(edges).astype(np.int64), np.concatenate(sims), methods, stats
+
+
+def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, methods: list[str],
+                 cluster_ids: dict[int, str]) -> dict[str, dict]:
+    """cluster_id -> {"min_similarity", "methods", "max_hamming"} over the edges inside it."""
+    out: dict[str, dict] = {}
+    lab = cluster[edges[:, 0]] if len(edges) else np.zeros(0, np.int64)
+    for c, s, m in zip(lab.tolist(), sims.tolist(), methods, strict=True):
+        cid = cluster_ids.get(c)
+        if cid is None:
+            continue
+        info = out.setdefault(cid, {"min_similarity": 1.0, "methods": set(), "max_hamming": None})
+        info["min_similarity"] = min(info["min_similarity"], s)
+        info["methods"].add(m)
+        if m.startswith("phash"):
+            d = int(round((1.0 - s) * HASH_BITS))
+            info["max_hamming"] = d if info["max_hamming"] is None else max(info["max_hamming"], d)
+    for info in out.values():
+        info["methods"] = sorted(info["methods"])
+        info["min_similarity"] = round(float(info["min_similarity"]), 6)
+    return out

@@ -1,0 +1,349 @@
+"""The pure noise maths of the verdict rule: no I/O, numpy in, numpy out.
+
+Owned here and imported by both readers of the rule: the train stage (the final model trains on the
+labels these verdicts give) and the relabel stage (the verdicts it writes). One :class:`RelabelConfig`
+(the `relabel:` section of the user's config) drives both.
+
+Rule (all thresholds in :class:`RelabelConfig`, vectorised in :func:`decide`):
+
+0. probs are the network's, times the AU view's to the power `au_view_weight` when the train stage
+   cross-fitted one (`ferclean.au_view`: a second opinion from the pseudo-AU intensities alone),
+   renormalised; then temperature-calibrated to the given labels (`calibrate`, NLL over one scalar T).
+1. support(y) = (1 - w) * p(y) + w * q(y), the out-of-sample probability of the given label y
+   blended with the semantic similarity q = softmax(-sem_dist / tau) of the AU-graph branch
+   (w = `semantic_weight` when semantic distances exist, else 0).
+2. A sample is flagged when support(y) < `flag_below` (reason low_confidence), or when the model's
+   argmax s != y with margin p(s) - p(y) >= `disagree_margin` (reason model_disagrees).
+   semantic_mismatch (nearest template != y) and low_alpha (alpha < `low_alpha`) are reported as
+   reasons and move a borderline sample (support < `flag_below` + `borderline`) into the flags.
+3. A flagged sample is relabeled to s only on confident disagreement: p(s) >= `relabel_min_p`,
+   margin >= `relabel_margin`, and (when semantic distances exist and `require_semantic_agreement`)
+   the nearest semantic template is s. Every other flagged sample goes to review.
+4. Unlabelled samples: relabel (assign s) when p(s) >= `relabel_min_p`, else review.
+5. Samples without a face row: `no_face_action` (review by default) with reason no_face.
+   faces.quality_flags are copied into `reasons`; flags listed in `review_flags` send a kept
+   sample to review, flags in `drop_flags` drop it.
+
+label_final: keep -> original, relabel -> suggested, review -> original (null when unlabelled),
+drop -> null. priority (review order, higher first) = 1 - support(y).
+
+`rule = "bayes"` (the default) replaces steps 1-3 by a noise-transition posterior in the spirit of
+cleanlab's confident joint (:func:`bayes_posterior`): with the calibrated out-of-sample probs p(t|x) and
+N[y, t] = P(given y | true t) estimated from the collection's own confident joint (no reference labels),
+post(t) is proportional to p(t|x) * N[y, t] (times class_prior(t) / prior(t) when a reference class prior is
+given). support(y) = post(y); flag the samples with the lowest post(y), as many as the confident joint
+estimates to be mislabelled (1 - trace; or post(y) < `bayes_flag_below` when set); relabel to s = argmax post when
+s != y and post(s) - post(y) >= `bayes_relabel_margin`; every other flagged sample goes to review (its
+suggested label is the best class other than y). On the FER2013 train split against the FER+ plurality
+(benchmarks/results/relabel_rules.md) the defaults took flag F1 from 0.626 to 0.707 (ce probs) and 0.672 to
+0.688 (ulcag), final-label accuracy from 0.673 to 0.693 (ce; ulcag 0.650 -> 0.649: its probs are too weak to
+relabel by). `rule = "threshold"` keeps steps 1-3 above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ferclean.flags import QUALITY_FLAGS
+
+class RelabelConfig(BaseModel):
+    """Thresholds of the verdict rule (see module docstring).
+
+    Defaults were chosen on the out-of-fold scores of a 4,000-image FER2013 subset (32 px CNN):
+    p(label) < 0.25 maximised flag F1 there, and only p(suggested) >= 0.7 with margin >= 0.5 gave
+    relabels more often right than the original label (0.49 vs 0.42); weaker evidence goes to review.
+    With prototype pseudo AUs the semantic distance (AUC 0.54) and alpha (AUC 0.57) ranked label
+    errors far worse than p(label) (AUC 0.74) and blending them in lowered flag F1 (0.619 -> 0.584),
+    so `semantic_weight` and `borderline` default to 0; the semantic branch still gates relabels.
+    """
+
+    method: str = Field("ulcag", description="which predictions to judge by")
+    rule: Literal["bayes", "threshold"] = Field(
+        "bayes", description="bayes: noise-transition posterior (bayes_* fields); threshold: flag_below/disagree_margin/"
+        "relabel_min_p rule (the previous default)")
+    bayes_flag_below: float | None = Field(None, ge=0, le=1, description="bayes rule: flag when the posterior of the "
+                                           "given label is below; None = flag the share of labelled samples that the "
+                                           "confident joint estimates to be mislabelled (1 - trace), lowest posterior first")
+    bayes_relabel_margin: float = Field(0.0, ge=0, le=1, description="bayes rule: relabel when post(argmax) - "
+                                        "post(label) reaches this (0 = whenever another class is more likely)")
+    class_prior: list[float] | None = Field(None, description="bayes rule: reference class prior (class order of the "
+                                            "predictions), e.g. the class shares of a reviewed sample; None = the "
+                                            "collection's own estimated prior")
+    train_prior: list[float] | None = Field(None, description="bayes rule with a class_prior: class shares of the "
+                                            "labels the scoring model was trained on (the divisor of the prior shift); "
+                                            "None = the labelled samples' class shares (right for cross-fitted "
+                                            "scores); relabel-collection fills it from the model's model.json")
+    audit_prior: bool = Field(True, description="bayes rule with class_prior None: use the class mix of the human "
+                              "decisions on an audit sample (`ferclean review export OUT --audit N`) as the reference "
+                              "class prior once at least audit_min of them exist")
+    audit_min: int = Field(100, ge=1, description="audit decisions needed before their class mix is used")
+    au_view_weight: float = Field(0.5, ge=0, le=4, description="weight w of the AU view's opinion: the rule sees "
+                                  "p_network * p_au ** w, renormalised (ferclean.au_view; 0 = network only). Chosen on "
+                                  "FER2013's real noise and 10 % synthetic noise, confirmed on 20/30 % "
+                                  "(benchmarks/results/noise_synthetic.md)")
+    calibrate: bool = Field(True, description="temperature-scale probs to the given labels (NLL) before the rule, "
+                            "so thresholds mean the same for every method; needs >= 50 labelled samples")
+    fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")
+    flag_below: float = Field(0.25, ge=0, le=1, description="flag when support of the given label is below")
+    disagree_margin: float = Field(0.25, ge=0, le=1, description="flag when p(argmax) - p(label) reaches this")
+    borderline: float = Field(0.0, ge=0, le=1, description="support band above flag_below where semantic/alpha evidence flags (0 = off)")
+    low_alpha: float = Field(0.35, ge=0, le=1, description="alpha below this is reason low_alpha")
+    semantic_weight: float = Field(0.0, ge=0, le=1, description="weight of the semantic similarity in support (0 = off)")
+    semantic_temperature: float = Field(0.1, gt=0, description="tau of q = softmax(-sem_dist / tau)")
+    relabel_min_p: float = Field(0.70, ge=0, le=1, description="min p(suggested) to relabel")
+    relabel_margin: float = Field(0.50, ge=0, le=1, description="min p(suggested) - p(label) to relabel")
+    require_semantic_agreement: bool = Field(True, description="relabel only when the nearest template agrees")
+    no_face_action: Literal["review", "drop"] = "review"
+    review_flags: list[str] = Field(default_factory=list, description="quality flags that send a kept sample to review")
+    drop_flags: list[str] = Field(default_factory=list, description="quality flags that drop a sample")
+    issue_actions: dict[str, Literal["keep", "review", "drop"]] = Field(
+        default_factory=lambda: {"duplicate": "drop", "split_leak": "drop", "not_a_face": "review",
+                                 "conflicting_labels": "review", "outlier": "keep"},
+        description="dataset_issues reason -> action (keep = reason only); read when that table exists")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`decide` returns, one entry per sample (arrays of length N).
+
+    action: "keep" | "relabel" | "review" | "drop" (object array); suggested: class index the rule
+    would assign; p_original: calibrated p(given label) (NaN unlabelled); p_suggested; margin =
+    p_suggested - p_original; support: the rule's support of the given label; priority: review order
+    (higher first); reasons: one list of reason codes per sample; temperature: the calibration T.
+    """
+
+    action: np.ndarray
+    suggested: np.ndarray
+    p_original: np.ndarray
+    p_suggested: np.ndarray
+    margin: np.ndarray
+    support: np.ndarray
+    priority: np.ndarray
+    reasons: list[list[str]]
+    temperature: float
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def calibrate_temperature(probs: np.ndarray, labels: np.ndarray,
+                          grid: np.ndarray | None = None) -> float:
+    """Temperature T minimising the NLL of the given labels under p^(1/T) (renormalised).
+
+    probs: (N, C); labels: (N,) class indices (>= 0). Uses only the given (noisy) labels, never a
+    reference, so out-of-fold probabilities of different methods end up on one scale.
+    """
+    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61)) if grid is None else grid
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    rows = np.arange(len(labels))
+    best_t, best = 1.0, np.inf
+    for t in grid:
+        z = logp / t
+        nll = float((np.logaddexp.reduce(z, axis=1) - z[rows, labels]).mean())
+        if nll < best:
+            best_t, best = float(t), nll
+    return best_t
+
+
+def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
+    """p^(1/T) renormalised per row (= softmax of the logits divided by T)."""
+    z = np.log(np.clip(probs, 1e-12, 1.0)) / t
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confident_joint(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Calibrated confident joint J[given i, true j] (sums to 1), as cleanlab's `estimate_joint`.
+
+    labels: (N,) class index >= 0; probs: (N, C) out-of-sample probabilities. Per-class threshold t_j =
+    mean p_j over samples labelled j; a sample counts for the true class j with p_j >= t_j (the most
+    probable one when several pass); rows are rescaled to the given label counts. No reference labels.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    n, c = probs.shape
+    counts = np.bincount(labels, minlength=c).astype(np.float64)
+    thr = np.array([probs[labels == j, j].mean() if counts[j] else 1.0 for j in range(c)])
+    ok = probs >= thr - 1e-6
+    any_ok = ok.any(axis=1)
+    guess = np.where(ok, probs, -1.0).argmax(axis=1)
+    cj = np.zeros((c, c))
+    np.add.at(cj, (labels[any_ok], guess[any_ok]), 1.0)
+    cj = cj / np.clip(cj.sum(axis=1, keepdims=True), 1e-12, None) * counts[:, None]
+    return cj / max(float(cj.sum()), 1e-12)
+
+
+def noise_matrix(joint: np.ndarray) -> np.ndarray:
+    """N[i, j] = P(given i | true j) from a joint; a true class with no mass keeps its label (N[j, j] = 1)."""
+    col = joint.sum(axis=0, keepdims=True)
+    nm = np.divide(joint, col, out=np.zeros_like(joint), where=col > 0)
+    empty = col[0] <= 0
+    nm[empty, empty] = 1.0
+    return nm
+
+
+def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | None = None,
+                    class_prior: Sequence[float] | None = None,
+                    train_prior: Sequence[float] | None = None) -> np.ndarray:
+    """post(t) proportional to p(t|x) * P(given y | true t) [* class_prior(t) / train_prior(t)]; rows sum to 1.
+
+    labels: (N,) class index, -1 = unlabelled (then post = p, prior-shifted when class_prior is given);
+    probs: (N, C); joint: confident joint (default: :func:`confident_joint` on the labelled rows);
+    class_prior: optional reference prior of the true classes (e.g. an audit's class mix);
+    train_prior: the class shares of the labels the model that gave `probs` was trained on, which its
+    probabilities carry (the prior-shift correction of Saerens et al. 2002 divides by it); default: the
+    labelled rows' class shares, else the joint's true-class marginal. (The joint's marginal was the
+    divisor before; it nearly vanishes for a rare class, e.g. 0.001 for disgust, which then got
+    multiplied ~10x: benchmarks/results/noise_real_full.md, "audit prior".)
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    labelled = labels >= 0
+    n, c = probs.shape
+    if joint is None:
+        joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else np.eye(c) / c
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    nm = noise_matrix(joint)
+    logp = logp + np.where(labelled[:, None], np.log(np.clip(nm[np.maximum(labels, 0)], 1e-6, 1.0)), 0.0)
+    if class_prior is not None:
+        ref = np.clip(np.asarray(class_prior, dtype=np.float64), 1e-6, None)
+        if train_prior is not None:
+            own = np.asarray(train_prior, dtype=np.float64)
+        elif labelled.any():
+            own = np.bincount(labels[labelled], minlength=c).astype(np.float64)
+        else:
+            own = joint.sum(axis=0)
+        own = np.clip(own, 1e-6 * max(float(own.sum()), 1e-12), None)
+        logp = logp + np.log(ref / ref.sum()) - np.log(own / own.sum())
+    return _softmax(logp)
+
+
+def decide(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    alpha: np.ndarray | None,
+    sem_dist: np.ndarray | None,
+    cfg: RelabelConfig,
+) -> Decision:
+    """Vectorised verdicts.
+
+    labels: (N,) int class index, -1 = unlabelled; probs: (N, C); alpha: (N,) or None;
+    sem_dist: (N, C) or None. Returns a :class:`Decision`.
+    """
+    n, c = probs.shape
+    labels = np.asarray(labels, dtype=np.int64)
+    labelled = labels >= 0
+    temperature = 1.0
+    if cfg.calibrate and labelled.sum() >= 50:
+        temperature = calibrate_temperature(probs[labelled], labels[labelled])
+        probs = apply_temperature(probs, temperature)
+    y = np.where(labelled, labels, 0)
+    rows = np.arange(n)
+    sugg = probs.argmax(axis=1)
+    p_sugg = probs[rows, sugg]
+    p_orig = np.where(labelled, probs[rows, y], np.nan)
+    margin = p_sugg - p_orig
+    has_sem = sem_dist is not None
+    if has_sem:
+        q = _softmax(-np.asarray(sem_dist, dtype=np.float64) / cfg.semantic_temperature)
+        support = (1 - cfg.semantic_weight) * p_orig + cfg.semantic_weight * q[rows, y]
+        sem_best = np.asarray(sem_dist).argmin(axis=1)
+    else:
+        support = p_orig.copy()
+        sem_best = sugg
+    sem_mis = labelled & has_sem & (sem_best != y)
+    low_a = np.zeros(n, bool) if alpha is None else (np.asarray(alpha) < cfg.low_alpha)
+    model_sugg = sugg
+    if cfg.rule == "bayes":
+        joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else None
+        post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior, train_prior=cfg.train_prior)
+        best = post.argmax(axis=1)
+        second = np.argsort(-post, axis=1)[:, 1]
+        support = np.where(labelled, post[rows, y], np.nan)
+        if cfg.bayes_flag_below is not None:
+            low_conf = labelled & (support < cfg.bayes_flag_below)
+        else:
+            low_conf = np.zeros(n, bool)
+            k = int(round((1.0 - float(np.trace(joint))) * labelled.sum())) if joint is not None else 0
+            if k > 0:
+                low_conf[np.flatnonzero(labelled)[np.argsort(support[labelled], kind="stable")[:k]]] = True
+        confident = labelled & (best != y) & (post[rows, best] - support >= cfg.bayes_relabel_margin)
+        flagged = low_conf | confident
+        sugg = np.where(labelled & flagged & (best == y), second, best)
+        p_sugg = probs[rows, sugg]
+        margin = p_sugg - p_orig
+        unl_relabel = post[rows, best] >= cfg.relabel_min_p
+    else:
+        low_conf = labelled & (support < cfg.flag_below)
+        disagree = labelled & (sugg != y) & (margin >= cfg.disagree_margin)
+        border = labelled & (support < cfg.flag_below + cfg.borderline) & (sem_mis | low_a)
+        flagged = low_conf | disagree | border
+        confident = (p_sugg >= cfg.relabel_min_p) & (margin >= cfg.relabel_margin) & (sugg != y)
+        if has_sem and cfg.require_semantic_agreement:
+            confident &= sem_best == sugg
+        unl_relabel = p_sugg >= cfg.relabel_min_p
+    action = np.full(n, "keep", dtype=object)
+    action[flagged] = "review"
+    action[flagged & confident] = "relabel"
+    unl = ~labelled
+    action[unl] = np.where(unl_relabel[unl], "relabel", "review")
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    for name, mask in (("low_confidence", low_conf), ("model_disagrees", labelled & (model_sugg != y)),
+                       ("semantic_mismatch", sem_mis), ("low_alpha", low_a), ("unlabelled", unl)):
+        for i in np.flatnonzero(mask):
+            reasons[i].append(name)
+    priority = np.where(labelled, 1.0 - support, 1.0 - p_sugg)
+    return Decision(action=action, suggested=sugg, p_original=p_orig, p_suggested=p_sugg, margin=margin,
+                    support=support, priority=priority, reasons=reasons, temperature=temperature)
+
+def apply_face_rules(action: np.ndarray, reasons: list[list[str]], has_face: np.ndarray,
+                     quality: Sequence[Sequence[str] | None], cfg: RelabelConfig) -> np.ndarray:
+    """Add face reasons (no_face, quality flags) and apply no_face/review/drop flag actions."""
+    action = action.copy()
+    for i in range(len(action)):
+        if not has_face[i]:
+            reasons[i].append("no_face")
+            action[i] = cfg.no_face_action
+            continue
+        flags = [f for f in (quality[i] or []) if f in QUALITY_FLAGS]
+        reasons[i].extend(f for f in flags if f not in reasons[i])
+        if any(f in cfg.drop_flags for f in flags):
+            action[i] = "drop"
+        elif action[i] == "keep" and any(f in cfg.review_flags for f in flags):
+            action[i] = "review"
+    return action
+
+
+_SEVERITY = {"keep": 0, "relabel": 1, "review": 2, "drop": 3}
+
+
+def apply_issue_rules(action: np.ndarray, reasons: list[list[str]], sample_ids: Sequence[str],
+                      issues: dict[str, list[str]], cfg: RelabelConfig) -> np.ndarray:
+    """Add dataset_issues reasons; escalate the action per `issue_actions` (never de-escalate)."""
+    action = action.copy()
+    for i, sid in enumerate(sample_ids):
+        for reason in issues.get(sid, []):
+            if reason not in reasons[i]:
+                reasons[i].append(reason)
+            target = cfg.issue_actions.get(reason, "keep")
+            if _SEVERITY[target] > _SEVERITY[str(action[i])] and target != "keep":
+                action[i] = target
+    return action
+
+def final_labels(labels: np.ndarray, action: np.ndarray, suggested: np.ndarray) -> np.ndarray:
+    """label_final as class index: keep/review -> label, relabel -> suggested, drop -> -1."""
+    out = np.where(action == "relabel", suggested, labels).astype(np.int64)
+    out[action == "drop"] = -1
+    return out
+
+def prior_from_counts(counts: Sequence[float]) -> list[float]:
+    """Class shares from per-class counts with add-one-half smoothing (every class stays possible)."""
+    c = np.asarray(counts, dtype=np.float64)
+    return ((c + 0.5) / (c.sum() + 0.5 * len(c))).tolist()

@@ -1,0 +1,29 @@
+"""The `score` stage of relabel-collection: apply a trained model to a collection, no training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ferclean.model_dir import ModelDir
+from ferclean.noise import RelabelConfig
+from ferclean.relabel import score_collection
+from ferclean.store import Store
+
+
+class ScoreConfig(BaseModel):
+    """Settings of the `score` stage of relabel-collection: apply a trained model, no training."""
+
+    model_dir: str = Field(description="folder of a trained model (a curate run's OUT/model)")
+    collection: str | None = Field(None, description="score only this samples.collection (default: all)")
+    relabel: RelabelConfig = Field(
+        default_factory=RelabelConfig, description="the verdict rule (thresholds); filled from the config file's "
+        "`relabel:` section")
+
+
+def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True) -> dict:
+    """Score samples with the model in `config.model_dir` and write predictions + verdicts
+    (:func:`ferclean.relabel.score_collection` with the stage signature)."""
+    return score_collection(store, run, ModelDir(config.model_dir).require(), config.relabel,
+                            collection=config.collection, progress=progress)
