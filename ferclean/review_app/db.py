@@ -1,0 +1,60 @@
+"""An in-memory DuckDB catalog over a run folder, for a long-lived process.
+
+The same views as `OUT/catalog.duckdb` (table views over the Parquet parts + the analyst views),
+but in memory: the app never holds a lock on the catalog file that `curate` rewrites. The table
+views glob the parts at query time, so new decisions are seen at once; :meth:`MemoryCatalog.refresh`
+re-creates the views (needed only when a table gets its first part, e.g. a first verdict run).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import duckdb
+
+from ferclean.catalog import EXTRA_VIEWS, _quote, table_view_sql
+from ferclean.contracts import contract_tables
+from ferclean.store import Store
+
+
+class MemoryCatalog:
+    """Views over `store`'s tables in a private in-memory database; :meth:`cursor` per thread."""
+
+    def __init__(self, store: Store):
+        import ferclean.views  # noqa: F401  (registers the analyst views)
+
+        self.store = store
+        self._con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self._has_parts: tuple[bool, ...] = ()
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        """Re-create the views when a table gained (or lost) its parts since the last refresh."""
+        tables = contract_tables()
+        has = tuple(bool(self.store.part_files(t)) for t in tables)
+        with self._lock:
+            if not force and has == self._has_parts:
+                return
+            for table in tables:
+                self._con.execute(f"CREATE OR REPLACE VIEW {_quote(table)} AS {table_view_sql(self.store, table)}")
+            for name, body in EXTRA_VIEWS.items():
+                try:
+                    self._con.execute(f"CREATE OR REPLACE VIEW {_quote(name)} AS {body}")
+                except duckdb.Error:
+                    continue  # a view over a table this run folder lacks columns for: absent
+            self._has_parts = has
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A connection for one request (DuckDB cursors are safe to use from one thread each)."""
+        return self._con.cursor()
+
+    def views(self) -> set[str]:
+        cur = self.cursor()
+        try:
+            return {r[0] for r in cur.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self._con.close()
