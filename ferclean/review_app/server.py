@@ -82,6 +82,14 @@ class ReviewState:
     def cursor(self):  # noqa: ANN201
         return self.catalog.cursor()
 
+    def read(self, fn, *args):  # noqa: ANN001, ANN201
+        """`fn(cursor, *args)` on a cursor of its own (one per request thread)."""
+        cur = self.catalog.cursor()
+        try:
+            return fn(cur, *args)
+        finally:
+            cur.close()
+
 
 def create_app(store: Store, token: str, audit: int | None = None, seed: int = 0, reviewer: str = "") -> FastAPI:
     """The app over `store`; `token` guards every route."""
@@ -124,22 +132,14 @@ def create_app(store: Store, token: str, audit: int | None = None, seed: int = 0
     def queue(request: Request, mode: str = Query("review")) -> dict[str, Any]:
         if mode not in state.queues:
             raise HTTPException(400, f"unknown mode {mode!r}; use one of {', '.join(queries.MODES)}")
-        cur = state.cursor()
-        try:
-            items = queries.queue_items(cur, state.queues[mode])
-        finally:
-            cur.close()
+        items = state.read(queries.queue_items, state.queues[mode])
         shown = queries.filter_items(items, dict(request.query_params))
         return {"mode": mode, "total": len(items), "decided": sum(i["decided"] for i in items),
                 "items": shown, "facets": queries.facets(items)}
 
     @app.get("/api/sample")
     def sample(id: str = Query(..., min_length=1)) -> dict[str, Any]:  # noqa: A002
-        cur = state.cursor()
-        try:
-            detail = queries.sample_detail(cur, id)
-        finally:
-            cur.close()
+        detail = state.read(queries.sample_detail, id)
         if detail is None:
             raise HTTPException(404, f"unknown sample_id {id!r}")
         detail["in_audit"] = id in state.audit_set
@@ -149,11 +149,7 @@ def create_app(store: Store, token: str, audit: int | None = None, seed: int = 0
     def status() -> dict[str, Any]:
         from ferclean.relabel import audit_class_prior
 
-        cur = state.cursor()
-        try:
-            hint = queries.rerun_hint(cur, store.root)
-        finally:
-            cur.close()
+        hint = state.read(queries.rerun_hint, store.root)
         _, n = audit_class_prior(store, state.classes, 1)
         return {"n_audit": n, **hint, "audit_reached": n >= hint["audit_min"]}
 
@@ -183,22 +179,14 @@ def create_app(store: Store, token: str, audit: int | None = None, seed: int = 0
 
     @app.get("/img/crop")
     def img_crop(id: str = Query(..., min_length=1)) -> Response:  # noqa: A002
-        cur = state.cursor()
-        try:
-            png = queries.crop_png(cur, id)
-        finally:
-            cur.close()
+        png = state.read(queries.crop_png, id)
         if png is None:
             raise HTTPException(404, "no aligned crop for this sample")
         return Response(png, media_type="image/png")
 
     @app.get("/img/original")
     def img_original(id: str = Query(..., min_length=1)) -> Response:  # noqa: A002
-        cur = state.cursor()
-        try:
-            path = queries.source_path(cur, id)
-        finally:
-            cur.close()
+        path = state.read(queries.source_path, id)
         if path is None:
             raise HTTPException(404, "no image file for this sample")
         kind = mimetypes.guess_type(path.name)[0]
