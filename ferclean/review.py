@@ -255,7 +255,8 @@ def validate_decisions(rows: list[dict[str, str]], ctx: Context) -> tuple[list[D
                 continue
             final = None
         else:
-            final = label or (ctx.verdict.get(sid) or {}).get("label_suggested")
+            v = ctx.verdict.get(sid) or {}
+            final = label or v.get("model_label_suggested") or v.get("label_suggested")  # the model's latest
             if final is None:
                 errors.append(RowError(i, sid, "relabel needs a decision_label (no model suggestion to accept)"))
                 continue

@@ -231,3 +231,23 @@ def test_cli_review_serve_help_and_refusals(demo):
     assert res.exit_code == 0 and "--allow-remote" in res.output and "token" in res.output
     res = runner.invoke(app, ["review", "serve", str(demo.root), "--host", "0.0.0.0"])
     assert res.exit_code == 2 and "--allow-remote" in res.output
+
+
+def test_accepting_the_suggestion_takes_the_models_latest_one(client, demo):
+    import pyarrow as pa
+
+    from ferclean.contracts import load_contract
+
+    decide(client, "s002", "keep")
+    row = query(demo, "SELECT * FROM relabels WHERE sample_id = 's002' AND source = 'model'")[1][0]
+    names = [c.name for c in load_contract("relabels").columns]
+    newer = dict(zip(query(demo, "SELECT * FROM relabels LIMIT 0")[0], row, strict=True))
+    newer = {k: newer[k] for k in names}
+    orig = newer["label_original"]
+    sugg = next(c for c in ("fear", "disgust") if c != orig)
+    newer.update(run_id="later-model-run", label_suggested=sugg, label_final=orig, action="review")
+    newer["decided_at"] = newer["decided_at"].replace(year=newer["decided_at"].year + 1)
+    demo.append("relabels", pa.Table.from_pylist([newer], schema=load_contract("relabels").schema()), "later")
+    v = client.get("/api/sample", params={"id": "s002"}).json()["verdict"]
+    assert v["source"] == "human" and v["model_label_suggested"] == sugg and v["model_disagrees_with_human"]
+    assert decide(client, "s002", "relabel").json()["label_final"] == sugg
