@@ -122,7 +122,7 @@ async function decide(decision, label) {
   S.undo.push(it.sample_id);
   say("");
   progress();
-  statusCheck();
+  if (S.mode === "audit") statusCheck();  // the count only moves with audit decisions
   await move(1);
 }
 
@@ -148,10 +148,9 @@ async function move(step) {
 }
 
 async function statusCheck() {
-  if (S.mode !== "audit") return;
   const s = await api("api/status");
   const b = $("audit-banner");
-  b.hidden = false;
+  b.hidden = !(S.mode === "audit" || s.audit_reached);
   b.innerHTML = s.audit_reached
     ? `Audit reached ${s.n_audit} decisions (≥ ${s.audit_min}): re-run the verdicts with the audit's class prior: <code>${esc(s.command)}</code>`
     : `Audit: ${s.n_audit} of ${s.audit_min} decisions needed before the verdicts use the audit's class prior.`;
@@ -206,7 +205,7 @@ async function init() {
     b.addEventListener("click", () => {
       S.mode = b.dataset.mode; params.set("mode", S.mode); history.replaceState(null, "", "?" + params.toString());
       document.querySelectorAll("[data-mode]").forEach((x) => x.classList.toggle("active", x === b)); b.blur();
-      enqueue(() => loadQueue()); if (S.mode === "audit") statusCheck(); else $("audit-banner").hidden = true;
+      enqueue(() => loadQueue()); statusCheck();
     });
   }
   keys();
