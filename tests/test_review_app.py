@@ -170,6 +170,11 @@ def test_audit_decisions_carry_the_audit_reason_and_status_counts_them(client, d
     assert all("audit" in list(r[1]) for r in reasons) and len(reasons) == 3
     st = client.get("/api/status").json()
     assert st["n_audit"] == 3 and st["audit_min"] == 100 and not st["audit_reached"]
+    from ferclean.relabel import audit_class_prior
+
+    decide(client, audit_ids[3], "drop")  # drops do not count, as in the relabel stage
+    client.post("/api/undo", json={"sample_id": audit_ids[0], "reviewer": "ann"})  # nor retractions
+    assert client.get("/api/status").json()["n_audit"] == audit_class_prior(demo, client.get("/api/config").json()["classes"], 1)[1] == 2
     assert st["command"].startswith("ferclean curate ")
 
 

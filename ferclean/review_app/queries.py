@@ -226,3 +226,15 @@ def rerun_hint(cur: duckdb.DuckDBPyConnection, out: Path) -> dict[str, Any]:
             if cfg.get("limit"):
                 cmd += f" --limit {int(cfg['limit'])}"
     return {"audit_min": audit_min, "command": cmd}
+
+
+def audit_decisions(cur: duckdb.DuckDBPyConnection, classes: list[str]) -> int:
+    """Audited samples whose latest human audit decision has a label among `classes`: the count
+    `ferclean.relabel.audit_class_prior` compares with audit_min (drops and retractions do not count)."""
+    from ferclean.review import AUDIT_REASON
+
+    return int(cur.execute(f"""
+        SELECT count(*) FROM (
+            SELECT arg_max({{'label': label_final}}, (decided_at, run_id)).label AS label FROM relabels
+            WHERE source = 'human' AND list_contains(reasons, '{AUDIT_REASON}') GROUP BY sample_id)
+        WHERE label IN (SELECT unnest(?))""", [classes]).fetchone()[0])

@@ -147,10 +147,8 @@ def create_app(store: Store, token: str, audit: int | None = None, seed: int = 0
 
     @app.get("/api/status")
     def status() -> dict[str, Any]:
-        from ferclean.relabel import audit_class_prior
-
         hint = state.read(queries.rerun_hint, store.root)
-        _, n = audit_class_prior(store, state.classes, 1)
+        n = state.read(queries.audit_decisions, state.classes)
         return {"n_audit": n, **hint, "audit_reached": n >= hint["audit_min"]}
 
     def _write(fn, *args) -> dict[str, Any]:  # noqa: ANN001
