@@ -256,3 +256,22 @@ def test_accepting_the_suggestion_takes_the_models_latest_one(client, demo):
     v = client.get("/api/sample", params={"id": "s002"}).json()["verdict"]
     assert v["source"] == "human" and v["model_label_suggested"] == sugg and v["model_disagrees_with_human"]
     assert decide(client, "s002", "relabel").json()["label_final"] == sugg
+
+
+def test_sample_detail_lists_near_duplicates(demo):
+    import json
+
+    from ferclean.report.synthetic import fill_contract_rows
+
+    demo.write_part("dataset_issues", "t", fill_contract_rows("dataset_issues", [
+        {"run_id": "d", "issue_id": "near_duplicate:c1", "issue_type": "near_duplicate", "cluster_id": "c1",
+         "sample_ids": ["s002", "s005", "s009"], "score": 0.9, "details": json.dumps({"keep": "s002"})},
+        {"run_id": "d", "issue_id": "outlier:s002", "issue_type": "outlier", "cluster_id": None,
+         "sample_ids": ["s002"], "score": 0.5, "details": "{}"},
+    ]))
+    c = TestClient(create_app(demo, TOKEN))
+    c.headers[TOKEN_HEADER] = TOKEN
+    dups = c.get("/api/sample", params={"id": "s005"}).json()["duplicates"]
+    assert [d["sample_id"] for d in dups] == ["s002", "s009"] and dups[0]["cluster_id"] == "c1"
+    assert dups[0]["label_original"] and dups[0]["issue_type"] == "near_duplicate"
+    assert c.get("/api/sample", params={"id": "s003"}).json()["duplicates"] == []
