@@ -14,7 +14,12 @@ nothing when any row is bad: it raises :class:`DecisionError` listing each bad r
 number, sample id, problem), and records them as `rejects` (stage review, invalid_decision) of
 a failed `review-import` run. When all rows are valid it appends one `relabels` row per decided
 sample with source = human, the reviewer and decided_at = now, under a new `review-import` run;
-`latest_verdicts` then shows the human decision.
+`latest_verdicts` then shows the human decision, and keeps showing it after later model runs
+(human decisions are final, see ferclean.views).
+
+The review app (`ferclean review serve`, ferclean.review_app) goes through the same validation one
+decision at a time: :func:`decide_one` appends one human row under its own `review-app` run,
+:func:`undo_one` appends a row that restates the previous human decision or retracts.
 """
 
 from __future__ import annotations
