@@ -359,7 +359,7 @@ def report(
     err.print(f"report written to {path}")
 
 
-review_app = typer.Typer(help="Human review round-trip: export the queue, import decisions.", no_args_is_help=True)
+review_app = typer.Typer(help="Human review: in the browser (serve), or as a CSV round-trip (export, import).", no_args_is_help=True)
 app.add_typer(review_app, name="review")
 
 
@@ -378,6 +378,41 @@ def review_export(
     from ferclean.review import export_review_queue
 
     _print_summary("review export", export_review_queue(_out_store(out), to, limit=limit, audit=audit, seed=seed))
+
+
+@review_app.command("serve")
+def review_serve(
+    out: Annotated[Path, typer.Argument(help="A ferclean output folder.")],
+    audit: Annotated[Optional[int], typer.Option(
+        help="Also offer an audit queue: N labelled samples drawn at random (the same draw as "
+             "`review export --audit N --seed S`).", min=1)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --audit draw.")] = 0,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8765,
+    host: Annotated[str, typer.Option(help="Interface to bind; loopback by default.")] = "127.0.0.1",
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Allow a non-loopback --host (the token is still required).")] = False,
+    reviewer: Annotated[str, typer.Option(help="Default reviewer name shown in the page (each browser can change it).")] = "",
+) -> None:
+    """Review in the browser: the review queue (and an audit sample), one face at a time, keyboard first.
+
+    Prints a URL with a per-launch access token; every decision is validated like a `review import`
+    row and saved at once as a human verdict (human decisions are final: later model runs do not
+    override them). Keys: 1-8 relabel to a class, k keep, d drop, Enter accept the suggestion,
+    s skip, u undo, arrows previous/next.
+    """
+    from ferclean.review_app.server import serve
+
+    store = _out_store(out)
+
+    def ready(url: str, state) -> None:  # noqa: ANN001
+        typer.echo(f"review queue: {len(state.queues['review'])} samples"
+                   + (f"; audit sample: {len(state.audit_ids)}" if audit else ""))
+        typer.echo(f"open {url}   (Ctrl+C stops the server; decisions are already saved)")
+
+    try:
+        serve(store.root, host=host, port=port, audit=audit, seed=seed, reviewer=reviewer,
+              allow_remote=allow_remote, on_ready=ready)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
 
 
 @review_app.command("import")

@@ -14,7 +14,12 @@ nothing when any row is bad: it raises :class:`DecisionError` listing each bad r
 number, sample id, problem), and records them as `rejects` (stage review, invalid_decision) of
 a failed `review-import` run. When all rows are valid it appends one `relabels` row per decided
 sample with source = human, the reviewer and decided_at = now, under a new `review-import` run;
-`latest_verdicts` then shows the human decision.
+`latest_verdicts` then shows the human decision, and keeps showing it after later model runs
+(human decisions are final, see ferclean.views).
+
+The review app (`ferclean review serve`, ferclean.review_app) goes through the same validation one
+decision at a time: :func:`decide_one` appends one human row under its own `review-app` run,
+:func:`undo_one` appends a row that restates the previous human decision or retracts.
 """
 
 from __future__ import annotations
@@ -86,12 +91,7 @@ def export_review_queue(
     try:
         cols = "sample_id, label_original, label_suggested, action, alpha, margin, priority, reasons"
         if audit:
-            rows = con.execute(f"SELECT {cols} FROM latest_verdicts WHERE label_original IS NOT NULL "
-                               "ORDER BY sample_id").fetchall()
-            if not rows:  # no verdicts yet: audit the labelled samples
-                rows = con.execute("SELECT sample_id, label_original, NULL, NULL, NULL, NULL, NULL, NULL "
-                                   "FROM samples WHERE label_original IS NOT NULL ORDER BY sample_id").fetchall()
-            rows = [(*r[:7], [AUDIT_REASON]) for r in random.Random(seed).sample(rows, min(int(audit), len(rows)))]
+            rows = [(*r[:7], [AUDIT_REASON]) for r in audit_draw(con, audit, seed, cols)]
         else:
             rows = con.execute(f"SELECT {cols} FROM review_queue" + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
         ids = [r[0] for r in rows]
@@ -118,6 +118,20 @@ def export_review_queue(
     return {"csv": str(csv_path), "thumbnails": str(thumbs), "rows": len(rows), "missing_images": missing}
 
 
+def audit_draw(con: Any, n: int, seed: int = 0, cols: str = "sample_id") -> list[tuple]:
+    """The seeded audit sample: `n` labelled samples drawn uniformly at random (rows of `cols` from
+    latest_verdicts; from `samples` when there are no verdicts yet, the missing columns NULL).
+    The same store and seed give the same draw (the review app and `review export --audit`)."""
+    rows = con.execute(f"SELECT {cols} FROM latest_verdicts WHERE label_original IS NOT NULL "
+                       "ORDER BY sample_id").fetchall()
+    if not rows:  # no verdicts yet: audit the labelled samples
+        width = len(cols.split(","))
+        rows = [(r[0], r[1], *([None] * (width - 2)))[:width] for r in con.execute(
+            "SELECT sample_id, label_original FROM samples WHERE label_original IS NOT NULL ORDER BY sample_id"
+        ).fetchall()]
+    return random.Random(seed).sample(rows, min(int(n), len(rows)))
+
+
 def thumbnail_png_bytes(png: bytes, size: int) -> bytes:
     """Shrink PNG bytes to fit size x size (via a temporary in-memory file)."""
     import io
@@ -136,6 +150,7 @@ class Decision:
     label_final: str | None
     comment: str | None
     audit: bool = False  # the row came from an audit sample (`export_review_queue(audit=N)`)
+    extra_reasons: list[str] = field(default_factory=list)  # e.g. undo / retracted (the review app's undo)
 
 
 @dataclass
@@ -166,10 +181,12 @@ class Context:
     verdict: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def load_context(store: Store, sample_ids: list[str]) -> Context:
+def load_context(store: Store, sample_ids: list[str], con: Any = None) -> Context:
     """For `sample_ids`: the known ones (in `samples`, or with a verdict), their original labels
-    and latest verdicts. Unknown ids are simply absent."""
-    con = connect(store)
+    and latest verdicts. Unknown ids are simply absent. `con`: an open catalog connection to use
+    (else the catalog is refreshed and opened, and closed after)."""
+    own = con is None
+    con = connect(store) if own else con
     ids = sorted(set(sample_ids))
     try:
         ctx = Context()
@@ -184,7 +201,8 @@ def load_context(store: Store, sample_ids: list[str]) -> Context:
             ctx.verdict[d["sample_id"]] = d
             ctx.label_original.setdefault(d["sample_id"], d["label_original"])
     finally:
-        con.close()
+        if own:
+            con.close()
     return ctx
 
 
@@ -242,7 +260,8 @@ def validate_decisions(rows: list[dict[str, str]], ctx: Context) -> tuple[list[D
                 continue
             final = None
         else:
-            final = label or (ctx.verdict.get(sid) or {}).get("label_suggested")
+            v = ctx.verdict.get(sid) or {}
+            final = label or v.get("model_label_suggested") or v.get("label_suggested")  # the model's latest
             if final is None:
                 errors.append(RowError(i, sid, "relabel needs a decision_label (no model suggestion to accept)"))
                 continue
@@ -285,7 +304,8 @@ def decision_rows(decisions: list[Decision], ctx: Context, run_id: str, reviewer
             "alpha": v.get("alpha"), "p_original": v.get("p_original"), "p_suggested": v.get("p_suggested"),
             "margin": v.get("margin"), "sem_dist_original": v.get("sem_dist_original"),
             "sem_dist_suggested": v.get("sem_dist_suggested"), "priority": None, "method": "human",
-            "reasons": ["human_review"] + ([AUDIT_REASON] if d.audit else []), "source": "human",
+            "reasons": ["human_review"] + ([AUDIT_REASON] if d.audit else []) + list(d.extra_reasons),
+            "source": "human",
             "reviewer": reviewer, "decided_at": now,
             "comment": d.comment,
         })
@@ -330,3 +350,100 @@ def import_decisions(store: Store, csv_path: str | Path, reviewer: str) -> dict[
         run.counts.update({f"decisions.{k}": v for k, v in by_action.items()})
         run.counts["undecided"] = undecided
     return {"run_id": run.run_id, "applied": len(decisions), "by_action": by_action, "undecided": undecided}
+
+
+# -- one decision at a time (the review app) -----------------------------------------------------
+APP_RUN_KIND = "review-app"
+UNDO_REASON = "undo"
+
+
+def write_human_rows(store: Store, decisions: list[Decision], ctx: Context, reviewer: str, config: dict[str, Any]) -> str:
+    """Append `decisions` as human relabels rows under a new run of kind review-app, plus its
+    `runs` row; returns the run id. One small contract-validated, atomic part per call, and no
+    catalog refresh (the views glob the parts), so a decision costs milliseconds and a killed
+    process loses at most the call in flight."""
+    from ferclean.runs import Run, new_run_id
+
+    run = Run(store=store, run_id=new_run_id(), kind=APP_RUN_KIND, config=config)
+    table = decision_rows(decisions, ctx, run.run_id, reviewer, datetime.now(UTC))
+    store.append("relabels", table, run.run_id)
+    run.counts["relabels"] = table.num_rows
+    run.counts.update({f"decisions.{d.action}": 1 for d in decisions})
+    run.write_row("completed")
+    return run.run_id
+
+
+def decide_one(store: Store, con: Any, sample_id: str, decision: str, label: str | None, comment: str | None,
+               reviewer: str, audit: bool = False) -> dict[str, Any]:
+    """Validate one decision exactly as `review import` validates a CSV row, then append it.
+
+    Raises DecisionError (nothing written) when invalid. Returns the row written."""
+    reviewer = (reviewer or "").strip()
+    if not reviewer:
+        raise DecisionError([RowError(0, sample_id, "a reviewer name is required")])
+    row = {"sample_id": sample_id, "decision": decision or "", "decision_label": label or "",
+           "comment": comment or "", "reasons": AUDIT_REASON if audit else ""}
+    if not (decision or "").strip():
+        raise DecisionError([RowError(0, sample_id, "empty decision; use one of " + ", ".join(DECISIONS))])
+    ctx = load_context(store, [sample_id], con)
+    decisions, errors, _ = validate_decisions([row], ctx)
+    if errors:
+        raise DecisionError(errors)
+    d = decisions[0]
+    run_id = write_human_rows(store, [d], ctx, reviewer, {"reviewer": reviewer, "sample_id": sample_id})
+    return {"run_id": run_id, "sample_id": sample_id, "action": d.action, "label_final": d.label_final,
+            "reviewer": reviewer, "audit": d.audit}
+
+
+def human_history(con: Any, sample_id: str) -> list[dict[str, Any]]:
+    """Every human relabels row of a sample, oldest first."""
+    cur = con.execute("SELECT * FROM relabels WHERE sample_id = ? AND source = 'human' ORDER BY decided_at, run_id",
+                      [sample_id])  # `*`: the comment column exists only once some decision had one
+    names = [d[0] for d in cur.description]
+    keep = ("run_id", "action", "label_final", "reviewer", "decided_at", "reasons", "comment")
+    return [{k: d.get(k) for k in keep} for d in (dict(zip(names, r, strict=True)) for r in cur.fetchall())]
+
+
+def effective_stack(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replay a sample's human rows: a decision pushes, an undo row pops (the undo row itself
+    restates the decision that is then on top, or retracts when none is left)."""
+    stack: list[dict[str, Any]] = []
+    for h in history:
+        if UNDO_REASON in list(h.get("reasons") or []):
+            if stack:
+                stack.pop()
+        else:
+            stack.append(h)
+    return stack
+
+
+def undo_one(store: Store, con: Any, sample_id: str, reviewer: str) -> dict[str, Any]:
+    """Undo the sample's latest effective human decision (history is kept: a new human row).
+
+    The new row restates the decision before it (reasons + 'undo'), or, when there was none,
+    retracts (action review, no final label, reasons + 'undo', 'retracted'): latest_verdicts then
+    shows the model's verdict again. Raises DecisionError when there is nothing to undo."""
+    from ferclean.views import RETRACTED_REASON
+
+    reviewer = (reviewer or "").strip()
+    if not reviewer:
+        raise DecisionError([RowError(0, sample_id, "a reviewer name is required")])
+    ctx = load_context(store, [sample_id], con)
+    if sample_id not in ctx.label_original:
+        raise DecisionError([RowError(0, sample_id, "unknown sample_id (not in samples or relabels)")])
+    stack = effective_stack(human_history(con, sample_id))
+    if not stack:
+        raise DecisionError([RowError(0, sample_id, "no human decision to undo")])
+    undone = stack.pop()
+    audit = AUDIT_REASON in list(undone.get("reasons") or [])
+    if stack:
+        prev = stack[-1]
+        d = Decision(0, sample_id, prev["action"], prev["label_final"],
+                     f"undo: restores the decision of {prev['reviewer']} ({prev['run_id']})",
+                     audit=audit, extra_reasons=[UNDO_REASON])
+    else:
+        d = Decision(0, sample_id, "review", None, f"undo: withdraws {undone['reviewer']}'s decision",
+                     audit=audit, extra_reasons=[UNDO_REASON, RETRACTED_REASON])
+    run_id = write_human_rows(store, [d], ctx, reviewer, {"reviewer": reviewer, "sample_id": sample_id, "undo": True})
+    return {"run_id": run_id, "sample_id": sample_id, "undone": {k: undone[k] for k in ("run_id", "action", "label_final", "reviewer")},
+            "restored": None if d.action == "review" else {"action": d.action, "label_final": d.label_final}}

@@ -31,21 +31,61 @@ EXTRA_VIEWS.update(
     }
 )
 
-# -- verdict views (issue 7) -------------------------------------------------------------------
-#: One row per sample: its most recent verdict. The latest decided_at wins (a human decision made
-#: after a model run is later, so it beats that run's model rows); on an equal decided_at a human
-#: row beats a model row. Exactly one row per sample: the winner is picked as a run_id per sample,
-#: and (run_id, sample_id) is the table's key. (Two runs of the same source with the very same
-#: microsecond decided_at would tie; one of them is taken.) A narrow aggregate + semi-join takes
-#: ~3x less CPU than a row_number() window on 1 M rows (benchmarks/bench_views.py).
-EXTRA_VIEWS["latest_verdicts"] = """
-    WITH winner AS (
+# -- verdict views (issue 7, human decisions final since issue 18) ---------------------------
+#: The reason that marks a human row withdrawing the reviewer's earlier decision (the app's undo
+#: when the sample had no earlier human decision): such a row never wins.
+RETRACTED_REASON = "retracted"
+
+#: One row per sample: its verdict. **A human decision is final**: the sample's latest human row
+#: wins over every model row whatever their timestamps, until a newer human row replaces it; a
+#: latest human row that is a retraction (reasons holds 'retracted') hands the sample back to the
+#: model. Without a human decision the latest model row wins. Extra columns keep the model's
+#: latest opinion visible beside a human decision: model_run_id, model_action, model_label_final,
+#: model_label_suggested, model_decided_at (on a model row: its own values), and
+#: model_disagrees_with_human: a model verdict newer than the human decision whose label
+#: (label_final for keep/relabel, label_suggested for review, none for drop) differs from the
+#: human label_final. Exactly one row per sample: the winner is picked as a run_id per sample by
+#: one narrow aggregate (human rows ranked above model rows by a constant offset on the key), and
+#: (run_id, sample_id) is the table's key; only the ~few samples with a human decision pay for the
+#: second look-up of their model row. (Two runs of the same source with the very same microsecond
+#: decided_at would tie; one of them is taken.) ~1.5x the CPU of the plain latest-row pick and
+#: ~2x less than a row_number() window on 1 M rows (benchmarks/bench_views.py).
+_HUMAN_FIRST = "CASE WHEN source = 'human' THEN 4611686018427387904 ELSE 0 END"  # 2**62 us ~ 146,000 years
+EXTRA_VIEWS["latest_verdicts"] = f"""
+    WITH pick AS (
         SELECT sample_id,
-               arg_max(run_id, epoch_us(decided_at) * 2 + CAST(source = 'human' AS BIGINT)) AS run_id
+               arg_max(run_id, epoch_us(decided_at) + {_HUMAN_FIRST}) AS top_run,
+               arg_max(run_id, epoch_us(decided_at) - {_HUMAN_FIRST}) AS model_run
         FROM relabels GROUP BY sample_id
+    ), retractions AS (
+        SELECT sample_id, run_id FROM relabels
+        WHERE source = 'human' AND list_contains(reasons, '{RETRACTED_REASON}')
+    ), winner AS (
+        SELECT p.sample_id, p.model_run,
+               CASE WHEN x.run_id IS NULL THEN p.top_run ELSE p.model_run END AS run_id
+        FROM pick p LEFT JOIN retractions x ON x.sample_id = p.sample_id AND x.run_id = p.top_run
+    ), model_rows AS (
+        SELECT m.sample_id, m.run_id, m.source, m.action, m.label_final, m.label_suggested, m.decided_at
+        FROM relabels m SEMI JOIN winner w
+            ON m.sample_id = w.sample_id AND m.run_id = w.model_run AND w.run_id <> w.model_run
     )
-    SELECT r.* FROM relabels r
-    SEMI JOIN winner w ON r.sample_id = w.sample_id AND r.run_id = w.run_id"""
+    SELECT r.*,
+           CASE WHEN m.sample_id IS NULL THEN (CASE WHEN r.source = 'human' THEN NULL ELSE r.run_id END)
+                WHEN m.source = 'human' THEN NULL ELSE m.run_id END AS model_run_id,
+           CASE WHEN m.sample_id IS NULL THEN (CASE WHEN r.source = 'human' THEN NULL ELSE r.action END)
+                WHEN m.source = 'human' THEN NULL ELSE m.action END AS model_action,
+           CASE WHEN m.sample_id IS NULL THEN (CASE WHEN r.source = 'human' THEN NULL ELSE r.label_final END)
+                WHEN m.source = 'human' THEN NULL ELSE m.label_final END AS model_label_final,
+           CASE WHEN m.sample_id IS NULL THEN (CASE WHEN r.source = 'human' THEN NULL ELSE r.label_suggested END)
+                WHEN m.source = 'human' THEN NULL ELSE m.label_suggested END AS model_label_suggested,
+           CASE WHEN m.sample_id IS NULL THEN (CASE WHEN r.source = 'human' THEN NULL ELSE r.decided_at END)
+                WHEN m.source = 'human' THEN NULL ELSE m.decided_at END AS model_decided_at,
+           coalesce(r.source = 'human' AND m.source <> 'human' AND m.decided_at > r.decided_at
+                    AND (CASE m.action WHEN 'drop' THEN NULL WHEN 'review' THEN m.label_suggested
+                         ELSE m.label_final END) IS DISTINCT FROM r.label_final, false)
+               AS model_disagrees_with_human
+    FROM relabels r JOIN winner w ON r.sample_id = w.sample_id AND r.run_id = w.run_id
+    LEFT JOIN model_rows m ON m.sample_id = r.sample_id"""
 
 #: Samples whose latest verdict is `review`, highest priority first.
 EXTRA_VIEWS["review_queue"] = """

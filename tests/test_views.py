@@ -82,6 +82,32 @@ def test_latest_verdicts_one_row_per_sample_latest_wins_human_beats_older_model(
     }
 
 
+def test_human_decision_is_final_over_newer_model_runs_and_the_model_opinion_stays_visible(store):
+    # r4 (day 5): a model run newer than every human decision: re-flags b and d, agrees on nothing
+    store.append("relabels", pa.Table.from_pylist([
+        verdict("r4", "b", "relabel", "sad", "angry", when=T0 + timedelta(days=5)),
+        verdict("r4", "d", "keep", "happy", "happy", when=T0 + timedelta(days=5)),
+        verdict("r4", "c", "review", "happy", "happy", sugg="fear", when=T0 + timedelta(days=5)),
+    ]), "r4")
+    cols = ("run_id, source, action, label_final, model_run_id, model_action, model_label_final, "
+            "model_disagrees_with_human")
+    got = {r[0]: r[1:] for r in rows(store, f"SELECT sample_id, {cols} FROM latest_verdicts")}
+    assert got["b"] == ("h1", "human", "drop", None, "r4", "relabel", "angry", True)  # newer model disagrees
+    assert got["d"] == ("h1", "human", "keep", "happy", "r4", "keep", "happy", False)  # newer model agrees
+    assert got["c"] == ("r4", "model", "review", "happy", "r4", "review", "happy", False)  # no human: model
+    assert rows(store, "SELECT sample_id FROM review_queue ORDER BY 1") == [("a",), ("c",)]
+    # a newer human decision replaces the older one; a retraction hands the sample back to the model
+    store.append("relabels", pa.Table.from_pylist([
+        verdict("h2", "b", "keep", "sad", "sad", source="human", when=T0 + timedelta(days=6)),
+        {**verdict("h2", "d", "review", "happy", None, source="human", when=T0 + timedelta(days=6)),
+         "reasons": ["human_review", "undo", views.RETRACTED_REASON]},
+    ]), "h2")
+    got = {r[0]: r[1:] for r in rows(store, f"SELECT sample_id, {cols} FROM latest_verdicts")}
+    assert got["b"] == ("h2", "human", "keep", "sad", "r4", "relabel", "angry", False)  # decided after r4
+    assert got["d"] == ("r4", "model", "keep", "happy", "r4", "keep", "happy", False)
+    assert rows(store, "SELECT count(*), count(DISTINCT sample_id) FROM latest_verdicts") == [(4, 4)]
+
+
 def test_review_queue_orders_by_priority(store):
     assert rows(store, "SELECT sample_id FROM review_queue") == [("a",)]
     s2 = store

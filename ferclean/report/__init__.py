@@ -35,6 +35,7 @@ def render_report(store: Store, top_n: int = 24) -> str:
     try:
         views = data._views(con)
         verdicts = data.verdict_counts(con)
+        n_human, n_disagree = data.human_decisions(con)
         conf = data.confusion(con)
         rates = data.flag_rates(con)
         cooc = data.au_cooccurrence(con)
@@ -92,7 +93,7 @@ def render_report(store: Store, top_n: int = 24) -> str:
         out_name=store.root.name, out_path=str(store.root),
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         n_samples=n_samples, n_verdicts=n_verdicts, n_runs=n_runs,
-        verdicts=verdicts, flag_rates=rates, plots=p, reasons=reasons, flagged=cards,
+        verdicts=verdicts, n_human=n_human, n_disagree=n_disagree, flag_rates=rates, plots=p, reasons=reasons, flagged=cards,
     )
 
 

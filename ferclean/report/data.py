@@ -56,6 +56,13 @@ def verdict_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int]]
     ]
 
 
+def human_decisions(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """(samples whose verdict is a human decision, of those where a newer model run disagrees)."""
+    n, dis = con.execute("SELECT count(*), count(*) FILTER (WHERE model_disagrees_with_human) "
+                         "FROM latest_verdicts WHERE source = 'human'").fetchone()
+    return int(n), int(dis)
+
+
 def confusion(con: duckdb.DuckDBPyConnection) -> Matrix | None:
     """Original -> final label counts; drops and label-less verdicts get their own columns."""
     rows = con.execute("SELECT label_original, label_final, action, n FROM label_confusion").fetchall()
