@@ -248,8 +248,10 @@ def relabel_collection(
 
     if not source.exists():
         fail(f"source {source} does not exist")
-    if not (model / "model.json").is_file():
-        fail(f"{model} holds no trained model (model.json missing)")
+    from ferclean.model_dir import ModelDir
+
+    if not ModelDir(model).exists():
+        fail(f"{model} holds no trained model ({ModelDir(model).meta_path.name} missing)")
     _check_root(root)
     state = relabel_collection_flow(
         source=str(source), out=str(out), model_dir=str(model), config_file=str(config) if config else None,

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
+from ferclean.model_dir import ModelDir
 from ferclean.store import Store
 
 
@@ -75,7 +75,7 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
     faces = store.read("faces", columns=["is_primary", "detector"])
     prim = faces.filter(pc.field("is_primary"))
     actions, human = _latest_actions(store)
-    model = Path(model_dir) if model_dir else store.root / "model"
+    model = ModelDir(model_dir) if model_dir else ModelDir.of_run(store.root)
     report = store.root / "report.html"
     out = shlex.quote(str(store.root))
     nxt = []
@@ -93,7 +93,7 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
         input_rows=ingest.get("input_rows"), samples=store.count("samples"), images_with_face=prim.num_rows,
         faces_by_detector=_counts(prim.column("detector").to_pylist()), rejects_by_reason=rejects,
         verdicts=actions, human_decisions=human,
-        model_dir=str(model) if (model / "model.json").is_file() else None,
+        model_dir=str(model.path) if model.exists() else None,
         catalog=str(store.root / "catalog.duckdb"), report=str(report) if report.is_file() else None,
         next_commands=nxt,
     )

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from ferclean.dataset_issues.face_space import (
-    HOG_ANGLES,
     FaceSpace,
     appearance_evidence,
     appearance_rank,
