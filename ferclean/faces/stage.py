@@ -69,7 +69,7 @@ def _write_json_atomic(path: Path, obj: object) -> None:
 
 
 def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
-    """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process).
+    """Faces of one shard of `samples` (runs in a worker thread or process; one backend per thread).
 
     Rows keep the samples' order. Pre-aligned images under `landmarks = "fastlm"` are analysed
     together (columnar, `fastlm.analyze_batch_table`); under `"dlib+fastlm"` their fastlm points
