@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ferclean.contracts import load_contract
+from ferclean.decode import UnusableImage, read_image
 from ferclean.faces.backends import get_backend
 from ferclean.faces.config import FacesConfig
 from ferclean.faces.pipeline import analyze_image, resolve_mode
@@ -43,18 +44,12 @@ class ShardJob:
 
 
 def load_image(path: str) -> np.ndarray | None:
-    """Decode an image file to uint8 (H, W) grey or (H, W, 3) BGR; None when it cannot be read."""
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
+    """Decode an image file to uint8 (H, W) grey or (H, W, 3) BGR, upright (`ferclean.decode`,
+    the decoder ingest checked the file with); None when it cannot be read."""
+    try:
+        return read_image(path).pixels
+    except UnusableImage:
         return None
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
-    if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[:, :, 0]
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
 
 
 def rejects_dir(store: Store) -> Path:
@@ -99,9 +94,11 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
         return recs
 
     for sid, path in zip(rows["sample_id"], rows["source_path"], strict=True):
-        img = load_image(path)
-        if img is None:
-            rejects.append({"sample_id": sid, "reason": "decode_failed", "message": f"cannot decode {path}"})
+        try:
+            img = read_image(path).pixels
+        except UnusableImage as exc:
+            rejects.append({"sample_id": sid, "reason": "decode_failed",
+                            "message": f"cannot decode {path}: {exc.reason_code}: {exc.message}"})
             continue
         prealigned = cfg.landmarks != "dlib" and resolve_mode(cfg, img.shape[1], img.shape[0]) == "prealigned"
         if prealigned and cfg.landmarks == "fastlm":
