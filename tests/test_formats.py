@@ -150,6 +150,8 @@ def test_ingest_and_faces_on_every_format(web_formats, tmp_path: Path):
     missing = [n for n in photos if n not in faces]
     assert not missing, missing
     assert all(faces[n]["detector"] != "full_frame" for n in photos), {n: faces[n]["detector"] for n in photos}
+    face_rejects = {r["source_ref"]: r["reason_code"] for r in store.read("rejects").to_pylist() if r["stage"] == "faces"}
+    assert face_rejects == {"one_pixel.png": "no_face"}  # a 1x1 image is never taken as a full-frame face
     boxes = np.array([faces[n]["bbox"] for n in photos])
     assert np.abs(boxes - np.median(boxes, axis=0)).max() < 12, "the face is in the same place in every format"
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from ferclean.contracts import load_contract
 from ferclean.decode import UnusableImage, read_image
-from ferclean.faces.backends import get_backend
+from ferclean.faces.backends import FaceBackend, get_backend
 from ferclean.faces.config import FacesConfig
 from ferclean.faces.pipeline import analyze_image, resolve_mode
 from ferclean.runs import Run
@@ -81,13 +81,19 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
     batch_imgs: list[np.ndarray] = []
     rejects: list[dict] = []
 
+    def mmod() -> FaceBackend:
+        return get_backend("dlib_cnn")  # this thread's MMOD detector, loaded on first use
+
     def analyze(sid: str, img: np.ndarray, fastlm68: np.ndarray | None = None) -> list[dict]:
         nonlocal backend
         backend = backend or get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
-        recs = analyze_image(img, backend, cfg, fastlm68)
+        tried: list[str] = []
+        recs = analyze_image(img, backend, cfg, fastlm68, mmod=mmod, tried=tried)
         if not recs:
+            mode = resolve_mode(cfg, img.shape[1], img.shape[0])
             rejects.append({"sample_id": sid, "reason": "no_face",
-                            "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
+                            "message": f"no face found ({img.shape[1]}x{img.shape[0]} px, {mode} mode; tried "
+                                       f"{', '.join(tried) or 'nothing'})"})
         for r in recs:
             r["sample_id"] = sid
             r["run_id"] = job.run_id
@@ -198,8 +204,10 @@ def _preload_fastlm_runtime(config: FacesConfig) -> None:
 def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progress: bool = True) -> dict:
     """Detect, align and measure every face of `samples`; write `faces`; record rejects.
 
-    Returns a summary: images, faces, images_with_face, detector counts and shares, rejects by
-    reason, shards/skipped, wall_s, contact sheet path.
+    Returns a summary: images, faces, images_with_face, `by_detector` (images per path that found
+    the primary face: dlib, dlib_padded, dlib_rotated, mmod, full_frame, ...), `images_rejected`,
+    `rejects_by_reason` (no_face, decode_failed), detector counts and shares, rejects by reason
+    (`rejects`, the same dict), shards/skipped, wall_s, contact sheet path.
     """
     config = config or FacesConfig()
     t0 = time.perf_counter()
@@ -231,10 +239,16 @@ def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progres
     run.counts["faces.images"] += prim.num_rows
     for k, v in det_counts.items():
         run.counts[f"faces.detector.{k}"] += v
+    n_rejected = sum(reasons.values())
+    run.counts["faces.rejected"] += n_rejected
     return {
         "images": n_img,
         "faces": tab.num_rows,
         "images_with_face": prim.num_rows,
+        # images by the path that found their primary face (ferclean.faces.recall), and the rest by reason
+        "by_detector": dict(sorted(det_counts.items(), key=lambda kv: -kv[1])),
+        "images_rejected": n_rejected,
+        "rejects_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "detector_counts": det_counts,
         "detector_share": {k: v / max(prim.num_rows, 1) for k, v in det_counts.items()},
         "quality_flags": {d["values"]: d["counts"] for d in flags},
