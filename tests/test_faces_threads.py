@@ -36,6 +36,11 @@ def test_get_backend_is_one_object_per_thread():
     assert len(others) == 2
     assert all(o is not mine for o in others) and others[0] is not others[1]
     assert all(type(o).__name__ == "DlibBackend" for o in others)
+    cnn: list[object] = []
+    t = threading.Thread(target=lambda: cnn.append(get_backend("dlib_cnn")))
+    t.start()
+    t.join()
+    assert cnn[0] is not get_backend("dlib_cnn")  # the MMOD second chance is per thread too
 
 
 STRESS = textwrap.dedent("""
@@ -74,7 +79,7 @@ STRESS = textwrap.dedent("""
     for workers in (4, 1):
         store = Store(tmp / f"out{workers}")
         store.write_part("samples", "t", pa.Table.from_pylist(rows))
-        cfg = FacesConfig(shard_size=2, workers=workers, landmarks="dlib")
+        cfg = FacesConfig(shard_size=2, workers=workers, landmarks="dlib", mmod=False)  # padded + rotated HOG passes
         shards, job = shard_plan(store, cfg, "run-test")
         with ThreadPoolExecutor(max_workers=workers) as pool:  # as Prefect's ThreadPoolTaskRunner does
             list(pool.map(lambda s: process_shard(store, s, "faces", faces_shard, job), shards))
