@@ -93,6 +93,29 @@ def to_array(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(rgb[..., ::-1])
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _plain_png(data: bytes, max_pixels: int | None) -> DecodedImage | None:
+    """The fast path for the commonest crop file: an 8-bit grey or RGB PNG with no transparency
+    and no EXIF chunk, decoded by OpenCV (~3x faster than Pillow, the same pixels). None when the
+    file is anything else or OpenCV cannot decode it (then Pillow decides what is wrong)."""
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour = data[24], data[25]
+    if depth != 8 or colour not in (0, 2) or b"tRNS" in data or b"eXIf" in data:
+        return None
+    if max_pixels is not None and w * h > max_pixels:
+        return None
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.shape[:2] != (h, w) or arr.dtype != np.uint8:
+        return None
+    return DecodedImage(w, h, 1 if colour == 0 else 3, "PNG", "L" if colour == 0 else "RGB", 1, arr)
+
+
 def decode_image(data: bytes, max_pixels: int | None = None, pixels: bool = True) -> DecodedImage:
     """Decode image bytes fully (every byte is checked); raise UnusableImage with the reason.
 
@@ -101,6 +124,10 @@ def decode_image(data: bytes, max_pixels: int | None = None, pixels: bool = True
     """
     if not data:
         raise UnusableImage("empty_file", "file is empty (0 bytes)")
+    if pixels:
+        fast = _plain_png(data, max_pixels)
+        if fast is not None:
+            return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

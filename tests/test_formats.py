@@ -161,3 +161,19 @@ def test_decode_matches_opencv_on_plain_files(web_formats):
     for name in ("photo.bmp", "png_named.jpg", "progressive.jpg"):
         ours = read_image(folder / name).pixels
         assert np.array_equal(ours, cv2.imread(str(folder / name), cv2.IMREAD_COLOR)), name
+
+
+def test_plain_png_fast_path_gives_pillows_pixels():
+    from ferclean.decode import _plain_png, to_array
+
+    rng = np.random.default_rng(0)
+    for arr in (rng.integers(0, 256, (48, 48), dtype=np.uint8), rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)):
+        data = _save(Image.fromarray(arr), "PNG")
+        fast = _plain_png(data, None)
+        assert fast is not None and np.array_equal(fast.pixels, to_array(Image.open(io.BytesIO(data))))
+        assert np.array_equal(_as_rgb(fast.pixels), arr)
+        with pytest.raises(UnusableImage) as exc:
+            decode_image(data[: len(data) // 2])
+        assert exc.value.reason_code == "truncated_image"
+    rgba = _save(Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA"), "PNG")
+    assert _plain_png(rgba, None) is None  # alpha goes through Pillow (composited over white)
