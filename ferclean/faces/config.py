@@ -15,7 +15,8 @@ class QualityThresholds(BaseModel):
     - `extreme_pose`: |yaw| > `max_abs_yaw_deg` or |pitch| > `max_abs_pitch_deg` (roll is undone
       by the alignment, so it is not flagged).
     - `multiple_faces`: more than one face in the image.
-    - `full_frame`: no detection; the whole image was taken as the face box (pre-aligned mode).
+    - `full_frame`: no detection; the whole image was taken as the face box (pre-aligned mode, or
+      the opt-in crop fallback of photos mode).
     """
 
     tiny_px: float = Field(24.0, ge=0, description="face size in original px below which a face is tiny")
