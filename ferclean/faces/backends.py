@@ -1,4 +1,4 @@
-"""Face detection + 68-landmark backends, loaded lazily once per process.
+"""Face detection + 68-landmark backends, loaded lazily once per thread.
 
 Interface (:class:`FaceBackend`):
 - `detect(image) -> list[Detection]`: boxes (x, y, w, h) in px of `image`, a score (None when the
@@ -14,6 +14,13 @@ Backends:
   detector weights are already on disk (nothing is ever downloaded).
 dlib's 5-point predictor gives eye corners and the bottom of the nose but no mouth corners, so the
 5 alignment points are derived from the 68 points instead (see geometry.landmarks5_from_68).
+
+Threads: a backend object must never be used by two threads at once. dlib's object detectors
+keep the image pyramid of the image being scanned inside the detector (dlib's
+object_detector_abstract.h: "Concurrent access to an instance of this object is not safe"), so two
+threads detecting with one HOG detector corrupt each other's heap (`munmap_chunk(): invalid
+pointer`, `free(): invalid size`, exit 134: the faces stage under the default thread task runner
+with `--workers 2`). :func:`get_backend` therefore builds one backend per (thread, settings).
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -182,9 +189,26 @@ class PyFeatBackend(DlibBackend):
         return out
 
 
-@lru_cache(maxsize=8)
+_per_thread = threading.local()
+
+
 def get_backend(name: str, upsample: int = 0, threshold: float = 0.0) -> FaceBackend:
-    """The backend `name`, built once per process (models load on first use)."""
+    """The backend `name` of the calling thread, built on its first use in that thread.
+
+    One instance per (thread, settings), never shared between threads (see the module docstring):
+    a thread pool of N workers loads the models N times (~0.3 s and ~100 MB each for dlib).
+    """
+    cache: dict[tuple[str, int, float], FaceBackend] | None = getattr(_per_thread, "backends", None)
+    if cache is None:
+        cache = _per_thread.backends = {}
+    key = (name, int(upsample), float(threshold))
+    if key not in cache:
+        cache[key] = make_backend(*key)
+    return cache[key]
+
+
+def make_backend(name: str, upsample: int = 0, threshold: float = 0.0) -> FaceBackend:
+    """A new backend `name` (loads its models); callers own it, see :func:`get_backend`."""
     if name == "dlib":
         return DlibBackend(upsample, threshold)
     if name == "dlib_cnn":

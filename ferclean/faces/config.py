@@ -15,7 +15,8 @@ class QualityThresholds(BaseModel):
     - `extreme_pose`: |yaw| > `max_abs_yaw_deg` or |pitch| > `max_abs_pitch_deg` (roll is undone
       by the alignment, so it is not flagged).
     - `multiple_faces`: more than one face in the image.
-    - `full_frame`: no detection; the whole image was taken as the face box (pre-aligned mode).
+    - `full_frame`: no detection; the whole image was taken as the face box (pre-aligned mode, or
+      the opt-in crop fallback of photos mode).
     """
 
     tiny_px: float = Field(24.0, ge=0, description="face size in original px below which a face is tiny")
@@ -49,6 +50,25 @@ class FacesConfig(BaseModel):
     fastlm_flip: bool = Field(
         False, description="landmarks='fastlm': also run the network on the mirrored image and average (2x the "
         "network's cost; slightly steadier points). dlib+fastlm always does this")
+    second_chance: bool = Field(
+        True, description="photos mode: when the detector finds nothing, try again before rejecting as no_face: on a "
+        "copy padded by pad_fraction of its side, rotated by rotate_degrees, with dlib's MMOD CNN (mmod), and, for an "
+        "image that looks like one face crop, the full frame (crop_fallback); see ferclean.faces.recall")
+    pad_fraction: float = Field(1 / 3, ge=0.05, le=1.0, description="border of the padded copy, as a share of the longer side")
+    rotate_degrees: tuple[float, ...] = Field(
+        (-30.0, 30.0), description="degrees the padded copy is rotated by for the rotated pass (HOG covers ~±15)")
+    mmod: bool = Field(True, description="second chance with dlib's MMOD CNN detector (~0.5-1 s per image on a CPU)")
+    mmod_max_side: int = Field(400, ge=64, description="px; the padded copy is scaled down to this for MMOD (its cost grows with the area)")
+    crop_fallback: bool = Field(
+        False, description="photos mode, last chance (opt-in): take the whole image as the face (detector full_frame) "
+        "when it looks like one face crop: aspect <= crop_max_aspect, shorter side >= crop_min_side, 68-point fit on "
+        "the whole frame shaped like a face (residual <= crop_max_fit_residual). Off by default: dlib's fit stays "
+        "face-shaped on non-faces too, so these cues let most square non-faces through "
+        "(benchmarks/results/face_recall.md)")
+    crop_min_side: int = Field(16, ge=1, description="px; smaller images never get a full_frame face (any mode)")
+    crop_max_aspect: float = Field(1.5, ge=1.0, description="longer / shorter side of an image the crop fallback accepts")
+    crop_max_fit_residual: float = Field(
+        0.35, gt=0, description="RMS distance of the whole-frame 68-point fit from the mean face shape, in half eye distances")
     detect_min_side: int = Field(144, ge=1, description="px; smaller images are upscaled so their longer side is this before detection and landmarks")
     detect_max_side: int = Field(1280, ge=64, description="px; larger images are downscaled to this longer side for detection and landmarks")
     upsample: int = Field(0, ge=0, le=2, description="dlib detector pyramid upsampling steps")

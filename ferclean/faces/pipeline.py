@@ -9,12 +9,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from collections.abc import Callable
+
 from ferclean.faces.backends import Detection, FaceBackend
 from ferclean.faces.config import FacesConfig
 from ferclean.faces.geometry import apply_affine, landmarks5_from_68, similarity_transform, template5, warp_crop
 from ferclean.faces.png import encode_crop
 from ferclean.faces.pose import head_pose
 from ferclean.faces.quality import crop_stats, face_size_px, quality_flags
+from ferclean.faces.recall import IDENTITY, View, box_to_work, find_faces, looks_like_face_crop
 
 
 def resolve_mode(config: FacesConfig, width: int, height: int) -> str:
@@ -48,15 +51,19 @@ def primary_index(bboxes: np.ndarray, width: int, height: int) -> int:
 
 
 def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig,
-                  fastlm68: np.ndarray | None = None) -> list[dict]:
+                  fastlm68: np.ndarray | None = None, mmod: Callable[[], FaceBackend] | None = None,
+                  tried: list[str] | None = None) -> list[dict]:
     """All faces of one decoded image (uint8 (H, W) or (H, W, 3) BGR).
 
-    Returns [] when no face is found in photos mode. In pre-aligned mode an image with no
-    detection gives one record with detector='full_frame', score None, bbox = whole image.
+    Photos mode: the backend's detector, then the second chances of `ferclean.faces.recall`
+    (padded, rotated, MMOD via `mmod()`, full frame for a face crop); [] when none finds a face.
+    In pre-aligned mode an image with no detection gives one record with detector='full_frame',
+    score None, bbox = whole image (unless its shorter side is under crop_min_side px: []).
     `fastlm68` ((68, 2) px of `image`, `landmarks = "dlib+fastlm"`): in pre-aligned mode the
     primary face's 68 points become `fastlm.blend_landmarks(dlib, fastlm68)`, and everything
-    after (alignment, pose, crop landmarks) uses the blend.
+    after (alignment, pose, crop landmarks) uses the blend. `tried` receives the paths tried.
     """
+    tried = tried if tried is not None else []
     h, w = image.shape[:2]
     mode = resolve_mode(config, w, h)
     s = working_scale(config, w, h)
@@ -66,30 +73,54 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig,
         image, (max(1, round(w * s)), max(1, round(h * s))),
         interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA,
     )
-    skip = mode == "prealigned" and not config.prealigned_detect
-    dets: list[Detection] = [] if skip else backend.detect(work)
-    detector = backend.name
-    if not dets:
-        if mode == "photos":
+    wh, ww = work.shape[:2]
+    whole = (0.0, 0.0, float(ww), float(wh))
+    view = View(work, IDENTITY)
+    full_lm: np.ndarray | None = None  # the 68 points on the whole frame, when already fitted
+    if mode == "photos":
+        dets, detector, view = find_faces(work, backend, config, mmod, tried)
+        if not dets and config.second_chance and config.crop_fallback:
+            tried.append("full_frame")
+            full_lm = backend.landmarks68(work, whole) if min(h, w) >= config.crop_min_side else None
+            ok, why = (False, f"smaller than {config.crop_min_side} px") if full_lm is None else \
+                looks_like_face_crop(work, full_lm, config)
+            if ok:
+                dets, detector = [Detection(whole, None)], "full_frame"
+            else:
+                tried.append(f"not a face crop: {why}")
+        if not dets:
             return []
-        wh, ww = work.shape[:2]
-        dets = [Detection((0.0, 0.0, float(ww), float(wh)), None)]
-        detector = "full_frame"
+    else:
+        skip = not config.prealigned_detect
+        dets = [] if skip else backend.detect(work)
+        detector = backend.name
+        if not skip:
+            tried.append(backend.name)
+        if not dets:
+            if min(h, w) < config.crop_min_side:
+                tried.append(f"full_frame: smaller than {config.crop_min_side} px")
+                return []
+            dets = [Detection(whole, None)]
+            detector = "full_frame"
     dets = sorted(dets, key=lambda d: -d.bbox[2] * d.bbox[3])[: config.max_faces]
     n = len(dets)
-    bboxes = np.array([d.bbox for d in dets], dtype=np.float64) / s
+    bboxes = np.array([box_to_work(view.to_view, d.bbox) for d in dets], dtype=np.float64) / s
     primary = primary_index(bboxes, w, h)
     size = config.crop_size_for(mode)
     tmpl = template5(size)
     records = []
     for i, det in enumerate(dets):
-        lm68 = backend.landmarks68(work, det.bbox) / s
+        if full_lm is not None and det.bbox == whole:
+            lm68 = full_lm / s
+        else:
+            lm68 = view.to_work(backend.landmarks68(view.image, det.bbox)) / s
         blended = fastlm68 is not None and mode == "prealigned" and i == primary
         if blended:
             from ferclean.faces.fastlm import blend_landmarks
 
             lm68 = blend_landmarks(lm68, fastlm68)
-        lm5 = det.landmarks5 / s if det.landmarks5 is not None and not blended else landmarks5_from_68(lm68)
+        lm5 = (view.to_work(det.landmarks5) / s if det.landmarks5 is not None and not blended
+               else landmarks5_from_68(lm68))
         m = similarity_transform(lm5, tmpl)
         crop = warp_crop(image, m, size)
         blur, brightness, contrast = crop_stats(crop)

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ferclean.contracts import load_contract
-from ferclean.faces.backends import get_backend
+from ferclean.decode import UnusableImage, read_image
+from ferclean.faces.backends import FaceBackend, get_backend
 from ferclean.faces.config import FacesConfig
 from ferclean.faces.pipeline import analyze_image, resolve_mode
 from ferclean.runs import Run
@@ -44,18 +45,12 @@ class ShardJob:
 
 
 def load_image(path: str) -> np.ndarray | None:
-    """Decode an image file to uint8 (H, W) grey or (H, W, 3) BGR; None when it cannot be read."""
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
+    """Decode an image file to uint8 (H, W) grey or (H, W, 3) BGR, upright (`ferclean.decode`,
+    the decoder ingest checked the file with); None when it cannot be read."""
+    try:
+        return read_image(path).pixels
+    except UnusableImage:
         return None
-    if img.dtype != np.uint8:
-        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
-    if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[:, :, 0]
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.ascontiguousarray(img)
 
 
 def rejects_dir(store: Store) -> Path:
@@ -70,7 +65,7 @@ def _write_json_atomic(path: Path, obj: object) -> None:
 
 
 def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
-    """Faces of one shard of `samples` (runs in a worker process; backend loaded once per process).
+    """Faces of one shard of `samples` (runs in a worker thread or process; one backend per thread).
 
     Rows keep the samples' order. Pre-aligned images under `landmarks = "fastlm"` are analysed
     together (columnar, `fastlm.analyze_batch_table`); under `"dlib+fastlm"` their fastlm points
@@ -87,22 +82,30 @@ def faces_shard(store: Store, shard: Shard, job: ShardJob) -> pa.Table:
     batch_imgs: list[np.ndarray] = []
     rejects: list[dict] = []
 
+    def mmod() -> FaceBackend:
+        return get_backend("dlib_cnn")  # this thread's MMOD detector, loaded on first use
+
     def analyze(sid: str, img: np.ndarray, fastlm68: np.ndarray | None = None) -> list[dict]:
         nonlocal backend
         backend = backend or get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
-        recs = analyze_image(img, backend, cfg, fastlm68)
+        tried: list[str] = []
+        recs = analyze_image(img, backend, cfg, fastlm68, mmod=mmod, tried=tried)
         if not recs:
+            mode = resolve_mode(cfg, img.shape[1], img.shape[0])
             rejects.append({"sample_id": sid, "reason": "no_face",
-                            "message": f"no face found by {cfg.backend} ({img.shape[1]}x{img.shape[0]} px, photos mode)"})
+                            "message": f"no face found ({img.shape[1]}x{img.shape[0]} px, {mode} mode; tried "
+                                       f"{', '.join(tried) or 'nothing'})"})
         for r in recs:
             r["sample_id"] = sid
             r["run_id"] = job.run_id
         return recs
 
     for sid, path in zip(rows["sample_id"], rows["source_path"], strict=True):
-        img = load_image(path)
-        if img is None:
-            rejects.append({"sample_id": sid, "reason": "decode_failed", "message": f"cannot decode {path}"})
+        try:
+            img = read_image(path).pixels
+        except UnusableImage as exc:
+            rejects.append({"sample_id": sid, "reason": "decode_failed",
+                            "message": f"cannot decode {path}: {exc.reason_code}: {exc.message}"})
             continue
         prealigned = cfg.landmarks != "dlib" and resolve_mode(cfg, img.shape[1], img.shape[0]) == "prealigned"
         if prealigned and cfg.landmarks == "fastlm":
@@ -214,8 +217,10 @@ def _preload_fastlm_runtime(config: FacesConfig) -> None:
 def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progress: bool = True) -> dict:
     """Detect, align and measure every face of `samples`; write `faces`; record rejects.
 
-    Returns a summary: images, faces, images_with_face, detector counts and shares, rejects by
-    reason, shards/skipped, wall_s, contact sheet path.
+    Returns a summary: images, faces, images_with_face, `by_detector` (images per path that found
+    the primary face: dlib, dlib_padded, dlib_rotated, mmod, full_frame, ...), `images_rejected`,
+    `rejects_by_reason` (no_face, decode_failed), detector counts and shares, rejects by reason
+    (`rejects`, the same dict), shards/skipped, wall_s, contact sheet path.
     """
     config = config or FacesConfig()
     t0 = time.perf_counter()
@@ -247,10 +252,16 @@ def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progres
     run.counts["faces.images"] += prim.num_rows
     for k, v in det_counts.items():
         run.counts[f"faces.detector.{k}"] += v
+    n_rejected = sum(reasons.values())
+    run.counts["faces.rejected"] += n_rejected
     return {
         "images": n_img,
         "faces": tab.num_rows,
         "images_with_face": prim.num_rows,
+        # images by the path that found their primary face (ferclean.faces.recall), and the rest by reason
+        "by_detector": dict(sorted(det_counts.items(), key=lambda kv: -kv[1])),
+        "images_rejected": n_rejected,
+        "rejects_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "detector_counts": det_counts,
         "detector_share": {k: v / max(prim.num_rows, 1) for k, v in det_counts.items()},
         "quality_flags": {d["values"]: d["counts"] for d in flags},

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-# We enforce our own pixel limit before decoding; PIL's global bomb check would raise first.
-Image.MAX_IMAGE_PIXELS = None
+from ferclean.decode import UnusableImage, decode_image
 
 SPLIT_SYNONYMS = {
     "train": "train", "training": "train",
@@ -78,26 +73,15 @@ class ImageInfo:
 
 
 def inspect_bytes(data: bytes, max_pixels: int) -> ImageInfo:
-    """Hash and fully decode image bytes; raise ItemRejected with the reason when unusable."""
-    if not data:
-        raise ItemRejected("empty_file", "file is empty (0 bytes)")
-    sha = hashlib.sha256(data).hexdigest()
+    """Hash and fully decode image bytes (see ferclean.decode); raise ItemRejected when unusable.
+
+    width/height are those of the upright image (EXIF orientation applied)."""
+    sha = hashlib.sha256(data).hexdigest() if data else ""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ItemRejected("not_an_image", "not a readable image format") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reject, not a crash
-        raise ItemRejected("not_an_image", f"cannot open image: {exc}") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ItemRejected("too_many_pixels", f"{w}x{h} = {w * h} pixels exceeds the limit {max_pixels}")
-    try:
-        img.load()
-    except Exception as exc:  # noqa: BLE001
-        raise ItemRejected("truncated_image", f"image data is truncated or corrupt: {exc}") from None
-    return ImageInfo(sha, int(w), int(h), len(img.getbands()))
+        d = decode_image(data, max_pixels, pixels=False)
+    except UnusableImage as exc:
+        raise ItemRejected(exc.reason_code, exc.message) from None
+    return ImageInfo(sha, d.width, d.height, d.channels)
 
 
 def read_file(path: Path) -> bytes:
