@@ -26,6 +26,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,10 @@ def load_rows(store: Store, shard: Shard, table: str = "samples", columns: Seque
 ShardFn = Callable[[Store, Shard, Any], pa.Table]
 
 
+class WorkerDied(RuntimeError):
+    """A shard worker process died (killed or crashed in native code) more often than allowed."""
+
+
 def process_shard(store: Store, shard: Shard, out_table: str, fn: ShardFn, config: Any) -> tuple[str, int]:
     """Run `fn` on one shard and write its part (skipped when the part exists; a derived shard
     whose earlier part exists is filtered from it). Returns (key, rows)."""
@@ -196,8 +201,13 @@ def run_sharded(
     workers: int = 1,
     description: str = "",
     progress: bool = True,
+    worker_retries: int = 2,
 ) -> dict[str, int]:
     """Process every shard (resuming), then drop stale parts of `out_table`.
+
+    With `workers` > 1 the shards run in a process pool; when a worker process dies, the
+    unfinished shards are retried in a fresh pool up to `worker_retries` times, then
+    :class:`WorkerDied` is raised (the stage, and the run, fail with that message).
 
     Returns {"shards": n, "skipped": n already done, "rows": rows written now}.
     """
@@ -217,13 +227,26 @@ def run_sharded(
                 if bar:
                     bar.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = [pool.submit(process_shard, store, s, out_table, fn, config) for s in todo]
-                for f in as_completed(futs):
-                    _, n = f.result()
-                    summary["rows"] += max(n, 0)
-                    if bar:
-                        bar.advance(task)
+            for attempt in range(worker_retries + 1):
+                pending = [s for s in todo if not store.has_part(out_table, s.key)]
+                try:
+                    with ProcessPoolExecutor(max_workers=workers) as pool:
+                        futs = [pool.submit(process_shard, store, s, out_table, fn, config) for s in pending]
+                        for f in as_completed(futs):
+                            _, n = f.result()
+                            summary["rows"] += max(n, 0)
+                            if bar:
+                                bar.advance(task)
+                    break
+                except BrokenProcessPool as exc:
+                    # A worker was killed or crashed in native code: finished shards keep their parts;
+                    # the unfinished ones go to a fresh pool, and after the retries the stage fails.
+                    if attempt == worker_retries:
+                        left = sum(not store.has_part(out_table, s.key) for s in todo)
+                        raise WorkerDied(
+                            f"{description or out_table}: a worker process died {attempt + 1} times (killed, out of "
+                            f"memory, or a crash in native code); {left} of {len(shards)} shards unfinished. "
+                            "Finished shards are kept: a rerun resumes at the unfinished ones") from exc
     finally:
         if bar:
             bar.stop()

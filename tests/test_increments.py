@@ -107,3 +107,43 @@ def test_plan_ignores_a_plan_made_under_another_config(tmp_path):
     b = plan_shards(store, "faces", {"v": 2}, shard_size=4)
     assert {s.key for s in a}.isdisjoint({s.key for s in b})
     assert [s.key for s in plan_shards(store, "faces", {"v": 2}, shard_size=4)] == [s.key for s in b]
+
+
+# -- a worker process that dies --------------------------------------------------------------
+def _dies_once(store: Store, shard, marker: str):  # noqa: ANN001, ANN202
+    """Shard function: the worker of shard 1 kills itself (a native crash stand-in), once, or every
+    time when the marker's name ends in 'always'. Other shards give an empty faces part."""
+    import os
+    import signal
+
+    from ferclean.contracts import load_contract
+
+    if shard.index == 1 and (marker.endswith("always") or not Path(marker).exists()):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_contract("faces").empty()
+
+
+def test_a_dying_worker_is_retried_then_fails_the_stage(tmp_path):
+    import pytest
+
+    from ferclean.shards import WorkerDied, run_sharded
+
+    src = tmp_path / "incoming"
+    for i in range(6):
+        write_png(src / "happy" / f"img{i}.png", (16, 16), seed=i)
+    store = Store(tmp_path / "out")
+    with open_run(store, "test", {}) as run:
+        run_ingest(store, run, IngestConfig(source=str(src)), progress=False)
+    shards = plan_shards(store, "faces", {"t": 1}, shard_size=2)
+    res = run_sharded(store, shards, "faces", _dies_once, str(tmp_path / "once"), workers=2, progress=False)
+    assert res["shards"] == 3 and all(store.has_part("faces", s.key) for s in shards)
+
+    store2 = Store(tmp_path / "out2")
+    with open_run(store2, "test", {}) as run:
+        run_ingest(store2, run, IngestConfig(source=str(src)), progress=False)
+    shards = plan_shards(store2, "faces", {"t": 2}, shard_size=2)
+    with pytest.raises(WorkerDied, match="a worker process died 2 times"):
+        run_sharded(store2, shards, "faces", _dies_once, str(tmp_path / "always"), workers=2, progress=False,
+                    worker_retries=1)
+    assert not store2.has_part("faces", shards[1].key)
