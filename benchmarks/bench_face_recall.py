@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ferclean.demo import EXTRA_PHOTOS, LABELLED_PHOTOS, feat_data_dir  # noqa: E402
+from ferclean.demo import LABELLED_PHOTOS, feat_data_dir  # noqa: E402
 
 FER_DEFAULT = ROOT.parent / "shared" / "data" / "fer2013"
 
