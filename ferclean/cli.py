@@ -138,6 +138,7 @@ def curate(
     task_runner: Annotated[str, typer.Option("--task-runner", help="Runner of the per-shard tasks: default (threads), process, dask.")] = "default",
     scheduler_address: Annotated[Optional[str], typer.Option("--scheduler-address", help="Dask scheduler (tcp://host:8786) for --task-runner dask; default: a LocalCluster.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute stages even when their inputs, config and code are unchanged.")] = False,
+    init_model: Annotated[Optional[Path], typer.Option("--init-model", help="Warm start: a model folder of an earlier run (OUT/model) that every cross-fitted fold and the final model start from (same backbone and input size; classes matched by name). Overrides train.init_model of --config.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the whole curation flow (a Prefect flow on the embedded API) on a collection.
@@ -157,10 +158,13 @@ def curate(
         fail(f"source {source} does not exist")
     if config is not None and not config.is_file():
         fail(f"config file {config} does not exist")
+    if init_model is not None and not (init_model / "model.json").is_file():
+        fail(f"--init-model {init_model} holds no trained model (model.json missing)")
     state = curate_flow(
         source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
         limit=limit, progress=progress, workers=workers, task_runner=task_runner,
-        scheduler_address=scheduler_address, force=force, return_state=True,
+        scheduler_address=scheduler_address, force=force,
+        init_model=str(init_model.resolve()) if init_model else None, return_state=True,
     )
     _finish_flow("curate", state)
 

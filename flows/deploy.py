@@ -37,10 +37,12 @@ def build_deployments(
     relabel_out: str | None = None,
     model_dir: str | None = None,
     relabel_cron: str = "0 4 * * *",
+    init_model: str | None = None,
 ) -> list[RunnerDeployment]:
     """The deployments to serve: curate `source` -> `out` on `cron`, and when `relabel_source` is
     given, relabel-collection `relabel_source` -> `relabel_out` with `model_dir` (default
-    `out/model`) on `relabel_cron`. Cron strings are 5-field crontab in `timezone`.
+    `out/model`) on `relabel_cron`. `init_model`: the curate runs' warm start (a model folder; e.g.
+    `out/model` to start each nightly run from the previous night's model). Cron strings are 5-field crontab in `timezone`.
     """
     from prefect.client.schemas.schedules import CronSchedule
 
@@ -53,7 +55,7 @@ def build_deployments(
         deps.append(curate_flow.to_deployment(
             name=CURATE_DEPLOYMENT,
             schedule=CronSchedule(cron=cron, timezone=timezone),
-            parameters={"source": source, "out": out, **common},
+            parameters={"source": source, "out": out, **common, **_clean({"init_model": init_model})},
             description=f"Curate {source} into {out} ({cron} {timezone}); cached stages are not recomputed.",
             tags=["ferclean", "curate"],
             entrypoint_type=EntrypointType.MODULE_PATH,

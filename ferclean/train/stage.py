@@ -205,6 +205,18 @@ def latest_aus_reference(out: Path) -> Path | None:
     return refs[-1] if refs else None
 
 
+def init_model_record(config: TrainConfig) -> dict[str, str] | None:
+    """{path, fingerprint} of `config.init_model` (checked against the configured backbone / input size /
+    width before any training), or None without a warm start."""
+    if not config.init_model:
+        return None
+    from ferclean.train.warm_start import check_compatible, load_init_model
+
+    init = load_init_model(config.init_model)
+    check_compatible({**init.meta, "_path": init.path}, config.resolved_backbone(), config.input_size, config.width)
+    return {"path": init.path, "fingerprint": init.fingerprint}
+
+
 def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Cross-fit each method in `config.methods`, write `predictions`, train + save the final model."""
     classes = list(config.classes)
@@ -220,7 +232,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     a_bar, graph_source = (au_graph_for(store, inputs.au_names, aus) if use_aus
                            else (cooccurrence_graph(aus), "eq. 5 on the prototype AUs"))
     run.counts["train.pseudo_aus." + ("aus" if use_aus else "prototype")] += 1
-    fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
+    init = init_model_record(config)
+    if init is not None:
+        run.config["init_model"] = init
+    fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids,
+                             "labels": labels.tolist(), "init": init})[:12]
     ckpt_dir = store.root / "checkpoints" / "train" / fp
     curves: list[dict[str, Any]] = []
     curves_path = Path(run.dir) / "train_curves.json"
@@ -250,6 +266,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
                                "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp,
                                "au_graph": graph_source}
+    if init is not None:
+        summary["init_model"] = init
     au_probs, au_rows = None, np.zeros(len(labels), bool)
     if config.au_view and inputs.au_intensity is not None:
         au_rows = ~np.isnan(inputs.au_intensity).all(axis=1)  # samples with an aus row
@@ -284,7 +302,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"],
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
-                                                            / max(len(fin[use]), 1)).round(6).tolist()})
+                                                            / max(len(fin[use]), 1)).round(6).tolist(),
+                                      "init_model": init})
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
