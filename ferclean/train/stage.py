@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
+from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import ModelDir
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
-from ferclean.noise import decide, final_labels
+from ferclean.noise import decide, final_labels, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
@@ -287,8 +288,9 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         method = config.final_method
         scores = oof.get(method) or next(iter(oof.values()))
         rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
+        acc = view_accuracies(labels, scores["probs"], au_probs) if rule.trust == "auto" else None
         d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
-                   scores["sem_dist"], rule)
+                   scores["sem_dist"], rule, label_accuracy=acc["label_accuracy"] if acc else None)
         fin = final_labels(labels, d.action, d.suggested)
         use, fallback = final_training_indices(fin, d.action, len(classes))
         if fallback:
@@ -303,7 +305,10 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
                                                             / max(len(fin[use]), 1)).round(6).tolist(),
-                                      "init_model": init})
+                                      "init_model": init,
+                                      # what the model's confidence looks like on data like its own
+                                      # (out-of-fold), relabel-collection's domain-shift reference
+                                      "confidence_profile": confidence_profile(scores["probs"], labels, au_probs)})
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])

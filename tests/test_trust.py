@@ -1,0 +1,111 @@
+"""A verdict rule that knows how strong its model is, and relabel-collection's domain-shift guard (tiny inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferclean.domain_shift import confidence_profile, mix_gap, shift_report
+from ferclean.noise import (
+    RelabelConfig,
+    decide,
+    shrink_joint,
+    trust_shrink,
+    trust_summary,
+    view_accuracies,
+)
+from ferclean.relabel import verdict_rows
+
+
+def _noisy_views(n: int, c: int, acc: dict[str, float], seed: int = 0):
+    """Truth and three views that are right with the given probabilities, wrong uniformly otherwise."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, c, n)
+
+    def view(a: float) -> np.ndarray:
+        wrong = (truth + rng.integers(1, c, n)) % c
+        return np.where(rng.random(n) < a, truth, wrong)
+
+    return truth, view(acc["label"]), view(acc["model"]), view(acc["au"])
+
+
+def _onehot(idx: np.ndarray, c: int, p: float = 0.8) -> np.ndarray:
+    out = np.full((len(idx), c), (1 - p) / (c - 1))
+    out[np.arange(len(idx)), idx] = p
+    return out
+
+
+def test_view_accuracies_recovers_independent_views():
+    _, lab, net, au = _noisy_views(20000, 5, {"label": 0.7, "model": 0.5, "au": 0.6})
+    est = view_accuracies(lab, _onehot(net, 5), _onehot(au, 5))
+    assert est["label_accuracy"] == pytest.approx(0.7, abs=0.03)
+    assert est["model_accuracy"] == pytest.approx(0.5, abs=0.03)
+    assert est["au_view_accuracy"] == pytest.approx(0.6, abs=0.03)
+    assert view_accuracies(lab, _onehot(net, 5), None) is None
+
+
+def test_shrink_joint_keeps_rows_and_moves_towards_identity():
+    j = np.array([[0.3, 0.1], [0.2, 0.4]])
+    s = shrink_joint(j, 0.5)
+    np.testing.assert_allclose(s.sum(axis=1), j.sum(axis=1))
+    np.testing.assert_allclose(s, [[0.35, 0.05], [0.1, 0.5]])
+    np.testing.assert_allclose(shrink_joint(j, 0.0), np.diag([0.4, 0.6]))
+    assert trust_shrink(j, 0.85) == pytest.approx(0.15 / 0.3)  # label noise 0.15 of the joint's 0.3
+    assert trust_shrink(j, None) == 1.0 and trust_shrink(j, 0.5) == 1.0
+
+
+def test_a_weak_model_relabels_less_and_says_how_far_to_trust_it():
+    """Labels 70 % right, model 45 % right: relabelling every confident disagreement would make the labels
+    worse; with trust auto the relabels that remain are at least as often right as the labels they replace."""
+    c = 4
+    truth, lab, net, au = _noisy_views(4000, c, {"label": 0.7, "model": 0.45, "au": 0.6}, seed=1)
+    probs, aup = _onehot(net, c, 0.6), _onehot(au, c, 0.6)
+    acc = view_accuracies(lab, probs, aup)
+    off = decide(lab, probs, None, None, RelabelConfig(trust="off", calibrate=False))
+    on = decide(lab, probs, None, None, RelabelConfig(calibrate=False), label_accuracy=acc["label_accuracy"])
+    assert on.shrink < 1.0 and off.shrink == 1.0
+    n_off, n_on = (off.action == "relabel").sum(), (on.action == "relabel").sum()
+    assert n_on < n_off
+    assert ((off.action == "review") | (off.action == "relabel")).sum() == ((on.action == "review") | (on.action == "relabel")).sum()
+
+    def gain(d) -> int:
+        r = d.action == "relabel"
+        return int((d.suggested[r] == truth[r]).sum() - (lab[r] == truth[r]).sum())
+
+    assert gain(off) < 0 and gain(on) >= gain(off)
+    summary = trust_summary(on, lab, acc)
+    assert summary["shrink"] == pytest.approx(on.shrink, abs=1e-4) and summary["relabels"] == n_on
+    assert {"label_accuracy", "model_accuracy"} <= set(summary)
+    assert {"relabel_precision_est", "expected_gain_points"} <= set(trust_summary(off, lab, acc))
+
+
+def test_verdict_rows_fill_trust_and_send_relabels_to_review_under_domain_shift():
+    c = 3
+    truth, lab, net, au = _noisy_views(300, c, {"label": 0.6, "model": 0.9, "au": 0.8}, seed=2)
+    classes = ["a", "b", "c"]
+    names = [classes[k] for k in lab]
+    args = (names, classes, _onehot(net, c, 0.9), None, None, np.ones(300, bool), [None] * 300)
+    trust: dict = {}
+    t = verdict_rows([f"s{i}" for i in range(300)], *args, RelabelConfig(), "r", "ce", au_probs=_onehot(au, c),
+                     trust=trust)
+    assert "relabel" in t["action"].to_pylist() and trust["relabels"] > 0 and "label_accuracy" in trust
+    g = verdict_rows([f"s{i}" for i in range(300)], *args, RelabelConfig(), "r", "ce", au_probs=_onehot(au, c),
+                     review_reason="domain_shift")
+    acts, reasons = g["action"].to_pylist(), g["reasons"].to_pylist()
+    assert "relabel" not in acts
+    moved = [i for i, a in enumerate(t["action"].to_pylist()) if a == "relabel"]
+    assert all(acts[i] == "review" and "domain_shift" in reasons[i] for i in moved)
+
+
+def test_shift_report_flags_a_class_mix_the_labels_do_not_have():
+    c = 3
+    labels = np.array([0] * 80 + [1] * 10 + [2] * 10)
+    same = _onehot(labels, c, 0.8)
+    ref = confidence_profile(same, labels)
+    assert ref["mix_gap"] == 0.0 and ref["mean_max_p"] == pytest.approx(0.8)
+    assert not shift_report(ref, confidence_profile(same, labels), 0.1, 0.15, 0.15)["shifted"]
+    angry = _onehot(np.array([2] * 60 + [0] * 40), c, 0.5)  # neutral faces read as the third class, less sure
+    rep = shift_report(ref, confidence_profile(angry, labels), 0.1, 0.15, 0.15)
+    assert rep["shifted"] and set(rep["failed"]) == {"confidence_drop", "mix_gap_excess"}
+    assert mix_gap(np.array([0, 0]), np.array([1, 1]), 2) == 1.0
+    assert shift_report(None, confidence_profile(angry, labels), 0.1, 0.15, 0.15)["failed"] == ["mix_gap_excess"]
