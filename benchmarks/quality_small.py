@@ -114,14 +114,16 @@ def eval_run(out: str) -> dict:
         alpha = oof.loc[ids, "alpha"]
         alpha = None if alpha.isna().any() else alpha.to_numpy()
         names = [classes[k] if k >= 0 else None for k in labels]
-        for trust in ("off", "auto"):
+        variants = {"previous_rule": {"trust": "off", "relabel_floor": 0.0},  # the rule before issue 17
+                    "floor_only": {"trust": "off"}, "new_default": {}}
+        for vname, upd in variants.items():
             info: dict = {}
             t = verdict_rows(ids, names, classes, probs, alpha, sem, np.ones(len(ids), bool), [None] * len(ids),
-                             RelabelConfig(trust=trust, method=method), "x", method,
+                             RelabelConfig(method=method, **upd), "x", method,
                              au_probs=au_probs if have else None, trust=info)
             act = np.array(t["action"].to_pylist(), dtype=object)
             fin = final_labels(labels, act, np.array([classes.index(s) for s in t["label_suggested"].to_pylist()]))
-            res[f"redecided_trust_{trust}"] = {**_score(classes, labels, plural, ev, act, fin), "trust": info}
+            res[f"redecided_{vname}"] = {**_score(classes, labels, plural, ev, act, fin), "trust": info}
         res["oof_model_acc"] = round(float((probs.argmax(1) == plural)[ev].mean()), 4)
     return res
 
@@ -215,24 +217,31 @@ def shift(model_dir: str, n: int) -> dict:
 
 
 def profile_backfill(model_dir: str, run_out: str) -> dict:
-    """Write `confidence_profile` into a model saved before profiles existed, from its run's out-of-fold
-    predictions (what the train stage now stores itself)."""
+    """Write `confidence_profile` into a model saved before profiles existed, as the train stage now does:
+    the final model's predictions on its training data (fold -1) and the out-of-fold label-free estimate of
+    the network's accuracy."""
     from ferclean.domain_shift import confidence_profile
     from ferclean.model_dir import ModelDir
+    from ferclean.noise import view_accuracies
 
     md = ModelDir(model_dir)
     meta = md.meta()
-    if "confidence_profile" in meta:
-        return meta["confidence_profile"]
     store = Store(run_out)
     p = store.read("predictions").to_pandas()
-    oof = p[(p.method == meta["method"]) & (p.fold >= 0)].set_index("sample_id")
-    au = p[(p.method == AU_VIEW_METHOD) & (p.fold >= 0)].set_index("sample_id")
     classes = list(meta["classes"])
-    ref = _reference(store, classes).loc[oof.index]
-    probs = np.stack(oof["probs"].to_numpy())
-    au_probs = np.stack(au.loc[oof.index, "probs"].to_numpy()) if len(au) else None
-    meta["confidence_profile"] = confidence_profile(probs, ref["label"].to_numpy(), au_probs)
+
+    def probs_of(method: str, oof: bool, ids=None):  # noqa: ANN001, ANN202
+        q = p[(p.method == method) & ((p.fold >= 0) if oof else (p.fold == -1))].set_index("sample_id")
+        ids = list(q.index) if ids is None else ids
+        return ids, np.stack(q.loc[ids, "probs"].to_numpy())
+
+    ids, final = probs_of(meta["method"], False)
+    ref = _reference(store, classes).loc[ids]
+    _, oof = probs_of(meta["method"], True, ids)
+    _, au = probs_of(AU_VIEW_METHOD, True, ids)
+    acc = view_accuracies(ref["label"].to_numpy(), oof, au)
+    meta["confidence_profile"] = {**confidence_profile(final, ref["label"].to_numpy(), au),
+                                  "model_accuracy": acc["model_accuracy"]}
     md.write_meta(meta)
     return meta["confidence_profile"]
 

@@ -33,6 +33,7 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     confident_joint,
     decide,
     final_labels,
+    label_accuracy_given_model,
     noise_matrix,
     prior_from_counts,
     trust_summary,
@@ -73,7 +74,8 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
                  has_face: np.ndarray, quality: Sequence[Sequence[str] | None],
                  cfg: RelabelConfig, run_id: str, method: str,
                  issues: dict[str, list[str]] | None = None, au_probs: np.ndarray | None = None,
-                 trust: dict[str, Any] | None = None, review_reason: str | None = None) -> pa.Table:
+                 trust: dict[str, Any] | None = None, review_reason: str | None = None,
+                 model_accuracy: float | None = None) -> pa.Table:
     """Build contract `relabels` rows for scored samples.
 
     au_probs: (N, C) AU-view probabilities (NaN rows where a sample has none), combined with `probs`
@@ -81,10 +83,14 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
     au_view_disagrees (a hint for the reviewer, whatever the weight). trust: a dict this fills with
     :func:`ferclean.noise.trust_summary` (how far to trust the relabels). review_reason: when given
     (e.g. domain_shift), every relabel of a labelled sample becomes review with that reason.
+    model_accuracy: the scoring model's accuracy estimated at training time; without an AU view the given
+    labels' accuracy is then estimated from the two views (:func:`ferclean.noise.label_accuracy_given_model`).
     """
     idx = {c: i for i, c in enumerate(classes)}
     labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
     acc = view_accuracies(labels, probs, au_probs) if cfg.trust == "auto" and cfg.rule == "bayes" else None
+    if acc is None and model_accuracy is not None and cfg.trust == "auto" and cfg.rule == "bayes":
+        acc = label_accuracy_given_model(labels, probs, model_accuracy)
     d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg,
                label_accuracy=acc["label_accuracy"] if acc else None)
     if trust is not None:
@@ -308,7 +314,8 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
                          config, run.run_id, method, au_probs=au_probs, trust=trust,
-                         review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None)
+                         review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None,
+                         model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"))
     store.append("relabels", table, run.run_id)
     acts = table["action"].to_pylist()
     for a in set(acts):

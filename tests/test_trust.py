@@ -109,3 +109,23 @@ def test_shift_report_flags_a_class_mix_the_labels_do_not_have():
     assert rep["shifted"] and set(rep["failed"]) == {"confidence_drop", "mix_gap_excess"}
     assert mix_gap(np.array([0, 0]), np.array([1, 1]), 2) == 1.0
     assert shift_report(None, confidence_profile(angry, labels), 0.1, 0.15, 0.15)["failed"] == ["mix_gap_excess"]
+
+
+def test_label_accuracy_given_model_uses_the_training_time_model_accuracy():
+    from ferclean.noise import label_accuracy_given_model
+
+    _, lab, net, _ = _noisy_views(20000, 5, {"label": 0.8, "model": 0.6, "au": 0.5}, seed=3)
+    est = label_accuracy_given_model(lab, _onehot(net, 5), model_accuracy=0.6)
+    assert est["label_accuracy"] == pytest.approx(0.8, abs=0.03)
+    # a model weaker on this collection than at training (shift) makes the labels look better, never worse
+    assert label_accuracy_given_model(lab, _onehot(net, 5), model_accuracy=0.7)["label_accuracy"] < est["label_accuracy"]
+
+
+def test_relabel_floor_sends_guesses_to_review():
+    _, lab, net, _ = _noisy_views(2000, 3, {"label": 0.6, "model": 0.9, "au": 0.5}, seed=4)
+    probs = _onehot(net, 3, 0.7)  # the model's suggestions all carry p = 0.7
+    cfg = RelabelConfig(calibrate=False, trust="off")
+    low = decide(lab, probs, None, None, cfg.model_copy(update={"relabel_floor": 0.6}))
+    high = decide(lab, probs, None, None, cfg.model_copy(update={"relabel_floor": 0.75}))
+    assert (low.action == "relabel").sum() > 100 and not (high.action == "relabel").any()
+    assert ((low.action == "relabel") <= (high.action == "review")).all()  # the same samples, now for review

@@ -305,10 +305,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
                                                             / max(len(fin[use]), 1)).round(6).tolist(),
-                                      "init_model": init,
-                                      # what the model's confidence looks like on data like its own
-                                      # (out-of-fold), relabel-collection's domain-shift reference
-                                      "confidence_profile": confidence_profile(scores["probs"], labels, au_probs)})
+                                      "init_model": init})
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
@@ -324,6 +321,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
             model_dir.save_au_reference(ref)
         out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip,
                       amp=config.resolved_amp())
+        # relabel-collection's domain-shift reference: the final model on its own training data, and the
+        # label-free estimate of its accuracy (out-of-fold)
+        model_dir.write_meta({**model_dir.meta(), "confidence_profile": {
+            **confidence_profile(out["probs"], labels, au_probs),
+            **({"model_accuracy": acc["model_accuracy"]} if acc else {})}})
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
