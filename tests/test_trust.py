@@ -129,3 +129,38 @@ def test_relabel_floor_sends_guesses_to_review():
     high = decide(lab, probs, None, None, cfg.model_copy(update={"relabel_floor": 0.75}))
     assert (low.action == "relabel").sum() > 100 and not (high.action == "relabel").any()
     assert ((low.action == "relabel") <= (high.action == "review")).all()  # the same samples, now for review
+
+
+def test_score_collection_guard_sends_relabels_to_review_and_says_so(tmp_path):
+    """relabel-collection's score stage: a collection the model is far less sure about than about its own
+    training data gets no relabels, reason domain_shift, and the summary and runs.counts say so."""
+    import json
+
+    from test_train import make_store, tiny_cfg
+
+    from ferclean.model_dir import ModelDir
+    from ferclean.relabel import score_collection
+    from ferclean.runs import open_run
+    from ferclean.train import run_train
+
+    store, _ = make_store(tmp_path, n=60)
+    with open_run(store, "train", {}) as run:
+        run_train(store, run, tiny_cfg(methods=["ce"], final_method="ce", epochs=2), progress=False)
+    md = ModelDir.of_run(store.root)
+    meta = md.meta()
+    assert {"mean_max_p", "pred_mix", "mix_gap"} <= set(meta["confidence_profile"])
+    cfg = RelabelConfig(relabel_floor=0.0, trust="off")
+    with open_run(store, "relabel-collection", {}) as run:
+        plain = score_collection(store, run, md, cfg)
+    assert not plain["domain_shift"]["shifted"] and plain["actions"].get("relabel", 0) > 0
+    md.write_meta({**meta, "confidence_profile": {**meta["confidence_profile"], "mean_max_p": 1.0}})
+    with open_run(store, "relabel-collection", {}) as run:
+        guarded = score_collection(store, run, md, cfg)
+        run_id = run.run_id
+    assert guarded["domain_shift"]["shifted"] and guarded["domain_shift"]["failed"] == ["confidence_drop"]
+    assert "relabel" not in guarded["actions"] and "review" in guarded["domain_shift"]["action"]
+    rows = store.read("relabels").to_pandas()
+    rows = rows[rows.run_id == run_id]
+    assert rows.reasons.map(lambda r: "domain_shift" in list(r)).sum() == plain["actions"]["relabel"]
+    counts = json.loads(store.read("runs").to_pandas().set_index("run_id").loc[run_id, "counts"])
+    assert counts["relabel.domain_shift"] == 1
