@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from bench_common import PLURALITY, prf
 
 from ferclean.au_view import AU_VIEW_METHOD
-from ferclean.noise import RelabelConfig, final_labels
+from ferclean.noise import RelabelConfig, final_labels, prior_from_counts
 from ferclean.relabel import collection_shift, verdict_rows
 from ferclean.store import Store
 
@@ -115,7 +115,11 @@ def eval_run(out: str) -> dict:
         alpha = None if alpha.isna().any() else alpha.to_numpy()
         names = [classes[k] if k >= 0 else None for k in labels]
         variants = {"previous_rule": {"trust": "off", "relabel_floor": 0.0},  # the rule before issue 17
-                    "floor_only": {"trust": "off"}, "new_default": {}}
+                    "floor_only": {"trust": "off"}, "new_default": {},
+                    # a 100-face audit: the class mix of 100 random faces' crowd labels as the class prior
+                    "new_default_audit100": {"class_prior": prior_from_counts(np.bincount(
+                        plural[np.random.default_rng(0).choice(np.flatnonzero(ev), 100, replace=False)],
+                        minlength=len(classes)))}}
         for vname, upd in variants.items():
             info: dict = {}
             t = verdict_rows(ids, names, classes, probs, alpha, sem, np.ones(len(ids), bool), [None] * len(ids),

@@ -349,13 +349,16 @@ def decide(
     sem_dist: np.ndarray | None,
     cfg: RelabelConfig,
     label_accuracy: float | None = None,
+    model_accuracy: float | None = None,
 ) -> Decision:
     """Vectorised verdicts.
 
     labels: (N,) int class index, -1 = unlabelled; probs: (N, C); alpha: (N,) or None;
     sem_dist: (N, C) or None; label_accuracy: the label-free estimate of how often the given labels
     are right (:func:`view_accuracies`), which the bayes rule with `trust` auto uses to decide which
-    flagged samples it relabels. Returns a :class:`Decision`.
+    flagged samples it relabels; model_accuracy: the same estimate for the network: when it is at least
+    the labels' the joint is used as estimated (a model stronger than the labels may relabel by it; chosen
+    on train rows, benchmarks/results/quality_small.md). Returns a :class:`Decision`.
     """
     n, c = probs.shape
     labels = np.asarray(labels, dtype=np.int64)
@@ -397,7 +400,8 @@ def decide(
                 low_conf[np.flatnonzero(labelled)[np.argsort(support[labelled], kind="stable")[:k]]] = True
         confident = labelled & (best != y) & (post[rows, best] - support >= cfg.bayes_relabel_margin)
         flagged = low_conf | confident
-        lam = trust_shrink(joint, label_accuracy) if (cfg.trust == "auto" and joint is not None) else 1.0
+        weaker = model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy
+        lam = trust_shrink(joint, label_accuracy) if (cfg.trust == "auto" and joint is not None and weaker) else 1.0
         if lam < 1.0:  # the flags stay; which flagged samples are relabelled follows the shrunk posterior
             post_t = bayes_posterior(labels, probs, shrink_joint(joint, lam), class_prior=cfg.class_prior,
                                      train_prior=cfg.train_prior)

@@ -92,7 +92,8 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
     if acc is None and model_accuracy is not None and cfg.trust == "auto" and cfg.rule == "bayes":
         acc = label_accuracy_given_model(labels, probs, model_accuracy)
     d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg,
-               label_accuracy=acc["label_accuracy"] if acc else None)
+               label_accuracy=acc["label_accuracy"] if acc else None,
+               model_accuracy=acc["model_accuracy"] if acc else None)
     if trust is not None:
         trust.update(trust_summary(d, labels, acc))
     if review_reason is not None:

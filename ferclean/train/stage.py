@@ -290,7 +290,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
         acc = view_accuracies(labels, scores["probs"], au_probs) if rule.trust == "auto" else None
         d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
-                   scores["sem_dist"], rule, label_accuracy=acc["label_accuracy"] if acc else None)
+                   scores["sem_dist"], rule, label_accuracy=acc["label_accuracy"] if acc else None,
+                   model_accuracy=acc["model_accuracy"] if acc else None)
         fin = final_labels(labels, d.action, d.suggested)
         use, fallback = final_training_indices(fin, d.action, len(classes))
         if fallback:
