@@ -202,10 +202,11 @@ def shift(model_dir: str, n: int) -> dict:
     names = list(df.plurality)
     for name, crops in (("in_domain", imgs), ("shifted", shifted)):
         arr = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
-        probs = score(model, arr)[0].astype(np.float64)
+        probs, _, _, emb = score(model, arr)
+        probs = probs.astype(np.float64)
         for guard in (False, True):
             cfg = RelabelConfig(domain_shift_guard=guard, train_prior=model.meta.get("train_label_prior"))
-            rep = collection_shift(model.meta, probs, names, classes, None, cfg)
+            rep = collection_shift(model.meta, probs, names, classes, None, cfg, emb)
             t = verdict_rows([str(i) for i in range(len(df))], names, classes, probs, None, None,
                              np.ones(len(df), bool), [None] * len(df), cfg, "x", "m",
                              review_reason="domain_shift" if rep["shifted"] and guard else None)
@@ -244,7 +245,13 @@ def profile_backfill(model_dir: str, run_out: str) -> dict:
     _, oof = probs_of(meta["method"], True, ids)
     _, au = probs_of(AU_VIEW_METHOD, True, ids)
     acc = view_accuracies(ref["label"].to_numpy(), oof, au)
-    meta["confidence_profile"] = {**confidence_profile(final, ref["label"].to_numpy(), au),
+    from ferclean.train.model_io import load_model, score
+    from ferclean.train.stage import load_inputs
+
+    inputs = load_inputs(store, classes, None, int(meta["input_size"]))
+    pos = {sid: i for i, sid in enumerate(inputs.sample_ids)}
+    emb = score(load_model(md), inputs.images)[3][[pos[i] for i in ids]]
+    meta["confidence_profile"] = {**confidence_profile(final, ref["label"].to_numpy(), au, emb),
                                   "model_accuracy": acc["model_accuracy"]}
     md.write_meta(meta)
     return meta["confidence_profile"]

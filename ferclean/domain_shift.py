@@ -10,7 +10,10 @@ same profile on the new collection and :func:`shift_report` compares them:
   mix, beyond the gap the training data had (a model that reads neutral faces as angry predicts a
   class mix that the labels do not have);
 - AU-view agreement: share of samples where the network and the AU view pick the same class, below
-  the training data's (only when both profiles have it).
+  the training data's (only when both profiles have it);
+- embedding spread: mean squared standardised distance of the network's backbone features from the
+  training data's feature means (per-dimension z scores), as a multiple of the training data's own
+  (1 = as spread as the training data; label-free, sees image changes that leave the class mix alone).
 
 A collection is shifted when any of them passes its threshold; relabel-collection then sends every
 relabel to review with the reason domain_shift and says so in its summary.
@@ -27,9 +30,18 @@ def _mix(idx: np.ndarray, c: int) -> np.ndarray:
     return np.bincount(idx, minlength=c) / max(len(idx), 1)
 
 
+def embedding_spread(emb: np.ndarray, mean: list[float], std: list[float]) -> float:
+    """Mean over samples and dimensions of ((emb - mean) / std) ** 2."""
+    mu, sd = np.asarray(mean, dtype=np.float64), np.clip(np.asarray(std, dtype=np.float64), 1e-6, None)
+    return float((((np.asarray(emb, dtype=np.float64) - mu) / sd) ** 2).mean())
+
+
 def confidence_profile(probs: np.ndarray, labels: np.ndarray | None = None,
-                       au_probs: np.ndarray | None = None) -> dict[str, Any]:
-    """Confidence and class-mix statistics of (N, C) probabilities; labels (N,) class index, -1 = none."""
+                       au_probs: np.ndarray | None = None, embeddings: np.ndarray | None = None,
+                       reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Confidence and class-mix statistics of (N, C) probabilities; labels (N,) class index, -1 = none;
+    embeddings (N, D) backbone features: with no `reference` their per-dimension mean and std are stored
+    (a training profile), with one their spread around the reference's means is measured."""
     probs = np.asarray(probs, dtype=np.float64)
     n, c = probs.shape
     top = probs.max(axis=1) if n else np.zeros(0)
@@ -45,6 +57,14 @@ def confidence_profile(probs: np.ndarray, labels: np.ndarray | None = None,
         if lab.any():
             out["label_mix"] = _mix(labels[lab], c).round(4).tolist()
             out["mix_gap"] = round(mix_gap(probs[lab].argmax(axis=1), labels[lab], c), 4)
+    if embeddings is not None and len(embeddings):
+        emb = np.asarray(embeddings, dtype=np.float64)
+        ref = reference if reference and "emb_mean" in reference else None
+        if ref is None:
+            out["emb_mean"] = emb.mean(axis=0).round(5).tolist()
+            out["emb_std"] = emb.std(axis=0).round(5).tolist()
+            ref = out
+        out["emb_spread"] = round(embedding_spread(emb, ref["emb_mean"], ref["emb_std"]), 4)
     if au_probs is not None:
         ok = ~np.isnan(au_probs).any(axis=1)
         if ok.any():
@@ -58,7 +78,8 @@ def mix_gap(pred: np.ndarray, labels: np.ndarray, c: int) -> float:
 
 
 def shift_report(reference: dict[str, Any] | None, current: dict[str, Any], max_confidence_drop: float,
-                 max_mix_gap_excess: float, max_au_agreement_drop: float) -> dict[str, Any]:
+                 max_mix_gap_excess: float, max_au_agreement_drop: float,
+                 max_embedding_spread: float = 1.5) -> dict[str, Any]:
     """Compare a collection's profile with the training data's; `shifted` True when any test fails.
     Without a reference profile (a model saved before profiles existed) only the class-mix gap is tested,
     against zero."""
@@ -76,6 +97,10 @@ def shift_report(reference: dict[str, Any] | None, current: dict[str, Any], max_
         drop = ref["au_agreement"] - current["au_agreement"]
         checks["au_agreement_drop"] = {"value": round(drop, 4), "limit": max_au_agreement_drop,
                                        "failed": bool(drop > max_au_agreement_drop)}
+    if ref.get("emb_spread") and current.get("emb_spread") is not None:
+        ratio = current["emb_spread"] / ref["emb_spread"]
+        checks["embedding_spread"] = {"value": round(ratio, 4), "limit": max_embedding_spread,
+                                      "failed": bool(ratio > max_embedding_spread)}
     failed = [k for k, v in checks.items() if v["failed"]]
     return {"shifted": bool(failed), "failed": failed, "checks": checks,
             "reference": "model.json confidence_profile" if reference else "none (model saved without a profile)"}

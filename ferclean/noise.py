@@ -109,6 +109,9 @@ class RelabelConfig(BaseModel):
                                      "data by more than this")
     shift_max_au_agreement_drop: float = Field(0.15, ge=0, le=1, description="domain shift when the network and "
                                                "the AU view agree this much less often than on the training data")
+    shift_max_embedding_spread: float = Field(
+        1.5, ge=1, description="domain shift when the collection's backbone features spread around the training "
+        "data's feature means this many times as much as the training data's own (set a priori, not tuned)")
     calibrate: bool = Field(True, description="temperature-scale probs to the given labels (NLL) before the rule, "
                             "so thresholds mean the same for every method; needs >= 50 labelled samples")
     fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")

@@ -298,7 +298,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
                          collection=collection, require_label=False)
     if not len(inputs.sample_ids):
         return {"rows": 0}
-    probs, alpha, sem, _ = score(model, inputs.images)
+    probs, alpha, sem, emb = score(model, inputs.images)
     method = model.meta["method"]
     key = f"score-{collection or 'all'}-{method}"
     store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
@@ -310,7 +310,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     config, prior_source = with_audit_prior(store, config, classes)
     if config.train_prior is None and model.meta.get("train_label_prior"):
         config = config.model_copy(update={"train_prior": list(model.meta["train_label_prior"])})
-    shift = collection_shift(model.meta, probs, inputs.label_names, classes, au_probs, config)
+    shift = collection_shift(model.meta, probs, inputs.label_names, classes, au_probs, config, emb)
     trust: dict[str, Any] = {}
     table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
@@ -330,15 +330,19 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
 
 
 def collection_shift(meta: dict[str, Any], probs: np.ndarray, label_names: Sequence[str | None],
-                     classes: Sequence[str], au_probs: np.ndarray | None, config: RelabelConfig) -> dict[str, Any]:
+                     classes: Sequence[str], au_probs: np.ndarray | None, config: RelabelConfig,
+                     embeddings: np.ndarray | None = None) -> dict[str, Any]:
     """:func:`ferclean.domain_shift.shift_report` of a scored collection against model.json's profile."""
     from ferclean.domain_shift import confidence_profile, shift_report
 
     idx = {c: i for i, c in enumerate(classes)}
     labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
-    current = confidence_profile(probs, labels, au_probs)
-    report = shift_report(meta.get("confidence_profile"), current, config.shift_max_confidence_drop,
-                          config.shift_max_mix_gap, config.shift_max_au_agreement_drop)
+    ref = meta.get("confidence_profile")
+    current = confidence_profile(probs, labels, au_probs, embeddings, reference=ref)
+    report = shift_report(ref, current, config.shift_max_confidence_drop, config.shift_max_mix_gap,
+                          config.shift_max_au_agreement_drop, config.shift_max_embedding_spread)
+    current.pop("emb_mean", None)
+    current.pop("emb_std", None)
     report["collection"] = current
     return report
 

@@ -164,3 +164,16 @@ def test_score_collection_guard_sends_relabels_to_review_and_says_so(tmp_path):
     assert rows.reasons.map(lambda r: "domain_shift" in list(r)).sum() == plain["actions"]["relabel"]
     counts = json.loads(store.read("runs").to_pandas().set_index("run_id").loc[run_id, "counts"])
     assert counts["relabel.domain_shift"] == 1
+
+
+def test_embedding_spread_sees_features_unlike_the_training_data():
+    rng = np.random.default_rng(5)
+    probs = _onehot(rng.integers(0, 3, 500), 3)
+    train = confidence_profile(probs, embeddings=rng.normal(0, 1, (500, 8)))
+    assert train["emb_spread"] == pytest.approx(1.0, abs=1e-6) and len(train["emb_mean"]) == 8
+    same = confidence_profile(probs, embeddings=rng.normal(0, 1, (500, 8)), reference=train)
+    far = confidence_profile(probs, embeddings=rng.normal(2, 1, (500, 8)), reference=train)
+    assert "emb_mean" not in same and same["emb_spread"] == pytest.approx(1.0, abs=0.15)
+    assert not shift_report(train, same, 0.1, 0.15, 0.15)["shifted"]
+    rep = shift_report(train, far, 0.1, 0.15, 0.15)
+    assert rep["failed"] == ["embedding_spread"] and rep["checks"]["embedding_spread"]["value"] > 4

@@ -325,7 +325,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         # relabel-collection's domain-shift reference: the final model on its own training data, and the
         # label-free estimate of its accuracy (out-of-fold)
         model_dir.write_meta({**model_dir.meta(), "confidence_profile": {
-            **confidence_profile(out["probs"], labels, au_probs),
+            **confidence_profile(out["probs"], labels, au_probs, out["embeddings"]),
             **({"model_accuracy": acc["model_accuracy"]} if acc else {})}})
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
