@@ -107,3 +107,16 @@ def test_curate_cli_takes_init_model(tmp_path):
     meta = json.loads((out / "model" / "model.json").read_text())
     assert meta["init_model"]["fingerprint"] == model_fingerprint(init)
     np.testing.assert_equal(meta["classes"], ["happy", "sad"])
+
+
+def test_curate_deployment_passes_init_model():
+    pytest.importorskip("prefect")
+    from flows.curate import curate_plan
+    from flows.deploy import build_deployments
+
+    (cur,) = build_deployments("/data/in.csv", "/data/out", init_model="/data/out/model")
+    assert cur.parameters["init_model"] == "/data/out/model"
+    (plain,) = build_deployments("/data/in.csv", "/data/out")
+    assert "init_model" not in plain.parameters
+    _, configs = curate_plan("/data/in.csv", "train", None, None, 1, init_model="/m")
+    assert configs["train"].init_model == "/m"
