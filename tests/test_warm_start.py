@@ -120,3 +120,16 @@ def test_curate_deployment_passes_init_model():
     assert "init_model" not in plain.parameters
     _, configs = curate_plan("/data/in.csv", "train", None, None, 1, init_model="/m")
     assert configs["train"].init_model == "/m"
+
+
+def test_crossfit_folds_in_parallel_processes_match_the_sequential_ones():
+    from test_train import toy_images
+
+    from ferclean.train import crossfit
+
+    x, y = toy_images(36)
+    seen: list[int] = []
+    seq = crossfit(x, y, "ce", tiny_cfg(epochs=1, folds=3))
+    par = crossfit(x, y, "ce", tiny_cfg(epochs=1, folds=3, fold_workers=2), on_fold=lambda k, *_: seen.append(k))
+    assert sorted(seen) == [0, 1, 2]
+    np.testing.assert_allclose(par["probs"], seq["probs"], atol=1e-5)

@@ -49,6 +49,8 @@ class TrainConfig(BaseModel):
     augment: bool = Field(True, description="random flip + small affine jitter")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    fold_workers: int = Field(1, ge=1, description="train the K cross-fitted folds in this many processes at once "
+                              "(spawned; one per free core); 1 = one after another. Not part of the fold keys")
     num_threads: int = Field(1, ge=1, le=2, description="torch CPU threads; 1 by default: on 2 shared cores two threads thrashed (28 vs 475 img/s measured)")
     # Target branch (eqs. 1-4) and SCN.
     phi: float = Field(0.8, gt=0, lt=1, description="ULC-AG high-confidence ratio")

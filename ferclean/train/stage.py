@@ -59,6 +59,16 @@ def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return folds
 
 
+def fit_and_score_fold(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, method: str,
+                       cfg: TrainConfig, aus: np.ndarray | None, a_bar: np.ndarray | None, ckpt: Path | None,
+                       log: Callable[[dict[str, Any]], None] | None = None) -> tuple[FitResult, dict[str, Any]]:
+    """Train one fold and score its held-out images (module level: a spawned process runs it)."""
+    res = fit(train_images, train_labels, method, cfg, aus, a_bar, ckpt_path=ckpt, log=log)
+    out = predict(res.model, test_images, method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
+                  amp=cfg.resolved_amp())
+    return res, out
+
+
 def crossfit(
     images: np.ndarray,
     labels: np.ndarray,
@@ -85,16 +95,17 @@ def crossfit(
     sem = np.full((n, c), np.nan, np.float32)
     history: list[dict[str, Any]] = []
     has_alpha = has_sem = False
-    for k in range(cfg.folds):
-        if skip_fold is not None and skip_fold(k):
-            continue
+    todo = [k for k in range(cfg.folds) if skip_fold is None or not skip_fold(k)]
+
+    def job(k: int) -> tuple:
         tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
-        res = fit(images[tr], labels[tr], method, cfg.model_copy(update={"seed": cfg.seed + k}),
-                  None if aus is None else aus[tr], a_bar, ckpt_path=ckpt,
-                  log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
-        out = predict(res.model, images[te], method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
-                      amp=cfg.resolved_amp())
+        return (images[tr], labels[tr], images[te], method, cfg.model_copy(update={"seed": cfg.seed + k}),
+                None if aus is None else aus[tr], a_bar, ckpt)
+
+    def finish(k: int, res: FitResult, out: dict[str, Any]) -> None:
+        nonlocal has_alpha, has_sem
+        te = np.flatnonzero(folds == k)
         probs[te] = out["probs"]
         if out["alpha"] is not None:
             alpha[te], has_alpha = out["alpha"], True
@@ -103,8 +114,27 @@ def crossfit(
         history.extend({**h, "fold": k} for h in res.history)
         if on_fold:
             on_fold(k, te, out, res)
+        ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
+
+    if cfg.fold_workers > 1 and len(todo) > 1:  # folds in spawned processes; each is finished as it ends
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(cfg.fold_workers, len(todo)), mp_context=ctx) as ex:
+            futures = {ex.submit(fit_and_score_fold, *job(k)): k for k in todo}
+            for fut in as_completed(futures):
+                k = futures[fut]
+                res, out = fut.result()
+                for row in res.history if log else ():
+                    log({**row, "fold": k})
+                finish(k, res, out)
+    else:
+        for k in todo:
+            res, out = fit_and_score_fold(*job(k), log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
+            finish(k, res, out)
     return {"probs": probs, "alpha": alpha if has_alpha else None, "sem_dist": sem if has_sem else None,
             "fold": folds, "history": history}
 
