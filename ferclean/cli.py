@@ -171,6 +171,7 @@ def curate(
     force: Annotated[bool, typer.Option("--force", help="Recompute stages even when their inputs, config and code are unchanged.")] = False,
     root: Annotated[Optional[Path], typer.Option(help=ROOT_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout (for scripts).")] = False,
+    init_model: Annotated[Optional[Path], typer.Option("--init-model", help="Warm start: a model folder of an earlier run (OUT/model) that every cross-fitted fold and the final model start from (same backbone and input size; classes matched by name). Overrides train.init_model of --config.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the whole curation flow (a Prefect flow on the embedded API) on a collection.
@@ -191,12 +192,16 @@ def curate(
         fail(f"source {source} does not exist")
     if config is not None and not config.is_file():
         fail(f"config file {config} does not exist")
+    from ferclean.model_dir import ModelDir
+
     _check_root(root)
+    if init_model is not None and not ModelDir(init_model).exists():
+        fail(f"--init-model {init_model} holds no trained model (model.json missing)")
     state = curate_flow(
         source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
         limit=limit, progress=progress, workers=workers, task_runner=task_runner,
         scheduler_address=scheduler_address, force=force, root=str(root.resolve()) if root else None,
-        return_state=True,
+        init_model=str(init_model.resolve()) if init_model else None, return_state=True,
     )
     _finish_flow("curate", state, out, json_out=json_out)
 
@@ -280,6 +285,7 @@ def serve(
     relabel_cron: Annotated[str, typer.Option("--relabel-cron", help="relabel-collection schedule.")] = "0 4 * * *",
     prefect_home: Annotated[Optional[Path], typer.Option("--prefect-home", help="Without PREFECT_API_URL: where the Prefect server that ferclean starts keeps its database and log (default OUT/.prefect).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Without PREFECT_API_URL: the loopback port of the Prefect server ferclean starts (default: a free one).")] = None,
+    init_model: Annotated[Optional[str], typer.Option("--init-model", help="Warm start of every scheduled curate run: an existing model folder of an earlier curate run (its OUT/model).")] = None,
 ) -> None:
     """Serve both flows as scheduled Prefect deployments (blocks; Ctrl-C or SIGTERM stops).
 
@@ -329,6 +335,7 @@ def serve(
                 source, out, cron=cron, interval=interval, timezone=timezone, config_file=config, limit=limit,
                 workers=workers, task_runner=task_runner, scheduler_address=scheduler_address, root=root,
                 relabel_source=relabel_source, relabel_out=relabel_out, model_dir=model, relabel_cron=relabel_cron,
+                init_model=init_model,
             )
         except ValueError as exc:
             fail(str(exc))

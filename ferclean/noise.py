@@ -86,6 +86,32 @@ class RelabelConfig(BaseModel):
                                   "p_network * p_au ** w, renormalised (ferclean.au_view; 0 = network only). Chosen on "
                                   "FER2013's real noise and 10 % synthetic noise, confirmed on 20/30 % "
                                   "(benchmarks/results/noise_synthetic.md)")
+    trust: Literal["auto", "off"] = Field(
+        "auto", description="bayes rule: a verdict rule that knows how strong its model is. auto: estimate without "
+        "reference labels how often the given labels, the network and the AU view are right (three views whose errors "
+        "are taken as independent: agreement method of moments, :func:`view_accuracies`), shrink the confident "
+        "joint's noise towards the identity by estimated label noise / the joint's noise (a weak model's joint counts "
+        "its own errors as label noise), and relabel only where that shrunk posterior puts the suggested label above "
+        "the given one; the estimates go into the relabel summary. Needs the AU view; off: the joint as estimated")
+    relabel_floor: float = Field(
+        0.4, ge=0, le=1, description="bayes rule: relabel a labelled sample only when the calibrated p(suggested) "
+        "reaches this, else review (a relabel at p = 0.19 is a guess whatever the noise model says). Chosen on the "
+        "out-of-fold scores of 3,000 FER2013 train rows (32 px CNN, ulcag): 0 / 0.3 / 0.4 / 0.5 gave +0.0 / +0.3 / "
+        "+0.4 / +0.4 points of final-label accuracy with trust auto (benchmarks/results/quality_small.md)")
+    domain_shift_guard: bool = Field(
+        True, description="relabel-collection: compare the collection with the model's training data "
+        "(ferclean.domain_shift: confidence, predicted vs given class mix, AU-view agreement); when it is unlike "
+        "them every relabel goes to review with the reason domain_shift and the summary says so")
+    shift_max_confidence_drop: float = Field(0.10, ge=0, le=1, description="domain shift when the mean max "
+                                             "probability falls more than this below the training data's")
+    shift_max_mix_gap: float = Field(0.15, ge=0, le=1, description="domain shift when the predicted class mix is "
+                                     "further (total variation) from the given labels' mix than on the training "
+                                     "data by more than this")
+    shift_max_au_agreement_drop: float = Field(0.15, ge=0, le=1, description="domain shift when the network and "
+                                               "the AU view agree this much less often than on the training data")
+    shift_max_embedding_spread: float = Field(
+        1.5, ge=1, description="domain shift when the collection's backbone features spread around the training "
+        "data's feature means this many times as much as the training data's own (set a priori, not tuned)")
     calibrate: bool = Field(True, description="temperature-scale probs to the given labels (NLL) before the rule, "
                             "so thresholds mean the same for every method; needs >= 50 labelled samples")
     fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")
@@ -126,6 +152,9 @@ class Decision:
     priority: np.ndarray
     reasons: list[list[str]]
     temperature: float
+    p_right: np.ndarray | None = None  # bayes rule: posterior (after the trust shrink) that label_final is right
+    p_label_right: np.ndarray | None = None  # ... that the given label is right
+    shrink: float = 1.0  # lam of shrink_joint the relabels were decided with (1 = joint as estimated)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -225,17 +254,114 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
     return _softmax(logp)
 
 
+def view_accuracies(labels: np.ndarray, net_probs: np.ndarray, au_probs: np.ndarray | None,
+                    min_rows: int = 50) -> dict[str, float] | None:
+    """Label-free accuracies of three views of the true class: the given labels, the network's argmax and
+    the AU view's argmax (no reference labels).
+
+    With conditionally independent errors, the chance-corrected agreement (Cohen's kappa) of two views is
+    about the product of their reliabilities k_i, so k_label = sqrt(kappa_ln * kappa_la / kappa_na) and
+    likewise for the others; accuracy a = k + (1 - k) * sum_c m_c^2 (m: the given labels' class mix).
+    Errors that the views share (the network and the AU view learnt from the same noisy labels) make this
+    optimistic about all three. None without an AU view or with fewer than `min_rows` rows having all three.
+    """
+    if au_probs is None:
+        return None
+    labels = np.asarray(labels, dtype=np.int64)
+    ok = (labels >= 0) & ~np.isnan(au_probs).any(axis=1) & ~np.isnan(net_probs).any(axis=1)
+    if ok.sum() < min_rows:
+        return None
+    c = net_probs.shape[1]
+    views = [labels[ok], net_probs[ok].argmax(axis=1), au_probs[ok].argmax(axis=1)]
+    mix = [np.bincount(v, minlength=c) / len(v) for v in views]
+
+    def kappa(i: int, j: int) -> float:
+        agree = float((views[i] == views[j]).mean())
+        chance = float(mix[i] @ mix[j])
+        return max((agree - chance) / max(1.0 - chance, 1e-9), 1e-6)
+
+    k_ln, k_la, k_na = kappa(0, 1), kappa(0, 2), kappa(1, 2)
+    rel = {"label": np.sqrt(k_ln * k_la / k_na), "model": np.sqrt(k_ln * k_na / k_la),
+           "au_view": np.sqrt(k_la * k_na / k_ln)}
+    base = float(mix[0] @ mix[0])
+    out = {f"{k}_accuracy": round(float(np.clip(r + (1 - min(r, 1.0)) * base, 0.0, 1.0)), 4) for k, r in rel.items()}
+    out["rows"] = int(ok.sum())
+    return out
+
+
+def label_accuracy_given_model(labels: np.ndarray, net_probs: np.ndarray, model_accuracy: float,
+                               min_rows: int = 50) -> dict[str, float] | None:
+    """Two views only (no AU view, e.g. relabel-collection on a collection without aus): the given labels'
+    accuracy from their chance-corrected agreement with a network whose accuracy was estimated at training
+    time (:func:`view_accuracies` there): k_label = kappa / k_model. On a shifted collection the network is
+    weaker than that estimate, which makes this optimistic about the labels, i.e. relabels fewer."""
+    labels = np.asarray(labels, dtype=np.int64)
+    ok = (labels >= 0) & ~np.isnan(net_probs).any(axis=1)
+    if ok.sum() < min_rows:
+        return None
+    c = net_probs.shape[1]
+    lab, net = labels[ok], net_probs[ok].argmax(axis=1)
+    m_l, m_n = np.bincount(lab, minlength=c) / len(lab), np.bincount(net, minlength=c) / len(net)
+    chance = float(m_l @ m_n)
+    kappa = max((float((lab == net).mean()) - chance) / max(1.0 - chance, 1e-9), 1e-6)
+    base = float(m_l @ m_l)
+    k_m = max((model_accuracy - base) / max(1.0 - base, 1e-9), 1e-3)
+    k_l = min(kappa / k_m, 1.0)
+    return {"label_accuracy": round(k_l + (1 - k_l) * base, 4), "model_accuracy": round(model_accuracy, 4),
+            "rows": int(ok.sum()), "estimate": "two views: model accuracy from training time"}
+
+
+def shrink_joint(joint: np.ndarray, lam: float) -> np.ndarray:
+    """The joint with its off-diagonal (estimated label noise) scaled by `lam` in [0, 1] and the diagonal
+    refilled so that each given label's row keeps its mass: lam 0 = identity noise matrix, 1 = unchanged."""
+    lam = float(np.clip(lam, 0.0, 1.0))
+    off = joint * (1.0 - np.eye(len(joint))) * lam
+    return off + np.diag(joint.sum(axis=1) - off.sum(axis=1))
+
+
+def trust_shrink(joint: np.ndarray, label_accuracy: float | None) -> float:
+    """lam of :func:`shrink_joint`: estimated label noise (1 - label_accuracy) over the joint's noise
+    (1 - trace), at most 1; 1 when there is no estimate."""
+    if label_accuracy is None:
+        return 1.0
+    noise = 1.0 - float(np.trace(joint))
+    return 1.0 if noise <= 1e-9 else float(np.clip((1.0 - label_accuracy) / noise, 0.0, 1.0))
+
+
+def trust_summary(d: Decision, labels: np.ndarray, accuracies: dict[str, float] | None
+                  ) -> dict[str, float | int | str]:
+    """What a user needs to judge the relabels: the estimated view accuracies, the shrink and, over the
+    relabelled samples, the mean posterior that the new label is right and that the old one was (both
+    label-free estimates); expected_gain_points = 100 * sum(p_new - p_old) / labelled samples."""
+    out: dict[str, float | int | str] = {"shrink": round(d.shrink, 4)}
+    out.update(accuracies or {"estimate": "none (no AU view: the joint as estimated)"})
+    rel = (d.action == "relabel") & (np.asarray(labels) >= 0)
+    out["relabels"] = int(rel.sum())
+    if d.p_right is not None and rel.any():
+        out["relabel_precision_est"] = round(float(d.p_right[rel].mean()), 4)
+        out["replaced_label_right_est"] = round(float(d.p_label_right[rel].mean()), 4)
+        out["expected_gain_points"] = round(100 * float((d.p_right[rel] - d.p_label_right[rel]).sum())
+                                            / max(int((np.asarray(labels) >= 0).sum()), 1), 2)
+    return out
+
+
 def decide(
     labels: np.ndarray,
     probs: np.ndarray,
     alpha: np.ndarray | None,
     sem_dist: np.ndarray | None,
     cfg: RelabelConfig,
+    label_accuracy: float | None = None,
+    model_accuracy: float | None = None,
 ) -> Decision:
     """Vectorised verdicts.
 
     labels: (N,) int class index, -1 = unlabelled; probs: (N, C); alpha: (N,) or None;
-    sem_dist: (N, C) or None. Returns a :class:`Decision`.
+    sem_dist: (N, C) or None; label_accuracy: the label-free estimate of how often the given labels
+    are right (:func:`view_accuracies`), which the bayes rule with `trust` auto uses to decide which
+    flagged samples it relabels; model_accuracy: the same estimate for the network: when it is at least
+    the labels' the joint is used as estimated (a model stronger than the labels may relabel by it; chosen
+    on train rows, benchmarks/results/quality_small.md). Returns a :class:`Decision`.
     """
     n, c = probs.shape
     labels = np.asarray(labels, dtype=np.int64)
@@ -261,6 +387,7 @@ def decide(
     sem_mis = labelled & has_sem & (sem_best != y)
     low_a = np.zeros(n, bool) if alpha is None else (np.asarray(alpha) < cfg.low_alpha)
     model_sugg = sugg
+    lam = 1.0
     if cfg.rule == "bayes":
         joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else None
         post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior, train_prior=cfg.train_prior)
@@ -276,6 +403,17 @@ def decide(
                 low_conf[np.flatnonzero(labelled)[np.argsort(support[labelled], kind="stable")[:k]]] = True
         confident = labelled & (best != y) & (post[rows, best] - support >= cfg.bayes_relabel_margin)
         flagged = low_conf | confident
+        weaker = model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy
+        lam = trust_shrink(joint, label_accuracy) if (cfg.trust == "auto" and joint is not None and weaker) else 1.0
+        if lam < 1.0:  # the flags stay; which flagged samples are relabelled follows the shrunk posterior
+            post_t = bayes_posterior(labels, probs, shrink_joint(joint, lam), class_prior=cfg.class_prior,
+                                     train_prior=cfg.train_prior)
+            confident = labelled & (best != y) & (post_t[rows, best] - post_t[rows, y] >= cfg.bayes_relabel_margin)
+            confident &= post_t[rows, best] > post_t[rows, y]
+        else:
+            post_t = post
+        confident &= probs[rows, best] >= cfg.relabel_floor
+        p_right, p_label_right = post_t[rows, best], np.where(labelled, post_t[rows, y], np.nan)
         sugg = np.where(labelled & flagged & (best == y), second, best)
         p_sugg = probs[rows, sugg]
         margin = p_sugg - p_orig
@@ -300,8 +438,11 @@ def decide(
         for i in np.flatnonzero(mask):
             reasons[i].append(name)
     priority = np.where(labelled, 1.0 - support, 1.0 - p_sugg)
+    if cfg.rule != "bayes":
+        p_right = p_label_right = None
     return Decision(action=action, suggested=sugg, p_original=p_orig, p_suggested=p_sugg, margin=margin,
-                    support=support, priority=priority, reasons=reasons, temperature=temperature)
+                    support=support, priority=priority, reasons=reasons, temperature=temperature,
+                    p_right=p_right, p_label_right=p_label_right, shrink=lam if cfg.rule == "bayes" else 1.0)
 
 def apply_face_rules(action: np.ndarray, reasons: list[list[str]], has_face: np.ndarray,
                      quality: Sequence[Sequence[str] | None], cfg: RelabelConfig) -> np.ndarray:

@@ -33,8 +33,11 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     confident_joint,
     decide,
     final_labels,
+    label_accuracy_given_model,
     noise_matrix,
     prior_from_counts,
+    trust_summary,
+    view_accuracies,
 )
 from ferclean.primary import primary_sample_map
 
@@ -70,16 +73,33 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
                  probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
                  has_face: np.ndarray, quality: Sequence[Sequence[str] | None],
                  cfg: RelabelConfig, run_id: str, method: str,
-                 issues: dict[str, list[str]] | None = None, au_probs: np.ndarray | None = None) -> pa.Table:
+                 issues: dict[str, list[str]] | None = None, au_probs: np.ndarray | None = None,
+                 trust: dict[str, Any] | None = None, review_reason: str | None = None,
+                 model_accuracy: float | None = None) -> pa.Table:
     """Build contract `relabels` rows for scored samples.
 
     au_probs: (N, C) AU-view probabilities (NaN rows where a sample has none), combined with `probs`
     by `cfg.au_view_weight`; a labelled sample whose AU view prefers another class gets the reason
-    au_view_disagrees (a hint for the reviewer, whatever the weight).
+    au_view_disagrees (a hint for the reviewer, whatever the weight). trust: a dict this fills with
+    :func:`ferclean.noise.trust_summary` (how far to trust the relabels). review_reason: when given
+    (e.g. domain_shift), every relabel of a labelled sample becomes review with that reason.
+    model_accuracy: the scoring model's accuracy estimated at training time; without an AU view the given
+    labels' accuracy is then estimated from the two views (:func:`ferclean.noise.label_accuracy_given_model`).
     """
     idx = {c: i for i, c in enumerate(classes)}
     labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
-    d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg)
+    acc = view_accuracies(labels, probs, au_probs) if cfg.trust == "auto" and cfg.rule == "bayes" else None
+    if acc is None and model_accuracy is not None and cfg.trust == "auto" and cfg.rule == "bayes":
+        acc = label_accuracy_given_model(labels, probs, model_accuracy)
+    d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg,
+               label_accuracy=acc["label_accuracy"] if acc else None,
+               model_accuracy=acc["model_accuracy"] if acc else None)
+    if trust is not None:
+        trust.update(trust_summary(d, labels, acc))
+    if review_reason is not None:
+        for i in np.flatnonzero((d.action == "relabel") & (labels >= 0)):
+            d.action[i] = "review"
+            d.reasons[i].append(review_reason)
     if au_probs is not None:
         known = ~np.isnan(au_probs).any(axis=1)
         for i in np.flatnonzero(known & (labels >= 0) & (np.nan_to_num(au_probs).argmax(axis=1) != labels)):
@@ -172,6 +192,7 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     unscored = [i for i, sid in enumerate(samples["sample_id"]) if sid not in by_id]
     parts = []
     au_view = "off"
+    trust: dict[str, Any] = {}
     if scored:
         pi = [by_id[samples["sample_id"][i]] for i in scored]
         probs = np.array([pd_["probs"][j] for j in pi], dtype=np.float64)
@@ -188,7 +209,7 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
         parts.append(verdict_rows(sids, labs, classes, probs, alpha, sem,
                                   np.array([s in faces or not faces for s in sids]),
                                   [faces.get(s) for s in sids], config, run.run_id, config.method,
-                                  issues=_issue_reasons(store), au_probs=au_probs))
+                                  issues=_issue_reasons(store), au_probs=au_probs, trust=trust))
     if unscored:
         now = datetime.now(UTC)
         rows = []
@@ -210,8 +231,16 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     counts = {a: int(v) for a, v in zip(*np.unique(np.array(out["action"].to_pylist(), dtype=object), return_counts=True))} if out.num_rows else {}
     for a, v in counts.items():
         run.counts[f"relabel.{a}"] += v
+    record_trust(run, trust)
     return {"rows": out.num_rows, "actions": counts, "method": config.method, "classes": classes,
-            "class_prior": prior_source, "au_view": au_view}
+            "class_prior": prior_source, "au_view": au_view, "trust": trust}
+
+
+def record_trust(run: Any, trust: dict[str, Any]) -> None:
+    """The numeric trust estimates into `runs.counts` as relabel.trust.<key> (for the end-of-run summary)."""
+    for k, v in trust.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            run.counts[f"relabel.trust.{k}"] = v
 
 
 def _au_view_summary(au_probs: np.ndarray, weight: float) -> str:
@@ -269,7 +298,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
                          collection=collection, require_label=False)
     if not len(inputs.sample_ids):
         return {"rows": 0}
-    probs, alpha, sem, _ = score(model, inputs.images)
+    probs, alpha, sem, emb = score(model, inputs.images)
     method = model.meta["method"]
     key = f"score-{collection or 'all'}-{method}"
     store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
@@ -281,15 +310,41 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     config, prior_source = with_audit_prior(store, config, classes)
     if config.train_prior is None and model.meta.get("train_label_prior"):
         config = config.model_copy(update={"train_prior": list(model.meta["train_label_prior"])})
+    shift = collection_shift(model.meta, probs, inputs.label_names, classes, au_probs, config, emb)
+    trust: dict[str, Any] = {}
     table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
-                         config, run.run_id, method, au_probs=au_probs)
+                         config, run.run_id, method, au_probs=au_probs, trust=trust,
+                         review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None,
+                         model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"))
     store.append("relabels", table, run.run_id)
     acts = table["action"].to_pylist()
     for a in set(acts):
         run.counts[f"relabel.{a}"] += acts.count(a)
+    record_trust(run, trust)
+    run.counts["relabel.domain_shift"] = int(shift["shifted"])
+    shift["action"] = ("relabels sent to review (reason domain_shift)" if shift["shifted"] and config.domain_shift_guard
+                       else "none")
     return {"rows": table.num_rows, "actions": {a: acts.count(a) for a in set(acts)}, "method": method,
-            "class_prior": prior_source, "au_view": au_view}
+            "class_prior": prior_source, "au_view": au_view, "trust": trust, "domain_shift": shift}
+
+
+def collection_shift(meta: dict[str, Any], probs: np.ndarray, label_names: Sequence[str | None],
+                     classes: Sequence[str], au_probs: np.ndarray | None, config: RelabelConfig,
+                     embeddings: np.ndarray | None = None) -> dict[str, Any]:
+    """:func:`ferclean.domain_shift.shift_report` of a scored collection against model.json's profile."""
+    from ferclean.domain_shift import confidence_profile, shift_report
+
+    idx = {c: i for i, c in enumerate(classes)}
+    labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
+    ref = meta.get("confidence_profile")
+    current = confidence_profile(probs, labels, au_probs, embeddings, reference=ref)
+    report = shift_report(ref, current, config.shift_max_confidence_drop, config.shift_max_mix_gap,
+                          config.shift_max_au_agreement_drop, config.shift_max_embedding_spread)
+    current.pop("emb_mean", None)
+    current.pop("emb_std", None)
+    report["collection"] = current
+    return report
 
 
 def _collection_au_view(store: Any, run: Any, model_dir: ModelDir, inputs: Any, classes: Sequence[str],

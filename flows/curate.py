@@ -24,17 +24,19 @@ from ferclean.store import Store
 def curate_plan(
     source: str, until: str | None, config_file: str | None, limit: int | None, workers: int | None,
     root: str | None = None,
+    init_model: str | None = None,
 ) -> tuple[list[pipeline.StageSpec], dict[str, Any]]:
     """The stages to run and their validated configs (file settings + the flow's overrides).
 
     `source`/`limit`/`root` go to the ingest config; `workers` to every stage config that has a
-    `workers` field.
+    `workers` field; `init_model` (warm start) to the train config.
     """
     plan = pipeline.resolve_until(until)
     raw = pipeline.read_config_file(config_file)
     overrides: dict[str, dict[str, Any]] = {s.name: {"workers": workers} for s in plan}
     overrides["ingest"] = {"source": source, "limit": limit, "workers": workers,
                            **({"root": root} if root else {})}
+    overrides["train"] = {"workers": workers, "init_model": init_model}
     return plan, pipeline.build_configs(plan, raw, overrides)
 
 
@@ -53,6 +55,7 @@ def curate_flow(
     retries: int = 2,
     retry_delay_s: float = 2.0,
     progress: bool = False,
+    init_model: str | None = None,
 ) -> dict[str, Any]:
     """Curate a collection into OUT.
 
@@ -62,7 +65,9 @@ def curate_flow(
     `task_runner` ('default' threads | 'process' | 'dask'), `scheduler_address` (an existing Dask
     scheduler; else a LocalCluster of `workers` processes), `force` (recompute even cached stages),
     `root` (the folder manifest image paths are read from and must lie in; default the
-    manifest's folder), `retries`/`retry_delay_s` (per shard task; back-off doubles per retry).
+    manifest's folder), `retries`/`retry_delay_s` (per shard task; back-off doubles per retry),
+    `init_model` (warm start: an earlier run's model folder every training starts from; overrides
+    the file's train.init_model).
 
     Returns {run_id, out, stages: {stage: {cached, seconds, summary, shards}}, tables}.
     """
@@ -73,7 +78,7 @@ def curate_flow(
     run_config: dict[str, Any] = {
         "flow": "curate", "source": source, "until": until, "config_file": config_file, "limit": limit,
         "workers": workers, "task_runner": task_runner, "scheduler_address": scheduler_address, "force": force,
-        "root": root,
+        "root": root, "init_model": init_model,
     }
     shard_runner = {"kind": task_runner, "workers": workers, "scheduler_address": scheduler_address,
                     "retries": retries, "retry_delay_s": retry_delay_s}
@@ -81,7 +86,7 @@ def curate_flow(
     t0 = time.perf_counter()
     with open_run(store, "curate", run_config) as run:
         # Inside the run, so a bad config file or --until also leaves a failed `runs` row.
-        plan, configs = curate_plan(source, until, config_file, limit, workers, root)
+        plan, configs = curate_plan(source, until, config_file, limit, workers, root, init_model)
         run.config["stages"] = [s.name for s in plan]
         run.config["configs"] = {k: config_dump(v) for k, v in configs.items()}
         logger.info("run %s: stages %s", run.run_id, [s.name for s in plan])

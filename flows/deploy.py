@@ -44,11 +44,14 @@ def build_deployments(
     relabel_out: str | None = None,
     model_dir: str | None = None,
     relabel_cron: str = "0 4 * * *",
+    init_model: str | None = None,
 ) -> list[RunnerDeployment]:
     """The deployments to serve: curate `source` -> `out` on `cron`, and when `relabel_source` is
     given, relabel-collection `relabel_source` -> `relabel_out` with `model_dir` (default
     `out/model`) on `relabel_cron`. Cron strings are 5-field crontab in `timezone`; `interval`
     (seconds) replaces both crons. `root` is the manifests' image root of both flows.
+    `init_model`: the curate runs' warm start (a model folder; e.g. `out/model` to start each
+    nightly run from the previous night's model).
     """
     from datetime import timedelta
 
@@ -74,7 +77,7 @@ def build_deployments(
             name=CURATE_DEPLOYMENT,
             schedule=schedule(cron),
             concurrency_limit=one_at_a_time,
-            parameters={"source": source, "out": out, **common},
+            parameters={"source": source, "out": out, **common, **_clean({"init_model": init_model})},
             description=f"Curate {source} into {out} ({_when(cron, interval, timezone)}); cached stages are not "
                         "recomputed.",
             tags=["ferclean", "curate"],

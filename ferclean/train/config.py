@@ -31,6 +31,10 @@ class TrainConfig(BaseModel):
     input_size: int = Field(48, ge=16, description="square input side in pixels (crops are resized)")
     width: int = Field(32, ge=4, description="channels of the compact CNN's first block (doubles per block)")
     pretrained: str | None = Field(None, description="path to a ResNet-18 state dict; never downloaded")
+    init_model: str | None = Field(
+        None, description="warm start: folder of an earlier run's model (a curate run's OUT/model) that every "
+        "cross-fitted fold and the final model start from; same backbone, input size and width, classes matched "
+        "by name (ferclean.train.warm_start). Its fingerprint goes into the fold keys, `runs` and model.json")
     # Optimisation.
     epochs: int = Field(8, ge=1, description="the FER2013 peer recipe used 8 epochs")
     batch_size: int = Field(64, ge=2, description="larger batches give steadier gamma and templates; smaller ones more steps on CPU")
@@ -45,6 +49,8 @@ class TrainConfig(BaseModel):
     augment: bool = Field(True, description="random flip + small affine jitter")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    fold_workers: int = Field(1, ge=1, description="train the K cross-fitted folds in this many processes at once "
+                              "(spawned; one per free core); 1 = one after another. Not part of the fold keys")
     num_threads: int = Field(1, ge=1, le=2, description="torch CPU threads; 1 by default: on 2 shared cores two threads thrashed (28 vs 475 img/s measured)")
     # Target branch (eqs. 1-4) and SCN.
     phi: float = Field(0.8, gt=0, lt=1, description="ULC-AG high-confidence ratio")

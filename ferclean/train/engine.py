@@ -109,6 +109,10 @@ def fit(
     graph = torch.as_tensor(a_bar) if (a_bar is not None and method in AUX_METHODS) else None
     model = build_model(cfg.resolved_backbone(), n_classes, graph, cfg.input_size, cfg.width,
                         cfg.au_dim, cfg.gcn_channels, cfg.pretrained).to(device)
+    if cfg.init_model:
+        from ferclean.train.warm_start import apply_init_model
+
+        apply_init_model(model, cfg.init_model, list(cfg.classes), cfg.resolved_backbone(), cfg.input_size, cfg.width)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     aux_ids = {id(p) for p in model.aux_parameters()}

@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
+from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import ModelDir
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
-from ferclean.noise import decide, final_labels
+from ferclean.noise import decide, final_labels, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
@@ -58,6 +59,16 @@ def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return folds
 
 
+def fit_and_score_fold(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, method: str,
+                       cfg: TrainConfig, aus: np.ndarray | None, a_bar: np.ndarray | None, ckpt: Path | None,
+                       log: Callable[[dict[str, Any]], None] | None = None) -> tuple[FitResult, dict[str, Any]]:
+    """Train one fold and score its held-out images (module level: a spawned process runs it)."""
+    res = fit(train_images, train_labels, method, cfg, aus, a_bar, ckpt_path=ckpt, log=log)
+    out = predict(res.model, test_images, method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
+                  amp=cfg.resolved_amp())
+    return res, out
+
+
 def crossfit(
     images: np.ndarray,
     labels: np.ndarray,
@@ -84,16 +95,17 @@ def crossfit(
     sem = np.full((n, c), np.nan, np.float32)
     history: list[dict[str, Any]] = []
     has_alpha = has_sem = False
-    for k in range(cfg.folds):
-        if skip_fold is not None and skip_fold(k):
-            continue
+    todo = [k for k in range(cfg.folds) if skip_fold is None or not skip_fold(k)]
+
+    def job(k: int) -> tuple:
         tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
-        res = fit(images[tr], labels[tr], method, cfg.model_copy(update={"seed": cfg.seed + k}),
-                  None if aus is None else aus[tr], a_bar, ckpt_path=ckpt,
-                  log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
-        out = predict(res.model, images[te], method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
-                      amp=cfg.resolved_amp())
+        return (images[tr], labels[tr], images[te], method, cfg.model_copy(update={"seed": cfg.seed + k}),
+                None if aus is None else aus[tr], a_bar, ckpt)
+
+    def finish(k: int, res: FitResult, out: dict[str, Any]) -> None:
+        nonlocal has_alpha, has_sem
+        te = np.flatnonzero(folds == k)
         probs[te] = out["probs"]
         if out["alpha"] is not None:
             alpha[te], has_alpha = out["alpha"], True
@@ -102,8 +114,27 @@ def crossfit(
         history.extend({**h, "fold": k} for h in res.history)
         if on_fold:
             on_fold(k, te, out, res)
+        ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
+
+    if cfg.fold_workers > 1 and len(todo) > 1:  # folds in spawned processes; each is finished as it ends
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(cfg.fold_workers, len(todo)), mp_context=ctx) as ex:
+            futures = {ex.submit(fit_and_score_fold, *job(k)): k for k in todo}
+            for fut in as_completed(futures):
+                k = futures[fut]
+                res, out = fut.result()
+                for row in res.history if log else ():
+                    log({**row, "fold": k})
+                finish(k, res, out)
+    else:
+        for k in todo:
+            res, out = fit_and_score_fold(*job(k), log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
+            finish(k, res, out)
     return {"probs": probs, "alpha": alpha if has_alpha else None, "sem_dist": sem if has_sem else None,
             "fold": folds, "history": history}
 
@@ -205,6 +236,18 @@ def latest_aus_reference(out: Path) -> Path | None:
     return refs[-1] if refs else None
 
 
+def init_model_record(config: TrainConfig) -> dict[str, str] | None:
+    """{path, fingerprint} of `config.init_model` (checked against the configured backbone / input size /
+    width before any training), or None without a warm start."""
+    if not config.init_model:
+        return None
+    from ferclean.train.warm_start import check_compatible, load_init_model
+
+    init = load_init_model(config.init_model)
+    check_compatible({**init.meta, "_path": init.path}, config.resolved_backbone(), config.input_size, config.width)
+    return {"path": init.path, "fingerprint": init.fingerprint}
+
+
 def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Cross-fit each method in `config.methods`, write `predictions`, train + save the final model."""
     classes = list(config.classes)
@@ -220,7 +263,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     a_bar, graph_source = (au_graph_for(store, inputs.au_names, aus) if use_aus
                            else (cooccurrence_graph(aus), "eq. 5 on the prototype AUs"))
     run.counts["train.pseudo_aus." + ("aus" if use_aus else "prototype")] += 1
-    fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids, "labels": labels.tolist()})[:12]
+    init = init_model_record(config)
+    if init is not None:
+        run.config["init_model"] = init
+    fp = config_fingerprint({"cfg": config.model_dump(mode="json", exclude={"relabel"}), "ids": inputs.sample_ids,
+                             "labels": labels.tolist(), "init": init})[:12]
     ckpt_dir = store.root / "checkpoints" / "train" / fp
     curves: list[dict[str, Any]] = []
     curves_path = Path(run.dir) / "train_curves.json"
@@ -250,6 +297,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
     summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
                                "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp,
                                "au_graph": graph_source}
+    if init is not None:
+        summary["init_model"] = init
     au_probs, au_rows = None, np.zeros(len(labels), bool)
     if config.au_view and inputs.au_intensity is not None:
         au_rows = ~np.isnan(inputs.au_intensity).all(axis=1)  # samples with an aus row
@@ -269,8 +318,10 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         method = config.final_method
         scores = oof.get(method) or next(iter(oof.values()))
         rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
+        acc = view_accuracies(labels, scores["probs"], au_probs) if rule.trust == "auto" else None
         d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
-                   scores["sem_dist"], rule)
+                   scores["sem_dist"], rule, label_accuracy=acc["label_accuracy"] if acc else None,
+                   model_accuracy=acc["model_accuracy"] if acc else None)
         fin = final_labels(labels, d.action, d.suggested)
         use, fallback = final_training_indices(fin, d.action, len(classes))
         if fallback:
@@ -284,7 +335,8 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                extra={"train_run_id": run.run_id, "pseudo_aus": summary["pseudo_aus"],
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
-                                                            / max(len(fin[use]), 1)).round(6).tolist()})
+                                                            / max(len(fin[use]), 1)).round(6).tolist(),
+                                      "init_model": init})
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
@@ -300,6 +352,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
             model_dir.save_au_reference(ref)
         out = predict(res.model, inputs.images, method, res.templates, res.logit_scale, tta_flip=config.tta_flip,
                       amp=config.resolved_amp())
+        # relabel-collection's domain-shift reference: the final model on its own training data, and the
+        # label-free estimate of its accuracy (out-of-fold)
+        model_dir.write_meta({**model_dir.meta(), "confidence_profile": {
+            **confidence_profile(out["probs"], labels, au_probs, out["embeddings"]),
+            **({"model_accuracy": acc["model_accuracy"]} if acc else {})}})
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))

@@ -1,0 +1,179 @@
+"""A verdict rule that knows how strong its model is, and relabel-collection's domain-shift guard (tiny inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferclean.domain_shift import confidence_profile, mix_gap, shift_report
+from ferclean.noise import (
+    RelabelConfig,
+    decide,
+    shrink_joint,
+    trust_shrink,
+    trust_summary,
+    view_accuracies,
+)
+from ferclean.relabel import verdict_rows
+
+
+def _noisy_views(n: int, c: int, acc: dict[str, float], seed: int = 0):
+    """Truth and three views that are right with the given probabilities, wrong uniformly otherwise."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, c, n)
+
+    def view(a: float) -> np.ndarray:
+        wrong = (truth + rng.integers(1, c, n)) % c
+        return np.where(rng.random(n) < a, truth, wrong)
+
+    return truth, view(acc["label"]), view(acc["model"]), view(acc["au"])
+
+
+def _onehot(idx: np.ndarray, c: int, p: float = 0.8) -> np.ndarray:
+    out = np.full((len(idx), c), (1 - p) / (c - 1))
+    out[np.arange(len(idx)), idx] = p
+    return out
+
+
+def test_view_accuracies_recovers_independent_views():
+    _, lab, net, au = _noisy_views(20000, 5, {"label": 0.7, "model": 0.5, "au": 0.6})
+    est = view_accuracies(lab, _onehot(net, 5), _onehot(au, 5))
+    assert est["label_accuracy"] == pytest.approx(0.7, abs=0.03)
+    assert est["model_accuracy"] == pytest.approx(0.5, abs=0.03)
+    assert est["au_view_accuracy"] == pytest.approx(0.6, abs=0.03)
+    assert view_accuracies(lab, _onehot(net, 5), None) is None
+
+
+def test_shrink_joint_keeps_rows_and_moves_towards_identity():
+    j = np.array([[0.3, 0.1], [0.2, 0.4]])
+    s = shrink_joint(j, 0.5)
+    np.testing.assert_allclose(s.sum(axis=1), j.sum(axis=1))
+    np.testing.assert_allclose(s, [[0.35, 0.05], [0.1, 0.5]])
+    np.testing.assert_allclose(shrink_joint(j, 0.0), np.diag([0.4, 0.6]))
+    assert trust_shrink(j, 0.85) == pytest.approx(0.15 / 0.3)  # label noise 0.15 of the joint's 0.3
+    assert trust_shrink(j, None) == 1.0 and trust_shrink(j, 0.5) == 1.0
+
+
+def test_a_weak_model_relabels_less_and_says_how_far_to_trust_it():
+    """Labels 70 % right, model 45 % right: relabelling every confident disagreement would make the labels
+    worse; with trust auto the relabels that remain are at least as often right as the labels they replace."""
+    c = 4
+    truth, lab, net, au = _noisy_views(4000, c, {"label": 0.7, "model": 0.45, "au": 0.6}, seed=1)
+    probs, aup = _onehot(net, c, 0.6), _onehot(au, c, 0.6)
+    acc = view_accuracies(lab, probs, aup)
+    off = decide(lab, probs, None, None, RelabelConfig(trust="off", calibrate=False))
+    on = decide(lab, probs, None, None, RelabelConfig(calibrate=False), label_accuracy=acc["label_accuracy"])
+    assert on.shrink < 1.0 and off.shrink == 1.0
+    n_off, n_on = (off.action == "relabel").sum(), (on.action == "relabel").sum()
+    assert n_on < n_off
+    assert ((off.action == "review") | (off.action == "relabel")).sum() == ((on.action == "review") | (on.action == "relabel")).sum()
+
+    def gain(d) -> int:
+        r = d.action == "relabel"
+        return int((d.suggested[r] == truth[r]).sum() - (lab[r] == truth[r]).sum())
+
+    assert gain(off) < 0 and gain(on) >= gain(off)
+    summary = trust_summary(on, lab, acc)
+    assert summary["shrink"] == pytest.approx(on.shrink, abs=1e-4) and summary["relabels"] == n_on
+    assert {"label_accuracy", "model_accuracy"} <= set(summary)
+    assert {"relabel_precision_est", "expected_gain_points"} <= set(trust_summary(off, lab, acc))
+
+
+def test_verdict_rows_fill_trust_and_send_relabels_to_review_under_domain_shift():
+    c = 3
+    truth, lab, net, au = _noisy_views(300, c, {"label": 0.6, "model": 0.9, "au": 0.8}, seed=2)
+    classes = ["a", "b", "c"]
+    names = [classes[k] for k in lab]
+    args = (names, classes, _onehot(net, c, 0.9), None, None, np.ones(300, bool), [None] * 300)
+    trust: dict = {}
+    t = verdict_rows([f"s{i}" for i in range(300)], *args, RelabelConfig(), "r", "ce", au_probs=_onehot(au, c),
+                     trust=trust)
+    assert "relabel" in t["action"].to_pylist() and trust["relabels"] > 0 and "label_accuracy" in trust
+    g = verdict_rows([f"s{i}" for i in range(300)], *args, RelabelConfig(), "r", "ce", au_probs=_onehot(au, c),
+                     review_reason="domain_shift")
+    acts, reasons = g["action"].to_pylist(), g["reasons"].to_pylist()
+    assert "relabel" not in acts
+    moved = [i for i, a in enumerate(t["action"].to_pylist()) if a == "relabel"]
+    assert all(acts[i] == "review" and "domain_shift" in reasons[i] for i in moved)
+
+
+def test_shift_report_flags_a_class_mix_the_labels_do_not_have():
+    c = 3
+    labels = np.array([0] * 80 + [1] * 10 + [2] * 10)
+    same = _onehot(labels, c, 0.8)
+    ref = confidence_profile(same, labels)
+    assert ref["mix_gap"] == 0.0 and ref["mean_max_p"] == pytest.approx(0.8)
+    assert not shift_report(ref, confidence_profile(same, labels), 0.1, 0.15, 0.15)["shifted"]
+    angry = _onehot(np.array([2] * 60 + [0] * 40), c, 0.5)  # neutral faces read as the third class, less sure
+    rep = shift_report(ref, confidence_profile(angry, labels), 0.1, 0.15, 0.15)
+    assert rep["shifted"] and set(rep["failed"]) == {"confidence_drop", "mix_gap_excess"}
+    assert mix_gap(np.array([0, 0]), np.array([1, 1]), 2) == 1.0
+    assert shift_report(None, confidence_profile(angry, labels), 0.1, 0.15, 0.15)["failed"] == ["mix_gap_excess"]
+
+
+def test_label_accuracy_given_model_uses_the_training_time_model_accuracy():
+    from ferclean.noise import label_accuracy_given_model
+
+    _, lab, net, _ = _noisy_views(20000, 5, {"label": 0.8, "model": 0.6, "au": 0.5}, seed=3)
+    est = label_accuracy_given_model(lab, _onehot(net, 5), model_accuracy=0.6)
+    assert est["label_accuracy"] == pytest.approx(0.8, abs=0.03)
+    # a model weaker on this collection than at training (shift) makes the labels look better, never worse
+    assert label_accuracy_given_model(lab, _onehot(net, 5), model_accuracy=0.7)["label_accuracy"] < est["label_accuracy"]
+
+
+def test_relabel_floor_sends_guesses_to_review():
+    _, lab, net, _ = _noisy_views(2000, 3, {"label": 0.6, "model": 0.9, "au": 0.5}, seed=4)
+    probs = _onehot(net, 3, 0.7)  # the model's suggestions all carry p = 0.7
+    cfg = RelabelConfig(calibrate=False, trust="off")
+    low = decide(lab, probs, None, None, cfg.model_copy(update={"relabel_floor": 0.6}))
+    high = decide(lab, probs, None, None, cfg.model_copy(update={"relabel_floor": 0.75}))
+    assert (low.action == "relabel").sum() > 100 and not (high.action == "relabel").any()
+    assert ((low.action == "relabel") <= (high.action == "review")).all()  # the same samples, now for review
+
+
+def test_score_collection_guard_sends_relabels_to_review_and_says_so(tmp_path):
+    """relabel-collection's score stage: a collection the model is far less sure about than about its own
+    training data gets no relabels, reason domain_shift, and the summary and runs.counts say so."""
+    import json
+
+    from test_train import make_store, tiny_cfg
+
+    from ferclean.model_dir import ModelDir
+    from ferclean.relabel import score_collection
+    from ferclean.runs import open_run
+    from ferclean.train import run_train
+
+    store, _ = make_store(tmp_path, n=60)
+    with open_run(store, "train", {}) as run:
+        run_train(store, run, tiny_cfg(methods=["ce"], final_method="ce", epochs=2), progress=False)
+    md = ModelDir.of_run(store.root)
+    meta = md.meta()
+    assert {"mean_max_p", "pred_mix", "mix_gap"} <= set(meta["confidence_profile"])
+    cfg = RelabelConfig(relabel_floor=0.0, trust="off")
+    with open_run(store, "relabel-collection", {}) as run:
+        plain = score_collection(store, run, md, cfg)
+    assert not plain["domain_shift"]["shifted"] and plain["actions"].get("relabel", 0) > 0
+    md.write_meta({**meta, "confidence_profile": {**meta["confidence_profile"], "mean_max_p": 1.0}})
+    with open_run(store, "relabel-collection", {}) as run:
+        guarded = score_collection(store, run, md, cfg)
+        run_id = run.run_id
+    assert guarded["domain_shift"]["shifted"] and guarded["domain_shift"]["failed"] == ["confidence_drop"]
+    assert "relabel" not in guarded["actions"] and "review" in guarded["domain_shift"]["action"]
+    rows = store.read("relabels").to_pandas()
+    rows = rows[rows.run_id == run_id]
+    assert rows.reasons.map(lambda r: "domain_shift" in list(r)).sum() == plain["actions"]["relabel"]
+    counts = json.loads(store.read("runs").to_pandas().set_index("run_id").loc[run_id, "counts"])
+    assert counts["relabel.domain_shift"] == 1
+
+
+def test_embedding_spread_sees_features_unlike_the_training_data():
+    rng = np.random.default_rng(5)
+    probs = _onehot(rng.integers(0, 3, 500), 3)
+    train = confidence_profile(probs, embeddings=rng.normal(0, 1, (500, 8)))
+    assert train["emb_spread"] == pytest.approx(1.0, abs=1e-6) and len(train["emb_mean"]) == 8
+    same = confidence_profile(probs, embeddings=rng.normal(0, 1, (500, 8)), reference=train)
+    far = confidence_profile(probs, embeddings=rng.normal(2, 1, (500, 8)), reference=train)
+    assert "emb_mean" not in same and same["emb_spread"] == pytest.approx(1.0, abs=0.15)
+    assert not shift_report(train, same, 0.1, 0.15, 0.15)["shifted"]
+    rep = shift_report(train, far, 0.1, 0.15, 0.15)
+    assert rep["failed"] == ["embedding_spread"] and rep["checks"]["embedding_spread"]["value"] > 4
