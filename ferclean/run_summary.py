@@ -30,6 +30,8 @@ class RunSummary:
     rejects_by_reason: dict[str, int]  # "stage:reason" -> count, this run's rejects
     verdicts: dict[str, int]  # action -> samples, over the latest verdicts
     human_decisions: int
+    trust: dict[str, float]  # relabel.trust.* estimates of this run (how far to trust the relabels)
+    domain_shift: bool | None  # relabel-collection: the collection looked unlike the model's training data
     model_dir: str | None
     catalog: str
     report: str | None
@@ -61,6 +63,14 @@ def _latest_actions(store: Store) -> tuple[dict[str, int], int]:
     return dict(sorted(actions.items(), key=lambda kv: -kv[1])), human
 
 
+def _run_counts(store: Store, run_id: str) -> dict[str, Any]:
+    runs = store.read("runs", columns=["run_id", "counts"])
+    for rid, counts in zip(runs.column("run_id").to_pylist(), runs.column("counts").to_pylist(), strict=True):
+        if rid == run_id and counts:
+            return json.loads(counts)
+    return {}
+
+
 def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_dir: str | None = None) -> RunSummary:
     """Summarise a finished flow run (`flow_result` is what the curate / relabel-collection flow returned)."""
     run_id = flow_result["run_id"]
@@ -75,6 +85,9 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
     faces = store.read("faces", columns=["is_primary", "detector"])
     prim = faces.filter(pc.field("is_primary"))
     actions, human = _latest_actions(store)
+    counts = _run_counts(store, run_id)
+    trust = {k.removeprefix("relabel.trust."): v for k, v in counts.items() if k.startswith("relabel.trust.")}
+    shift = counts.get("relabel.domain_shift")
     model = ModelDir(model_dir) if model_dir else ModelDir.of_run(store.root)
     report = store.root / "report.html"
     out = shlex.quote(str(store.root))
@@ -92,7 +105,8 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
         kind=kind, run_id=run_id, out=str(store.root), seconds=flow_result.get("seconds"), stages=stages,
         input_rows=ingest.get("input_rows"), samples=store.count("samples"), images_with_face=prim.num_rows,
         faces_by_detector=_counts(prim.column("detector").to_pylist()), rejects_by_reason=rejects,
-        verdicts=actions, human_decisions=human,
+        verdicts=actions, human_decisions=human, trust=trust,
+        domain_shift=None if shift is None else bool(shift),
         model_dir=str(model.path) if model.exists() else None,
         catalog=str(store.root / "catalog.duckdb"), report=str(report) if report.is_file() else None,
         next_commands=nxt,
@@ -116,6 +130,21 @@ def render(s: RunSummary) -> str:
     if s.verdicts:
         human = f"; {s.human_decisions:,} decided by a reviewer" if s.human_decisions else ""
         lines.append(f"  verdicts:  {_kv(s.verdicts)}{human}")
+    if s.trust:
+        t, parts = s.trust, []
+        for key, name in (("label_accuracy", "labels"), ("model_accuracy", "network"), ("au_view_accuracy", "AU view")):
+            if isinstance(t.get(key), int | float):
+                parts.append(f"{name} ~{t[key]:.0%} right")
+        if "relabel_precision_est" in t:
+            parts.append(f"relabels ~{t['relabel_precision_est']:.0%} right vs "
+                         f"~{t.get('replaced_label_right_est', float('nan')):.0%} for the labels they replace")
+        if "expected_gain_points" in t:
+            parts.append(f"expected gain {t['expected_gain_points']:+.1f} points")
+        if parts:
+            lines.append("  trust:     " + "; ".join(parts) + " (estimated without reference labels)")
+    if s.domain_shift:
+        lines.append("  shift:     the collection looks unlike the model's training data: relabels were sent to "
+                     "review (reason domain_shift)")
     lines.append(f"  catalog:   {s.catalog}")
     if s.model_dir and s.kind == "curate":
         lines.append(f"  model:     {s.model_dir}")
