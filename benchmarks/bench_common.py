@@ -230,3 +230,22 @@ def dlib_flipped_landmarks(paths: list[str]) -> np.ndarray:
         lm[:, 0] = img.shape[1] - 1 - lm[:, 0]
         out[i] = lm
     return out
+
+
+def oof_inputs(preds: pd.DataFrame, method: str, ids: Sequence[str]) -> dict:
+    """A curate run's out-of-fold inputs of the verdict rule for `ids`: the method's probabilities,
+    alpha and semantic distances, and the AU view's probabilities (NaN rows where it has none, None
+    when it has none at all). `preds` is the run's `predictions` table as pandas."""
+    from ferclean.au_view import AU_VIEW_METHOD
+
+    oof = preds[(preds.method == method) & (preds.fold >= 0)].set_index("sample_id")
+    au = preds[(preds.method == AU_VIEW_METHOD) & (preds.fold >= 0)].set_index("sample_id")
+    probs = np.stack(oof.loc[list(ids), "probs"].to_numpy())
+    au_probs = np.full_like(probs, np.nan)
+    have = [i for i, s in enumerate(ids) if s in au.index]
+    if have:
+        au_probs[have] = np.stack(au.loc[[ids[i] for i in have], "probs"].to_numpy())
+    alpha, sem = oof.loc[list(ids), "alpha"], oof.loc[list(ids), "sem_dist"]
+    return {"probs": probs, "au_probs": au_probs if have else None,
+            "alpha": None if alpha.isna().any() else alpha.to_numpy(),
+            "sem": None if sem.isna().any() else np.stack(sem.to_numpy())}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_common import RESULTS
+from bench_common import RESULTS, oof_inputs
 from quality_small import _reference, _score
 
 from ferclean.au_view import AU_VIEW_METHOD
@@ -41,28 +41,19 @@ def redecide(out: str, split: str, audits: int = 20) -> dict:
     classes = str(preds["class_order"].iloc[0]).split(",")
     oof_all = preds[(preds.fold >= 0) & (preds.method != AU_VIEW_METHOD)]
     method = oof_all["method"].iloc[0]
-    oof = oof_all[oof_all.method == method].set_index("sample_id")
-    au = preds[(preds.fold >= 0) & (preds.method == AU_VIEW_METHOD)].set_index("sample_id")
     ref = _reference(store, classes)
     splits = store.read("samples", columns=["sample_id", "split"]).to_pandas().set_index("sample_id")["split"]
-    ids = [s for s in oof.index if splits.get(s) == split]
+    ids = [s for s in oof_all[oof_all.method == method]["sample_id"] if splits.get(s) == split]
     df = ref.loc[ids]
     labels, plural, ev = df["label"].to_numpy(), df["plural"].to_numpy(), df["ev"].to_numpy()
-    probs = np.stack(oof.loc[ids, "probs"].to_numpy())
-    au_probs = np.full_like(probs, np.nan)
-    have = [i for i, s in enumerate(ids) if s in au.index]
-    if have:
-        au_probs[have] = np.stack(au.loc[[ids[i] for i in have], "probs"].to_numpy())
-    alpha = oof.loc[ids, "alpha"]
-    alpha = None if alpha.isna().any() else alpha.to_numpy()
-    sem = oof.loc[ids, "sem_dist"]
-    sem = None if sem.isna().any() else np.stack(sem.to_numpy())
+    x = oof_inputs(preds, method, ids)
+    probs, au_probs, alpha, sem = x["probs"], x["au_probs"], x["alpha"], x["sem"]
     names = [classes[k] if k >= 0 else None for k in labels]
 
     def run(cfg: RelabelConfig, rows: np.ndarray) -> dict:
         info: dict = {}
         t = verdict_rows(ids, names, classes, probs, alpha, sem, np.ones(len(ids), bool), [None] * len(ids), cfg,
-                         "x", method, au_probs=au_probs if have else None, trust=info)
+                         "x", method, au_probs=au_probs, trust=info)
         act = np.array(t["action"].to_pylist(), dtype=object)
         fin = final_labels(labels, act, np.array([classes.index(s) for s in t["label_suggested"].to_pylist()]))
         return {**_score(classes, labels, plural, ev & rows, act, fin), "trust": info}

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from bench_common import PLURALITY, prf
+from bench_common import PLURALITY, oof_inputs, prf
 
 from ferclean.au_view import AU_VIEW_METHOD
 from ferclean.noise import RelabelConfig, final_labels, prior_from_counts
@@ -102,17 +102,9 @@ def eval_run(out: str) -> dict:
     method = rel["method"].iloc[0]
     oof = p[(p.method == method) & (p.fold >= 0)].set_index("sample_id")
     if len(oof):  # a curate run: re-decide with the previous rule and the trust rule from the same scores
-        au = p[(p.method == AU_VIEW_METHOD) & (p.fold >= 0)].set_index("sample_id")
         ids = list(df.index)
-        probs = np.stack(oof.loc[ids, "probs"].to_numpy())
-        au_probs = np.full_like(probs, np.nan)
-        have = [i for i, s in enumerate(ids) if s in au.index]
-        if have:
-            au_probs[have] = np.stack(au.loc[[ids[i] for i in have], "probs"].to_numpy())
-        sem = oof.loc[ids, "sem_dist"]
-        sem = None if sem.isna().any() else np.stack(sem.to_numpy())
-        alpha = oof.loc[ids, "alpha"]
-        alpha = None if alpha.isna().any() else alpha.to_numpy()
+        x = oof_inputs(p, method, ids)
+        probs, au_probs, alpha, sem, have = x["probs"], x["au_probs"], x["alpha"], x["sem"], x["au_probs"] is not None
         names = [classes[k] if k >= 0 else None for k in labels]
         variants = {"previous_rule": {"trust": "off", "relabel_floor": 0.0},  # the rule before issue 17
                     "floor_only": {"trust": "off"}, "new_default": {},
