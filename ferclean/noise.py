@@ -93,6 +93,10 @@ class RelabelConfig(BaseModel):
         "joint's noise towards the identity by estimated label noise / the joint's noise (a weak model's joint counts "
         "its own errors as label noise), and relabel only where that shrunk posterior puts the suggested label above "
         "the given one; the estimates go into the relabel summary. Needs the AU view; off: the joint as estimated")
+    trust_margin: float = Field(
+        0.0, ge=0, le=1, description="bayes rule with trust auto: the network counts as stronger than the labels "
+        "(joint used as estimated, no relabel_floor) only when its estimated accuracy exceeds the labels' by more "
+        "than this")
     relabel_floor: float = Field(
         0.4, ge=0, le=1, description="bayes rule: relabel a labelled sample only when the calibrated p(suggested) "
         "reaches this, else review (a relabel at p = 0.19 is a guess whatever the noise model says). Chosen on the "
@@ -114,6 +118,14 @@ class RelabelConfig(BaseModel):
     shift_max_embedding_spread: float = Field(
         1.5, ge=1, description="domain shift when the collection's backbone features spread around the training "
         "data's feature means this many times as much as the training data's own (set a priori, not tuned)")
+    collection_noise: Literal["bounded", "collection"] = Field(
+        "bounded", description="relabel-collection (a model trained elsewhere): which label-noise model relabels. "
+        "collection: the confident joint of this collection's labels and the model's probabilities, which counts "
+        "every disagreement the model has with these labels as label noise, including its own misreadings of faces "
+        "unlike its training data and a labelling convention it never learnt; bounded: that joint with each "
+        "transition P(given i | true j) capped at the rate the model's own training data showed "
+        "(model.json label_noise, measured out of fold where the model was in its domain): a relabel needs a "
+        "label error of a kind known to happen. Flags (review) still follow the collection's own joint")
     calibrate: bool = Field(True, description="temperature-scale probs to the given labels (NLL) before the rule, "
                             "so thresholds mean the same for every method; needs >= 50 labelled samples")
     fold: Literal["oof", "final"] = Field("oof", description="oof: cross-fitted folds >= 0; final: fold -1")
@@ -157,6 +169,7 @@ class Decision:
     p_right: np.ndarray | None = None  # bayes rule: posterior (after the trust shrink) that label_final is right
     p_label_right: np.ndarray | None = None  # ... that the given label is right
     shrink: float = 1.0  # lam of shrink_joint the relabels were decided with (1 = joint as estimated)
+    joint: np.ndarray | None = None  # bayes rule: the labelled samples' confident joint J[given, true]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -321,6 +334,18 @@ def shrink_joint(joint: np.ndarray, lam: float) -> np.ndarray:
     return off + np.diag(joint.sum(axis=1) - off.sum(axis=1))
 
 
+def bounded_joint(joint: np.ndarray, reference_noise: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """`joint` (J[given i, true j]) with each off-diagonal noise rate P(given i | true j) capped at
+    `reference_noise`'s (a noise matrix from :func:`noise_matrix`, e.g. the model's training data's), the
+    diagonal refilled so every true class's column keeps its mass: a transition the reference never showed
+    gets no noise. Same shape; the true-class marginal is unchanged."""
+    nm = noise_matrix(joint)
+    ref = np.asarray(reference_noise, dtype=np.float64)
+    off = np.minimum(nm, ref) * (1.0 - np.eye(len(nm)))
+    capped = off + np.diag(1.0 - off.sum(axis=0))
+    return capped * joint.sum(axis=0, keepdims=True)
+
+
 def trust_shrink(joint: np.ndarray, label_accuracy: float | None) -> float:
     """lam of :func:`shrink_joint`: estimated label noise (1 - label_accuracy) over the joint's noise
     (1 - trace), at most 1; 1 when there is no estimate."""
@@ -355,6 +380,7 @@ def decide(
     cfg: RelabelConfig,
     label_accuracy: float | None = None,
     model_accuracy: float | None = None,
+    reference_noise: np.ndarray | None = None,
 ) -> Decision:
     """Vectorised verdicts.
 
@@ -363,7 +389,9 @@ def decide(
     are right (:func:`view_accuracies`), which the bayes rule with `trust` auto uses to decide which
     flagged samples it relabels; model_accuracy: the same estimate for the network: when it is at least
     the labels' the joint is used as estimated (a model stronger than the labels may relabel by it; chosen
-    on train rows, benchmarks/results/quality_small.md). Returns a :class:`Decision`.
+    on train rows, benchmarks/results/quality_small.md). reference_noise: with `collection_noise` bounded, the
+    noise matrix that caps the collection's own (:func:`bounded_joint`; relabel-collection passes the model's
+    training data's). Returns a :class:`Decision`.
     """
     n, c = probs.shape
     labels = np.asarray(labels, dtype=np.int64)
@@ -392,6 +420,9 @@ def decide(
     lam = 1.0
     if cfg.rule == "bayes":
         joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else None
+        flag_noise = 1.0 - float(np.trace(joint)) if joint is not None else 0.0
+        if joint is not None and reference_noise is not None and cfg.collection_noise == "bounded":
+            joint = bounded_joint(joint, reference_noise)
         post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior, train_prior=cfg.train_prior)
         best = post.argmax(axis=1)
         second = np.argsort(-post, axis=1)[:, 1]
@@ -400,12 +431,13 @@ def decide(
             low_conf = labelled & (support < cfg.bayes_flag_below)
         else:
             low_conf = np.zeros(n, bool)
-            k = int(round((1.0 - float(np.trace(joint))) * labelled.sum())) if joint is not None else 0
+            k = int(round(flag_noise * labelled.sum()))
             if k > 0:
                 low_conf[np.flatnonzero(labelled)[np.argsort(support[labelled], kind="stable")[:k]]] = True
         confident = labelled & (best != y) & (post[rows, best] - support >= cfg.bayes_relabel_margin)
         flagged = low_conf | confident
-        weaker = model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy
+        weaker = (model_accuracy is None or label_accuracy is None
+                  or model_accuracy < label_accuracy + cfg.trust_margin)
         # With an audit's class prior the audit is the reference evidence: the label-free caution (shrink,
         # floor) is not applied. On the FER2013 valid split a 100-face audit gave +8.4 points with the plain
         # rule and +0.7 with the floor (benchmarks/results/oof_rules_valid_alone.json).
@@ -451,7 +483,8 @@ def decide(
         p_right = p_label_right = None
     return Decision(action=action, suggested=sugg, p_original=p_orig, p_suggested=p_sugg, margin=margin,
                     support=support, priority=priority, reasons=reasons, temperature=temperature,
-                    p_right=p_right, p_label_right=p_label_right, shrink=lam if cfg.rule == "bayes" else 1.0)
+                    p_right=p_right, p_label_right=p_label_right, shrink=lam if cfg.rule == "bayes" else 1.0,
+                    joint=joint if cfg.rule == "bayes" else None)
 
 def apply_face_rules(action: np.ndarray, reasons: list[list[str]], has_face: np.ndarray,
                      quality: Sequence[Sequence[str] | None], cfg: RelabelConfig) -> np.ndarray:

@@ -75,7 +75,7 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
                  cfg: RelabelConfig, run_id: str, method: str,
                  issues: dict[str, list[str]] | None = None, au_probs: np.ndarray | None = None,
                  trust: dict[str, Any] | None = None, review_reason: str | None = None,
-                 model_accuracy: float | None = None) -> pa.Table:
+                 model_accuracy: float | None = None, reference_noise: Any = None) -> pa.Table:
     """Build contract `relabels` rows for scored samples.
 
     au_probs: (N, C) AU-view probabilities (NaN rows where a sample has none), combined with `probs`
@@ -85,6 +85,8 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
     (e.g. domain_shift), every relabel of a labelled sample becomes review with that reason.
     model_accuracy: the scoring model's accuracy estimated at training time; without an AU view the given
     labels' accuracy is then estimated from the two views (:func:`ferclean.noise.label_accuracy_given_model`).
+    reference_noise: the scoring model's training-data noise matrix (model.json label_noise) that caps the
+    collection's own (`collection_noise` bounded; :func:`ferclean.noise.bounded_joint`).
     """
     idx = {c: i for i, c in enumerate(classes)}
     labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
@@ -93,7 +95,8 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
         acc = label_accuracy_given_model(labels, probs, model_accuracy)
     d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg,
                label_accuracy=acc["label_accuracy"] if acc else None,
-               model_accuracy=acc["model_accuracy"] if acc else None)
+               model_accuracy=acc["model_accuracy"] if acc else None,
+               reference_noise=None if reference_noise is None else np.asarray(reference_noise, dtype=np.float64))
     if trust is not None:
         trust.update(trust_summary(d, labels, acc))
     if review_reason is not None:
@@ -316,7 +319,8 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
                          np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
                          config, run.run_id, method, au_probs=au_probs, trust=trust,
                          review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None,
-                         model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"))
+                         model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"),
+                         reference_noise=model.meta.get("label_noise"))
     store.append("relabels", table, run.run_id)
     acts = table["action"].to_pylist()
     for a in set(acts):

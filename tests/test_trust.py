@@ -8,7 +8,9 @@ import pytest
 from ferclean.domain_shift import confidence_profile, mix_gap, shift_report
 from ferclean.noise import (
     RelabelConfig,
+    bounded_joint,
     decide,
+    noise_matrix,
     shrink_joint,
     trust_shrink,
     trust_summary,
@@ -149,7 +151,9 @@ def test_score_collection_guard_sends_relabels_to_review_and_says_so(tmp_path):
     md = ModelDir.of_run(store.root)
     meta = md.meta()
     assert {"mean_max_p", "pred_mix", "mix_gap"} <= set(meta["confidence_profile"])
-    cfg = RelabelConfig(relabel_floor=0.0, trust="off")
+    noise = np.asarray(meta["label_noise"])  # the training data's noise matrix, for bounded collection noise
+    assert noise.shape == (len(meta["classes"]),) * 2 and np.allclose(noise.sum(axis=0), 1.0, atol=1e-3)
+    cfg = RelabelConfig(relabel_floor=0.0, trust="off", collection_noise="collection")
     with open_run(store, "relabel-collection", {}) as run:
         plain = score_collection(store, run, md, cfg)
     assert not plain["domain_shift"]["shifted"] and plain["actions"].get("relabel", 0) > 0
@@ -177,3 +181,62 @@ def test_embedding_spread_sees_features_unlike_the_training_data():
     assert not shift_report(train, same, 0.1, 0.15, 0.15)["shifted"]
     rep = shift_report(train, far, 0.1, 0.15, 0.15)
     assert rep["failed"] == ["embedding_spread"] and rep["checks"]["embedding_spread"]["value"] > 4
+
+
+def test_bounded_joint_caps_each_transition_at_the_reference_rate():
+    j = np.array([[0.30, 0.10, 0.00], [0.05, 0.20, 0.10], [0.05, 0.00, 0.20]])
+    ref = np.array([[0.9, 0.0, 0.1], [0.1, 1.0, 0.5], [0.0, 0.0, 0.4]])  # given i | true j
+    b = bounded_joint(j, ref)
+    np.testing.assert_allclose(b.sum(axis=0), j.sum(axis=0))  # the true-class marginal is kept
+    nm, nj = noise_matrix(b), noise_matrix(j)
+    off = 1 - np.eye(3)
+    assert (nm * off <= np.minimum(nj, ref) * off + 1e-12).all()
+    assert nm[2, 0] == 0.0 and nm[0, 1] == 0.0  # transitions the reference never showed carry no noise
+    assert nm[1, 0] == pytest.approx(0.1) and nm[1, 2] == pytest.approx(nj[1, 2]) == pytest.approx(1 / 3)  # capped / kept
+    np.testing.assert_allclose(bounded_joint(j, np.ones((3, 3))), j)  # a loose reference changes nothing
+
+
+def _collection(n: int, seed: int = 0):
+    """Three classes; a scoring model that reads 30 % of true class-0 faces as class 2 (p 0.7), else right."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    pred = np.where((truth == 0) & (rng.random(n) < 0.3), 2, truth)
+    probs = np.full((n, 3), 0.15)
+    probs[np.arange(n), pred] = 0.7
+    return rng, truth, probs
+
+
+def test_bounded_noise_keeps_right_labels_that_a_shifted_model_misreads():
+    """The web-photo failure (issue 17): right labels, a model that misreads neutral faces as angry under a
+    domain shift. The collection's own confident joint counts that misreading as label noise and relabels;
+    capped at the model's training-data noise, in which true-angry faces were never labelled neutral, it
+    does not. Label errors of a kind the training data showed are still relabelled."""
+    rng, truth, probs = _collection(3000)
+    ref = np.array([[0.8, 0.0, 0.0], [0.2, 1.0, 0.0], [0.0, 0.0, 1.0]])  # given i | true j: 0 labelled 1
+    labels = truth.copy()
+    base = dict(calibrate=False, trust="off", relabel_floor=0.0)
+    coll = decide(labels, probs, None, None, RelabelConfig(collection_noise="collection", **base), reference_noise=ref)
+    bound = decide(labels, probs, None, None, RelabelConfig(**base), reference_noise=ref)
+    assert (coll.action == "relabel").sum() > 0.05 * len(labels)  # every relabel here is wrong
+    assert (bound.action == "relabel").sum() == 0
+    assert ((bound.action == "review") == (coll.action != "keep")).all()  # the flags are the same
+    # a known kind of label error: 20 % of true class-0 faces labelled 1, the model right about them
+    flip = (truth == 0) & (rng.random(len(truth)) < 0.2) & (probs.argmax(axis=1) == 0)
+    labels = np.where(flip, 1, truth)
+    sharp = probs ** 3 / (probs ** 3).sum(axis=1, keepdims=True)  # p 0.98: strong enough evidence
+    bound = decide(labels, sharp, None, None, RelabelConfig(**base), reference_noise=ref)
+    rel = bound.action == "relabel"
+    assert rel.sum() > 0.5 * flip.sum() and (bound.suggested[rel] == truth[rel]).mean() > 0.9
+
+
+def test_trust_margin_gives_a_near_tie_to_the_labels():
+    """With the network estimated only a hair stronger than the labels, trust_margin treats it as weaker:
+    the relabel floor applies."""
+    _, truth, probs = _collection(2000, seed=3)
+    probs = probs * 0.6 + 0.4 / 3  # p(suggested) 0.55, below a floor of 0.6
+    labels = np.where(np.random.default_rng(4).random(len(truth)) < 0.3, (truth + 1) % 3, truth)
+    cfg = dict(calibrate=False, relabel_floor=0.6)
+    tie = decide(labels, probs, None, None, RelabelConfig(**cfg), label_accuracy=0.70, model_accuracy=0.71)
+    margin = decide(labels, probs, None, None, RelabelConfig(trust_margin=0.05, **cfg), label_accuracy=0.70,
+                    model_accuracy=0.71)
+    assert (tie.action == "relabel").sum() > 0 and (margin.action == "relabel").sum() == 0

@@ -27,7 +27,7 @@ from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import ModelDir
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
-from ferclean.noise import decide, final_labels, view_accuracies
+from ferclean.noise import decide, final_labels, noise_matrix, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
@@ -336,7 +336,11 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                                       # the class shares its probabilities carry (relabel's prior shift)
                                       "train_label_prior": (np.bincount(fin[use], minlength=len(classes))
                                                             / max(len(fin[use]), 1)).round(6).tolist(),
-                                      "init_model": init})
+                                      "init_model": init,
+                                      # P(given i | true j) on its own data, out of fold: relabel-collection
+                                      # caps a new collection's noise model with it (noise.bounded_joint)
+                                      **({"label_noise": noise_matrix(d.joint).round(5).tolist()}
+                                         if d.joint is not None else {})})
         if au_probs is not None:
             fit_rows = np.intersect1d(use, np.flatnonzero(au_rows))
             view = AuView(len(classes)).fit(inputs.au_intensity[fit_rows], fin[fit_rows])
