@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import PLURALITY  # noqa: E402
-from quality_small import eval_run  # noqa: E402
+from bench_common import PLURALITY
+from quality_small import eval_run
 
 FER = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013"
 RESULTS = Path(__file__).resolve().parent / "results" / "shift_collection.json"
@@ -62,7 +62,7 @@ def photo(face: np.ndarray, other: np.ndarray, rng: np.random.Generator, side: i
     out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** rng.uniform(0.6, 1.6)
     out = (out - out.mean()) * rng.uniform(0.7, 1.1) + out.mean()
     out = np.clip(out + rng.normal(0, 3, out.shape), 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 91))])
+    _, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 91))])
     return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
 
 
@@ -120,11 +120,10 @@ def evaluate(out: str) -> dict:
     from ferclean.store import Store
 
     res = eval_run(out)
-    v = res["verdicts"]
     store = Store(out)
     runs = store.read("runs").to_pandas()
     counts = json.loads(runs[runs.run_id == res["run_id"]]["counts"].iloc[0])
-    n = max(int(sum(v for k, v in counts.items() if k in ("relabel.keep", "relabel.relabel", "relabel.review",
+    n = max(int(sum(c for k, c in counts.items() if k in ("relabel.keep", "relabel.relabel", "relabel.review",
                                                             "relabel.drop"))), 1)
     res["relabelled_share"] = round(counts.get("relabel.relabel", 0) / n, 4)
     res["review_share"] = round(counts.get("relabel.review", 0) / n, 4)
@@ -136,10 +135,10 @@ def evaluate(out: str) -> dict:
 def backfill(model_dir: str, run_out: str) -> dict:
     """Add `label_noise` (the noise matrix relabel-collection caps a collection's with) to a model saved before
     the train stage wrote it, from its curate run's stored out-of-fold predictions."""
+    from quality_small import _reference
+
     from ferclean.model_dir import ModelDir
     from ferclean.store import Store
-
-    from quality_small import _reference
 
     md = ModelDir(model_dir)
     meta = md.meta()
@@ -169,13 +168,13 @@ def backfill(model_dir: str, run_out: str) -> dict:
 def redecide(out: str, variants: dict[str, dict]) -> dict:
     """Re-decide a relabel-collection run's verdicts from its stored scores under rule variants
     (RelabelConfig fields; the guard's checks recomputed each time): relabelled share and gain vs crowd."""
+    from quality_small import _reference, _score
+
     from ferclean.au_view import AU_VIEW_METHOD
     from ferclean.model_dir import ModelDir
     from ferclean.noise import RelabelConfig, final_labels
     from ferclean.relabel import collection_shift, verdict_rows
     from ferclean.store import Store
-
-    from quality_small import _reference, _score
 
     store = Store(out)
     runs = store.read("runs").to_pandas()

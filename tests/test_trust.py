@@ -214,7 +214,7 @@ def test_bounded_noise_keeps_right_labels_that_a_shifted_model_misreads():
     rng, truth, probs = _collection(3000)
     ref = np.array([[0.8, 0.0, 0.0], [0.2, 1.0, 0.0], [0.0, 0.0, 1.0]])  # given i | true j: 0 labelled 1
     labels = truth.copy()
-    base = dict(calibrate=False, trust="off", relabel_floor=0.0)
+    base = {"calibrate": False, "trust": "off", "relabel_floor": 0.0}
     coll = decide(labels, probs, None, None, RelabelConfig(collection_noise="collection", **base), reference_noise=ref)
     bound = decide(labels, probs, None, None, RelabelConfig(**base), reference_noise=ref)
     assert (coll.action == "relabel").sum() > 0.05 * len(labels)  # every relabel here is wrong
@@ -235,7 +235,7 @@ def test_trust_margin_gives_a_near_tie_to_the_labels():
     _, truth, probs = _collection(2000, seed=3)
     probs = probs * 0.6 + 0.4 / 3  # p(suggested) 0.55, below a floor of 0.6
     labels = np.where(np.random.default_rng(4).random(len(truth)) < 0.3, (truth + 1) % 3, truth)
-    cfg = dict(calibrate=False, relabel_floor=0.6)
+    cfg = {"calibrate": False, "relabel_floor": 0.6}
     tie = decide(labels, probs, None, None, RelabelConfig(**cfg), label_accuracy=0.70, model_accuracy=0.71)
     margin = decide(labels, probs, None, None, RelabelConfig(trust_margin=0.05, **cfg), label_accuracy=0.70,
                     model_accuracy=0.71)
