@@ -230,13 +230,14 @@ def test_bounded_noise_keeps_right_labels_that_a_shifted_model_misreads():
 
 
 def test_trust_margin_gives_a_near_tie_to_the_labels():
-    """With the network estimated only a hair stronger than the labels, trust_margin treats it as weaker:
-    the relabel floor applies."""
+    """With the network estimated only a hair stronger than the labels, trust_margin (default 0.05) treats it
+    as weaker: the relabel floor applies."""
     _, truth, probs = _collection(2000, seed=3)
     probs = probs * 0.6 + 0.4 / 3  # p(suggested) 0.55, below a floor of 0.6
     labels = np.where(np.random.default_rng(4).random(len(truth)) < 0.3, (truth + 1) % 3, truth)
     cfg = {"calibrate": False, "relabel_floor": 0.6}
-    tie = decide(labels, probs, None, None, RelabelConfig(**cfg), label_accuracy=0.70, model_accuracy=0.71)
-    margin = decide(labels, probs, None, None, RelabelConfig(trust_margin=0.05, **cfg), label_accuracy=0.70,
+    tie = decide(labels, probs, None, None, RelabelConfig(trust_margin=0.0, **cfg), label_accuracy=0.70,
+                 model_accuracy=0.71)
+    margin = decide(labels, probs, None, None, RelabelConfig(**cfg), label_accuracy=0.70,
                     model_accuracy=0.71)
     assert (tie.action == "relabel").sum() > 0 and (margin.action == "relabel").sum() == 0
