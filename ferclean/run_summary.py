@@ -71,6 +71,22 @@ def _run_counts(store: Store, run_id: str) -> dict[str, Any]:
     return {}
 
 
+def _current_rejects(store: Store, run_id: str, stages: dict[str, Any]) -> dict[str, int]:
+    """Rejects by "stage:reason" behind this run's tables: a stage computed in this run counts this run's
+    rejects, a cached stage those of the run that computed it (its OUT/stages manifest), so a rerun that
+    reuses the faces stage still says how many images had no face."""
+    from ferclean.stage_cache import read_manifest
+
+    want: dict[str, str] = {}
+    for st, res in stages.items():
+        m = read_manifest(store, st) if res.get("cached") else None
+        want[st] = m.run_id if m is not None and m.run_id else run_id
+    rej = store.read("rejects", columns=["run_id", "stage", "reason_code"])
+    return _counts([f"{st}:{reason}" for st, rid, reason in zip(
+        rej.column("stage").to_pylist(), rej.column("run_id").to_pylist(), rej.column("reason_code").to_pylist(),
+        strict=True) if rid == want.get(st, run_id)])
+
+
 def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_dir: str | None = None) -> RunSummary:
     """Summarise a finished flow run (`flow_result` is what the curate / relabel-collection flow returned)."""
     run_id = flow_result["run_id"]
@@ -78,10 +94,7 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
     for name, res in flow_result.get("stages", {}).items():
         stages[name] = "cached" if res.get("cached") else f"computed {res.get('seconds', 0):.1f} s"
     ingest = flow_result.get("stages", {}).get("ingest", {}).get("summary", {})
-    rej = store.read("rejects", columns=["run_id", "stage", "reason_code"])
-    rej = rej.filter(pc.equal(rej.column("run_id"), run_id))
-    rejects = _counts([f"{s}:{r}" for s, r in zip(rej.column("stage").to_pylist(),
-                                                   rej.column("reason_code").to_pylist(), strict=True)])
+    rejects = _current_rejects(store, run_id, flow_result.get("stages", {}))
     faces = store.read("faces", columns=["is_primary", "detector"])
     prim = faces.filter(pc.field("is_primary"))
     actions, human = _latest_actions(store)

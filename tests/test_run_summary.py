@@ -30,3 +30,31 @@ def test_trust_and_domain_shift_lines():
     assert "labels ~64% right; network ~43% right; relabels ~55% right vs ~20% for the labels they replace" in text
     assert "expected gain +3.1 points" in text
     assert "relabels were sent to review (reason domain_shift)" in text
+
+
+def test_a_cached_stage_reports_the_rejects_of_the_run_that_computed_it(tmp_path):
+    """A rerun that reuses the faces stage still says how many images had no face (it said 'rejects: none')."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from ferclean.run_summary import _current_rejects
+    from ferclean.stage_cache import StageManifest, write_manifest
+    from ferclean.store import Store
+
+    store = Store(tmp_path)
+
+    def rejects(run_id: str, stage: str, refs: list[str], reason: str) -> None:
+        n = len(refs)
+        store.append("rejects", pa.table({"run_id": [run_id] * n, "source_ref": refs, "stage": [stage] * n,
+                                          "reason_code": [reason] * n, "message": ["m"] * n,
+                                          "created_at": [datetime.now(UTC)] * n}), run_id)
+
+    rejects("r1", "faces", ["a", "b"], "no_face")
+    rejects("r1", "ingest", ["x"], "not_an_image")
+    rejects("r2", "ingest", ["y"], "empty_file")
+    write_manifest(store, StageManifest(stage="faces", input_fingerprint="i", config_hash="c", code_version="v",
+                                        run_id="r1"))
+    got = _current_rejects(store, "r2", {"ingest": {"cached": False}, "faces": {"cached": True}})
+    assert got == {"faces:no_face": 2, "ingest:empty_file": 1}
+    assert _current_rejects(store, "r2", {"ingest": {}, "faces": {}}) == {"ingest:empty_file": 1}
