@@ -38,6 +38,9 @@ def quiet_flow_console() -> None:
     import os
 
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Prefect's temporary API server must answer within this; its 20 s default failed whole runs on a busy
+    # 2-core machine ("Timed out while attempting to connect to ephemeral Prefect API server")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT_S))
     from prefect.logging.configuration import setup_logging
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -54,6 +57,24 @@ def quiet_flow_console() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and not_source_error not in handler.filters:
             handler.addFilter(not_source_error)
+
+
+EPHEMERAL_STARTUP_TIMEOUT_S = 120
+
+
+def run_flow(flow, **kwargs):  # noqa: ANN001, ANN003, ANN201
+    """Call a flow with `return_state=True`; Prefect's API not starting becomes one error line (exit 1)."""
+    try:
+        return flow(**kwargs, return_state=True)
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        import os
+
+        fail(f"Prefect's temporary API server did not start within "
+             f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS')} s (a busy machine?): set "
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or run `prefect server start` and set "
+             "PREFECT_API_URL", code=1)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -197,11 +218,11 @@ def curate(
     _check_root(root)
     if init_model is not None and not ModelDir(init_model).exists():
         fail(f"--init-model {init_model} holds no trained model (model.json missing)")
-    state = curate_flow(
-        source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
+    state = run_flow(
+        curate_flow, source=str(source), out=str(out), until=until, config_file=str(config) if config else None,
         limit=limit, progress=progress, workers=workers, task_runner=task_runner,
         scheduler_address=scheduler_address, force=force, root=str(root.resolve()) if root else None,
-        init_model=str(init_model.resolve()) if init_model else None, return_state=True,
+        init_model=str(init_model.resolve()) if init_model else None,
     )
     _finish_flow("curate", state, out, json_out=json_out)
 
@@ -258,10 +279,11 @@ def relabel_collection(
     if not ModelDir(model).exists():
         fail(f"{model} holds no trained model ({ModelDir(model).meta_path.name} missing)")
     _check_root(root)
-    state = relabel_collection_flow(
-        source=str(source), out=str(out), model_dir=str(model), config_file=str(config) if config else None,
-        limit=limit, workers=workers, task_runner=task_runner, scheduler_address=scheduler_address,
-        force=force, root=str(root.resolve()) if root else None, progress=progress, return_state=True,
+    state = run_flow(
+        relabel_collection_flow, source=str(source), out=str(out), model_dir=str(model),
+        config_file=str(config) if config else None, limit=limit, workers=workers, task_runner=task_runner,
+        scheduler_address=scheduler_address, force=force, root=str(root.resolve()) if root else None,
+        progress=progress,
     )
     _finish_flow("relabel-collection", state, out, model_dir=model, json_out=json_out)
 

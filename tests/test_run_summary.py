@@ -58,3 +58,28 @@ def test_a_cached_stage_reports_the_rejects_of_the_run_that_computed_it(tmp_path
     got = _current_rejects(store, "r2", {"ingest": {"cached": False}, "faces": {"cached": True}})
     assert got == {"faces:no_face": 2, "ingest:empty_file": 1}
     assert _current_rejects(store, "r2", {"ingest": {}, "faces": {}}) == {"ingest:empty_file": 1}
+
+
+def test_prefect_api_not_starting_is_one_error_line(monkeypatch, capsys):
+    """Under load Prefect's temporary API server may not answer in time: one `error:` line and exit 1, not a
+    traceback; and the CLI gives it more time than Prefect's 20 s default unless the user set it."""
+    import os
+
+    import pytest
+    import typer
+
+    from ferclean import cli
+
+    def flow(**kwargs):  # noqa: ANN003, ANN202
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    monkeypatch.setenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO"))
+    cli.quiet_flow_console()  # both variables are restored after the test
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == str(cli.EPHEMERAL_STARTUP_TIMEOUT_S)
+    with pytest.raises((SystemExit, typer.Exit)) as exc:
+        cli.run_flow(flow, source="x")
+    code = exc.value.code if isinstance(exc.value, SystemExit) else exc.value.exit_code
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in err[0]
