@@ -28,6 +28,10 @@ AU_VIEW = "au_view.json"
 AU_REFERENCE = "aus_reference.json"
 
 
+#: `predictions.method` under which a warm-started run (`curate --init-model`) stores its init model's own
+#: opinion of the samples (fold -1), a view the verdict rule mixes in (`relabel.init_model_weight`).
+INIT_MODEL_METHOD = "init_model"
+
 class ModelDir:
     """A trained model's folder: `ModelDir(path)` or `ModelDir.of_run(out)` for `OUT/model`."""
 

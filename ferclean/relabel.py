@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from ferclean.au_view import AU_VIEW_METHOD, combine
 from ferclean.classes import FER7
 from ferclean.dataset_issues.issues import sample_issue_reasons
-from ferclean.model_dir import ModelDir
+from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
 from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public names)
     QUALITY_FLAGS,
     Decision,
@@ -34,6 +34,7 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     decide,
     final_labels,
     label_accuracy_given_model,
+    mix_views,
     noise_matrix,
     prior_from_counts,
     trust_summary,
@@ -194,12 +195,18 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
     scored = [i for i, sid in enumerate(samples["sample_id"]) if sid in by_id]
     unscored = [i for i, sid in enumerate(samples["sample_id"]) if sid not in by_id]
     parts = []
-    au_view = "off"
+    au_view = init_view = "off"
     trust: dict[str, Any] = {}
     if scored:
         pi = [by_id[samples["sample_id"][i]] for i in scored]
         probs = np.array([pd_["probs"][j] for j in pi], dtype=np.float64)
         au_probs = None
+        if config.method != AU_VIEW_METHOD and config.fold == "oof":  # curate --init-model: its own opinion
+            init_probs = _view_probs(store, INIT_MODEL_METHOD, "final", [samples["sample_id"][i] for i in scored],
+                                     classes)
+            if init_probs is not None:
+                probs = mix_views(probs, init_probs, config.init_model_weight)
+                init_view = f"weight {config.init_model_weight}, {int((~np.isnan(init_probs).any(axis=1)).sum())} samples"
         if config.method != AU_VIEW_METHOD:
             au_probs = _au_view_probs(store, config.fold, [samples["sample_id"][i] for i in scored], classes)
             au_view = (_au_view_summary(au_probs, config.au_view_weight) if au_probs is not None
@@ -236,7 +243,7 @@ def run_relabel(store: Any, run: Any, config: RelabelConfig, progress: bool = Tr
         run.counts[f"relabel.{a}"] += v
     record_trust(run, trust)
     return {"rows": out.num_rows, "actions": counts, "method": config.method, "classes": classes,
-            "class_prior": prior_source, "au_view": au_view, "trust": trust}
+            "class_prior": prior_source, "au_view": au_view, "init_model": init_view, "trust": trust}
 
 
 def record_trust(run: Any, trust: dict[str, Any]) -> None:
@@ -254,7 +261,13 @@ def _au_view_summary(au_probs: np.ndarray, weight: float) -> str:
 
 def _au_view_probs(store: Any, fold: str, sample_ids: Sequence[str], classes: Sequence[str]) -> np.ndarray | None:
     """(N, C) stored AU-view probabilities in `classes` order for `sample_ids` (NaN rows where none), or None."""
-    preds = _load_predictions(store, AU_VIEW_METHOD, fold)
+    return _view_probs(store, AU_VIEW_METHOD, fold, sample_ids, classes)
+
+
+def _view_probs(store: Any, method: str, fold: str, sample_ids: Sequence[str], classes: Sequence[str]
+                ) -> np.ndarray | None:
+    """(N, C) stored probabilities of `method` in `classes` order for `sample_ids` (NaN rows where none), or None."""
+    preds = _load_predictions(store, method, fold)
     if preds.num_rows == 0:
         return None
     order = _class_order(preds)

@@ -78,6 +78,26 @@ def test_run_train_records_the_init_models_fingerprint(tmp_path):
     assert summary["init_model"] == {"path": str(path), "fingerprint": fp}
     assert json.loads(store.read("runs")["config"][0].as_py())["init_model"]["fingerprint"] == fp
     assert json.loads((store.root / "model" / "model.json").read_text())["init_model"]["fingerprint"] == fp
+    # the init model's own opinion of every sample is stored as a view (method init_model, fold -1) ...
+    preds = store.read("predictions").to_pandas()
+    init = preds[(preds.method == "init_model") & (preds.fold == -1)].set_index("sample_id")
+    assert set(init.index) == set(preds[(preds.method == "ce") & (preds.fold >= 0)].sample_id)  # the trained ones
+    p_init = np.stack(init.probs.to_numpy())
+    np.testing.assert_allclose(p_init.sum(axis=1), 1.0, atol=1e-5)
+    # ... and the relabel stage mixes it in with init_model_weight (w 1: the init model's opinion alone)
+    from ferclean.noise import RelabelConfig
+    from ferclean.relabel import run_relabel
+
+    got = {}
+    for w in (0.0, 1.0):
+        cfg_r = RelabelConfig(method="ce", rule="threshold", calibrate=False, au_view_weight=0, init_model_weight=w)
+        with open_run(store, "relabel", {}) as run:
+            res = run_relabel(store, run, cfg_r, progress=False)
+            rows = store.read("relabels").to_pandas()
+            got[w] = rows[rows.run_id == run.run_id].set_index("sample_id").p_suggested
+    assert res["init_model"].startswith("weight 1.0")
+    np.testing.assert_allclose(got[1.0].loc[init.index].to_numpy(), p_init.max(axis=1), atol=1e-5)
+    assert not np.allclose(got[0.0].loc[init.index].to_numpy(), got[1.0].loc[init.index].to_numpy())
     bad = tiny_cfg(methods=["ce"], final_method="ce", epochs=1, init_model=str(path), input_size=24)
     with open_run(store, "train", {}) as run, pytest.raises(ValueError, match="input_size 16 vs 24"):
         run_train(store, run, bad, progress=False)
@@ -133,3 +153,13 @@ def test_crossfit_folds_in_parallel_processes_match_the_sequential_ones():
     par = crossfit(x, y, "ce", tiny_cfg(epochs=1, folds=3, fold_workers=2), on_fold=lambda k, *_: seen.append(k))
     assert sorted(seen) == [0, 1, 2]
     np.testing.assert_allclose(par["probs"], seq["probs"], atol=1e-5)
+
+
+def test_mix_views_leaves_rows_without_an_opinion_alone():
+    from ferclean.noise import mix_views
+
+    p = np.array([[0.8, 0.2], [0.4, 0.6]])
+    o = np.array([[0.0, 1.0], [np.nan, np.nan]])
+    np.testing.assert_allclose(mix_views(p, o, 0.5), [[0.4, 0.6], [0.4, 0.6]])
+    np.testing.assert_allclose(mix_views(p, None, 0.5), p)
+    np.testing.assert_allclose(mix_views(p, o, 0.0), p)

@@ -94,3 +94,17 @@ def score(model: LoadedModel, crops: Sequence[bytes | np.ndarray | str | Path] |
     out = predict(model.net, images, model.meta["method"], model.templates, model.logit_scale,
                   batch_size=batch_size, tta_flip=tta_flip)
     return out["probs"], out["alpha"], out["sem_dist"], out["embeddings"]
+
+
+def probs_in_classes(model_dir: str | Path, images: np.ndarray, classes: list[str]) -> np.ndarray:
+    """(N, C) probabilities of a saved model (e.g. a warm start's init model) for `images` ((N, S, S) uint8 at
+    its input size), columns in `classes` order matched by name (a class it does not know gets 0, rows
+    renormalised)."""
+    model = load_model(model_dir)
+    probs = score(model, images)[0].astype(np.float64)
+    own = list(model.classes)
+    out = np.zeros((len(probs), len(classes)))
+    for j, c in enumerate(classes):
+        if c in own:
+            out[:, j] = probs[:, own.index(c)]
+    return out / np.clip(out.sum(axis=1, keepdims=True), 1e-12, None)

@@ -24,16 +24,16 @@ from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
 from ferclean.domain_shift import confidence_profile
-from ferclean.model_dir import ModelDir
+from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
-from ferclean.noise import decide, final_labels, noise_matrix, view_accuracies
+from ferclean.noise import decide, final_labels, mix_views, noise_matrix, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
 from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
-from ferclean.train.model_io import save_model
+from ferclean.train.model_io import probs_in_classes, save_model
 
 
 @dataclass
@@ -314,12 +314,20 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
                     run.run_id, [inputs.sample_ids[i] for i in rows], AU_VIEW_METHOD, k, classes, au_probs[rows], None, None))
                 keys.add(f"train-{AU_VIEW_METHOD}-f{k}-{fp}")
             summary["au_view"] = {"samples": int(au_rows.sum()), "intensities": inputs.intensity_names}
+    init_probs = None
+    if init is not None:  # the init model's own opinion, a view beside the folds fine-tuned on these labels
+        init_probs = probs_in_classes(init["path"], inputs.images, classes)
+        fkey = f"train-{INIT_MODEL_METHOD}-{fp}"
+        store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, INIT_MODEL_METHOD, -1,
+                                                               classes, init_probs, None, None))
+        keys.add(fkey)
     if config.final_model:
         method = config.final_method
         scores = oof.get(method) or next(iter(oof.values()))
         rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
-        acc = view_accuracies(labels, scores["probs"], au_probs) if rule.trust == "auto" else None
-        d = decide(labels, combine(scores["probs"], au_probs, rule.au_view_weight), scores["alpha"],
+        oof_probs = mix_views(scores["probs"], init_probs, rule.init_model_weight)
+        acc = view_accuracies(labels, oof_probs, au_probs) if rule.trust == "auto" else None
+        d = decide(labels, combine(oof_probs, au_probs, rule.au_view_weight), scores["alpha"],
                    scores["sem_dist"], rule, label_accuracy=acc["label_accuracy"] if acc else None,
                    model_accuracy=acc["model_accuracy"] if acc else None)
         fin = final_labels(labels, d.action, d.suggested)

@@ -105,3 +105,4 @@ def apply_init_model(net: torch.nn.Module, init_path: str, classes: list[str], b
     state, info = warm_state(net.state_dict(), init.state, list(init.meta["classes"]), list(classes))
     net.load_state_dict(state)
     return info
+
