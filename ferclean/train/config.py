@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from ferclean.classes import FER7
 from ferclean.noise import RelabelConfig
 
-Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux"]
-METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux")
+Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux", "eac"]
+METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux", "eac")
 
 
 class TrainConfig(BaseModel):
@@ -60,6 +60,13 @@ class TrainConfig(BaseModel):
     scn_delta: float = Field(0.2, ge=0, description="SCN relabel margin delta_2")
     scn_rr_weight: float = Field(0.5, ge=0, le=1, description="SCN gamma in gamma*RR + (1-gamma)*WCE")
     relabel_start: float = Field(0.34, ge=0, le=1, description="fraction of epochs before in-training relabeling (SCN: 10/40, ULC-AG: after the 10-epoch warm-up)")
+    # EAC (Zhang et al., ECCV 2022): CE on randomly erased images + flip consistency of the class activation maps.
+    eac_lambda: float = Field(5.0, ge=0, description="weight of EAC's consistency loss MSE(CAM(x), flip(CAM(flip x))) "
+                              "(paper: 5 with ResNet-50)")
+    eac_erase_p: float = Field(0.5, ge=0, le=1, description="EAC: probability that an image gets a random-erasing "
+                               "rectangle (torchvision RandomErasing's default, as in the EAC code)")
+    eac_erase_scale: tuple[float, float] = Field((0.02, 0.25), description="EAC: erased area as a fraction of the "
+                                                 "image, min and max (EAC code: RandomErasing(scale=(0.02, 0.25)))")
     # Auxiliary branch (eqs. 5-13).
     au_dim: int = Field(16, ge=1, description="per-AU node feature size d of the linear map f -> M x d")
     gcn_channels: int = Field(64, ge=1, description="channels of each GCN layer (paper: 64)")

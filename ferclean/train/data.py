@@ -90,3 +90,34 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None,
     ], dim=1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def random_erase(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
+                 scale: tuple[float, float] = (0.02, 0.25), ratio: tuple[float, float] = (0.3, 3.3),
+                 value: float = 0.0) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017; EAC uses torchvision's RandomErasing(scale=(0.02, 0.25))).
+
+    Each image of x (N, 1, H, W), with probability p, gets one rectangle of area scale * H * W and
+    aspect ratio h / w in `ratio` (log-uniform) set to `value` (0 = mid-grey for inputs in [-1, 1]).
+    Unlike torchvision, which retries a rectangle that does not fit, the sides are clipped to the
+    image. Returns a new tensor; the random draws come from `generator` (CPU).
+    """
+    n, _, h, w = x.shape
+    if n == 0 or p <= 0:
+        return x
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+    area = u(*scale) * (h * w)
+    aspect = torch.exp(u(math.log(ratio[0]), math.log(ratio[1])))
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).floor().long()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).floor().long()
+    on = torch.rand(n, generator=generator) < p
+    rows, cols = torch.arange(h).reshape(1, -1), torch.arange(w).reshape(1, -1)
+    in_rows = (rows >= top.reshape(-1, 1)) & (rows < (top + eh).reshape(-1, 1))
+    in_cols = (cols >= left.reshape(-1, 1)) & (cols < (left + ew).reshape(-1, 1))
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & on.reshape(-1, 1, 1)
+    return x.masked_fill(mask[:, None].to(x.device), value)

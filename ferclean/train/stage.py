@@ -23,10 +23,10 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
+from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
+from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import ModelDir
-from ferclean.aus.stage import REFERENCE_FILE
-from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
 from ferclean.noise import decide, final_labels, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
@@ -143,7 +143,7 @@ def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: 
                      probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None) -> pa.Table:
     """Contract `predictions` rows (+ extra column class_order, the comma-joined class list)."""
     n = len(sample_ids)
-    clip = lambda a, hi: np.clip(np.asarray(a, np.float32), 0.0, hi)  # noqa: E731
+    clip = lambda a, hi: np.clip(np.asarray(a, np.float32), 0.0, hi)
     return pa.table({
         "run_id": [run_id] * n,
         "sample_id": list(sample_ids),
@@ -361,7 +361,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
         keys.add(fkey)
-        summary.update({"model_dir": str(model_dir.path), "final_train_samples": int(len(use)),
+        summary.update({"model_dir": str(model_dir.path), "final_train_samples": len(use),
                         "final_labels_changed": int((fin[use] != labels[use]).sum())})
     stale = {k for k in store.part_keys("predictions") if k.startswith("train-") and k not in keys}
     store.keep_only("predictions", store.part_keys("predictions") - stale)
