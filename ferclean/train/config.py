@@ -4,13 +4,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ferclean.classes import FER7
 from ferclean.noise import RelabelConfig
 
 Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux", "eac"]
 METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux", "eac")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (affinity mask; hyper-threads not counted when psutil knows)."""
+    import os
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        logical, physical = psutil.cpu_count(), psutil.cpu_count(logical=False)
+        if logical and physical and logical > physical:
+            usable = max(1, usable * physical // logical)
+    except ImportError:
+        pass
+    return max(1, usable)
 
 
 class TrainConfig(BaseModel):
@@ -49,8 +68,10 @@ class TrainConfig(BaseModel):
     augment: bool = Field(True, description="random flip + small affine jitter")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    fold_workers: int = Field(1, ge=1, description="train the K cross-fitted folds in this many processes at once "
-                              "(spawned; one per free core); 1 = one after another. Not part of the fold keys")
+    fold_workers: int | Literal["auto"] = Field(
+        1, description="train the K cross-fitted folds in this many spawned processes at once, each with "
+        "threads_per_fold_worker torch threads; 1 = one after another in this process; auto = min(folds, physical "
+        "cores) on a CPU, 1 on CUDA. Not part of the fold keys")
     num_threads: int = Field(1, ge=1, le=2, description="torch CPU threads; 1 by default: on 2 shared cores two threads thrashed (28 vs 475 img/s measured)")
     # Target branch (eqs. 1-4) and SCN.
     phi: float = Field(0.8, gt=0, lt=1, description="ULC-AG high-confidence ratio")
@@ -91,6 +112,25 @@ class TrainConfig(BaseModel):
         "CUDA, and on CPUs with native bf16 (AVX512-BF16), where the default CPU network cross-fits FER2013 1.9x "
         "faster with the same flag F1 and final-label accuracy (benchmarks/results/noise_real_full.md); bf16: "
         "always; off: float32 everywhere")
+
+    @field_validator("fold_workers")
+    @classmethod
+    def _positive_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("fold_workers must be >= 1 or 'auto'")
+        return v
+
+    def resolved_fold_workers(self, n_folds: int) -> int:
+        """Processes that train `n_folds` cross-fitted folds at once (1 = in this process)."""
+        if self.fold_workers == "auto":
+            want = 1 if self.resolved_device() == "cuda" else physical_cores()
+        else:
+            want = int(self.fold_workers)
+        return max(1, min(want, n_folds))
+
+    def threads_per_fold_worker(self, workers: int) -> int:
+        """torch threads of each fold process: the cores shared out, at most num_threads' limit (2), at least 1."""
+        return max(1, min(2, physical_cores() // max(workers, 1)))
 
     def resolved_amp(self) -> bool:
         """Whether training and cross-fit scoring run under bfloat16 autocast."""

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ferclean.train import losses as L
+from ferclean.train.augment import augment, random_erase, to_tensor
 from ferclean.train.config import TrainConfig
-from ferclean.train.data import augment, random_erase, to_tensor
 from ferclean.train.models import FERNet, build_model
 
 AUX_METHODS = ("ulcag", "ulcag_aux")
@@ -259,6 +259,20 @@ def fit(
             log(row)
     scale = gamma_sum / gamma_n if gamma_n else resumed_scale
     return FitResult(model=model, method=method, labels=cur, templates=templates, logit_scale=scale, history=history)
+
+
+def fit_and_score_fold(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, method: str,
+                       cfg: TrainConfig, aus: np.ndarray | None, a_bar: np.ndarray | None, ckpt: Path | None,
+                       log: Callable[[dict[str, Any]], None] | None = None) -> tuple[FitResult, dict[str, Any]]:
+    """Train one cross-fitted fold and score its held-out images.
+
+    Lives here, not in the stage module, so a spawned fold worker unpickles it by importing only
+    torch and ferclean.train's engine modules (not the store, sklearn and the verdict code).
+    """
+    res = fit(train_images, train_labels, method, cfg, aus, a_bar, ckpt_path=ckpt, log=log)
+    out = predict(res.model, test_images, method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
+                  amp=cfg.resolved_amp())
+    return res, out
 
 
 @torch.no_grad()

@@ -32,7 +32,13 @@ from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
-from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
+from ferclean.train.engine import (
+    AUX_METHODS,
+    FitResult,
+    fit,
+    fit_and_score_fold,
+    predict,
+)
 from ferclean.train.model_io import save_model
 
 
@@ -57,16 +63,6 @@ def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     for f, (_, test) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(labels, strat)):
         folds[test] = f
     return folds
-
-
-def fit_and_score_fold(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, method: str,
-                       cfg: TrainConfig, aus: np.ndarray | None, a_bar: np.ndarray | None, ckpt: Path | None,
-                       log: Callable[[dict[str, Any]], None] | None = None) -> tuple[FitResult, dict[str, Any]]:
-    """Train one fold and score its held-out images (module level: a spawned process runs it)."""
-    res = fit(train_images, train_labels, method, cfg, aus, a_bar, ckpt_path=ckpt, log=log)
-    out = predict(res.model, test_images, method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
-                  amp=cfg.resolved_amp())
-    return res, out
 
 
 def crossfit(
@@ -97,10 +93,10 @@ def crossfit(
     has_alpha = has_sem = False
     todo = [k for k in range(cfg.folds) if skip_fold is None or not skip_fold(k)]
 
-    def job(k: int) -> tuple:
+    def job(k: int, base: TrainConfig = cfg) -> tuple:
         tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
-        return (images[tr], labels[tr], images[te], method, cfg.model_copy(update={"seed": cfg.seed + k}),
+        return (images[tr], labels[tr], images[te], method, base.model_copy(update={"seed": cfg.seed + k}),
                 None if aus is None else aus[tr], a_bar, ckpt)
 
     def finish(k: int, res: FitResult, out: dict[str, Any]) -> None:
@@ -118,13 +114,16 @@ def crossfit(
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
 
-    if cfg.fold_workers > 1 and len(todo) > 1:  # folds in spawned processes; each is finished as it ends
+    workers = cfg.resolved_fold_workers(len(todo))
+    if workers > 1:  # folds in spawned processes; each is finished as it ends
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        # one torch thread per process when the processes fill the cores (two threads each thrashed)
+        wcfg = cfg.model_copy(update={"num_threads": cfg.threads_per_fold_worker(workers)})
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(cfg.fold_workers, len(todo)), mp_context=ctx) as ex:
-            futures = {ex.submit(fit_and_score_fold, *job(k)): k for k in todo}
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+            futures = {ex.submit(fit_and_score_fold, *job(k, wcfg)): k for k in todo}
             for fut in as_completed(futures):
                 k = futures[fut]
                 res, out = fut.result()
