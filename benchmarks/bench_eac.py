@@ -147,6 +147,25 @@ def workers(subset: str, settings: list[str], repeats: int, method: str) -> dict
             "cores": os.cpu_count(), "settings": out}
 
 
+def table() -> str:
+    """The compare arms of eac.json as a markdown table (what eac.md quotes)."""
+    cur = json.loads(RESULTS.read_text())
+    lines = [("| rows | arm | lambda | oof acc vs crowd | flag P / R / F1 | relabel / review | final-label acc "
+             "before -> after (points) | last-epoch train acc | cross-fit wall / CPU s | load avg |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, r in cur.items():
+        if key.startswith("workers/"):
+            continue
+        v = r["verdicts"]
+        lam = r["overrides"].get("eac_lambda", "") if r["method"] == "eac" else ""
+        lines.append(f"| {key.split('/')[0]} | {key.split('/')[1]} | {lam} | {r['oof_acc']:.4f} | "
+                     f"{v['precision']:.3f} / {v['recall']:.3f} / {v['f1']:.3f} | {v['relabel']} / {v['review']} | "
+                     f"{v['acc_before']:.4f} -> {v['acc_after']:.4f} ({v['gain_points']:+.2f}) | "
+                     f"{r['last_epoch_train_acc']:.3f} | {r['crossfit_wall_s']} / {r['crossfit_cpu_s']} | "
+                     f"{r['load_avg_1m_end']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="phase", required=True)
@@ -159,8 +178,11 @@ def main() -> None:
     w.add_argument("--repeats", type=int, default=3)
     w.add_argument("--method", default="ce")
     w.add_argument("--tag", default="")
+    sub.add_parser("table")
     a = ap.parse_args()
-    if a.phase == "compare":
+    if a.phase == "table":
+        print(table())
+    elif a.phase == "compare":
         df, images = load_subset(a.subset)
         for spec in a.arm:
             name, method, over = _parse_arm(spec)
