@@ -10,7 +10,12 @@ The names are loaded on first use (PEP 562), so a process that needs only `fercl
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, statically: type checkers and ferclean.code_graph (stage code versions) see them
+    from ferclean.train.config import METHODS, TrainConfig
+    from ferclean.train.model_io import LoadedModel, load_model, save_model, score
+    from ferclean.train.stage import crossfit, run_train
 
 _WHERE = {
     "METHODS": "config", "TrainConfig": "config",
