@@ -119,8 +119,9 @@ def _parse_arm(spec: str) -> tuple[str, str, dict]:
     return name, method, over
 
 
-def workers(subset: str, settings: list[str], repeats: int, method: str) -> dict:
-    """Cross-fit wall and CPU time per setting WxT (W fold processes, T torch threads each), interleaved."""
+def workers(subset: str, settings: list[str], repeats: int, method: str, key: str) -> dict:
+    """Cross-fit wall and CPU time per setting WxT (W fold processes, T torch threads each), interleaved;
+    merged into eac.json under `key` after every run (a run stopped half-way keeps what it measured)."""
     df, images = load_subset(subset)
     labels = np.array([FER7.index(x) for x in df.label])
     out: dict = {s: {"wall_s": [], "cpu_s": [], "load_avg_1m_start": []} for s in settings}
@@ -137,7 +138,8 @@ def workers(subset: str, settings: list[str], repeats: int, method: str) -> dict
             out[s]["wall_s"].append(round(time.perf_counter() - t0, 1))
             out[s]["cpu_s"].append(round(_cpu() - c0, 1))
             probs[s] = res["probs"]
-            print(s, out[s], flush=True)
+            _merge(key, {"subset": subset, "rows": len(df), "method": method, "config": FAST, "partial": True,
+                         "settings": out})
     base = settings[0]
     for s in settings:
         out[s]["wall_ratio_to_" + base] = [round(a / b, 3) for a, b in zip(out[s]["wall_s"], out[base]["wall_s"],
@@ -188,7 +190,8 @@ def main() -> None:
             name, method, over = _parse_arm(spec)
             _merge(f"{a.subset}/{name}", run_arm(df, images, method, over))
     else:
-        _merge(f"workers/{a.subset}/{a.method}{a.tag}", workers(a.subset, a.setting, a.repeats, a.method))
+        key = f"workers/{a.subset}/{a.method}{a.tag}"
+        _merge(key, workers(a.subset, a.setting, a.repeats, a.method, key))
 
 
 if __name__ == "__main__":
