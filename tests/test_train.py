@@ -32,8 +32,8 @@ def toy_images(n: int, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(classes=CLASSES, input_size=16, width=4, epochs=3, batch_size=16, lr=0.01, folds=2,
-                backbone="cnn", device="cpu", au_dim=4, gcn_channels=8, tta_flip=False)
+    base = {"classes": CLASSES, "input_size": 16, "width": 4, "epochs": 3, "batch_size": 16, "lr": 0.01, "folds": 2,
+                "backbone": "cnn", "device": "cpu", "au_dim": 4, "gcn_channels": 8, "tta_flip": False}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -160,7 +160,7 @@ def make_store(tmp_path, n: int = 36, no_face: int = 1) -> tuple[Store, list[str
 
 
 def test_run_train_writes_predictions_model_and_curves(tmp_path):
-    store, ids = make_store(tmp_path)
+    store, _ids = make_store(tmp_path)
     cfg = tiny_cfg(methods=["ce", "ulcag"], final_method="ulcag", epochs=2, aux_warmup=0.0)
     with open_run(store, "train", cfg.model_dump(mode="json")) as run:
         summary = run_train(store, run, cfg, progress=False)
@@ -282,7 +282,7 @@ def test_the_users_relabel_settings_decide_the_final_models_training_labels(tmp_
 
 
 def test_au_graph_for_says_where_the_graph_came_from_and_fails_on_a_broken_table(tmp_path):
-    from ferclean.au_graph import graph_table, cooccurrence
+    from ferclean.au_graph import cooccurrence, graph_table
     from ferclean.train.stage import au_graph_for
 
     store = Store(tmp_path / "out")
@@ -296,3 +296,34 @@ def test_au_graph_for_says_where_the_graph_came_from_and_fails_on_a_broken_table
     store.write_part("au_graph", "graph", t.slice(0, 3))  # a pair missing: not silently replaced
     with pytest.raises(ValueError, match="incomplete"):
         au_graph_for(store, ["AU01", "AU02"], presence)
+
+
+def test_fold_workers_auto_and_threads_share_out_the_cores(monkeypatch):
+    import ferclean.train.config as C
+
+    monkeypatch.setattr(C, "physical_cores", lambda: 2)
+    cfg = tiny_cfg(fold_workers="auto")
+    assert cfg.resolved_fold_workers(3) == 2 and cfg.resolved_fold_workers(1) == 1
+    assert tiny_cfg(fold_workers=1).resolved_fold_workers(3) == 1
+    assert tiny_cfg(fold_workers=5).resolved_fold_workers(3) == 3  # never more processes than folds
+    assert cfg.threads_per_fold_worker(2) == 1 and cfg.threads_per_fold_worker(1) == 2
+    assert cfg.threads_per_fold_worker(3) == 1
+    monkeypatch.setattr(C, "physical_cores", lambda: 16)
+    assert cfg.resolved_fold_workers(3) == 3 and cfg.threads_per_fold_worker(3) == 2  # at most 2 threads
+    with pytest.raises(ValueError, match="fold_workers"):
+        tiny_cfg(fold_workers=0)
+    assert tiny_cfg(fold_workers="auto", device="cuda").resolved_fold_workers(3) == 1
+
+
+def test_a_fold_worker_imports_only_the_engine():
+    # a spawned fold process unpickles ferclean.train.engine.fit_and_score_fold; importing it must not pull in
+    # the stage, the store, sklearn or pandas (each worker paid ~5 s of imports for them on 2 shared cores)
+    import subprocess
+    import sys
+
+    code = ("import sys, pickle; from ferclean.train.engine import fit_and_score_fold as f; "
+            "pickle.loads(pickle.dumps(f)); heavy = [m for m in ('ferclean.train.stage', 'ferclean.store', "
+            "'sklearn', 'pandas', 'pyarrow', 'cv2') if m in sys.modules]; print(heavy); assert not heavy")
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stdout + r.stderr

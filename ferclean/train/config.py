@@ -4,13 +4,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ferclean.classes import FER7
 from ferclean.noise import RelabelConfig
 
-Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux"]
-METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux")
+Method = Literal["ce", "scn", "ulcag", "ulcag_target", "ulcag_aux", "eac"]
+METHODS: tuple[str, ...] = ("ce", "scn", "ulcag", "ulcag_target", "ulcag_aux", "eac")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (affinity mask; hyper-threads not counted when psutil knows)."""
+    import os
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    try:
+        import psutil
+
+        logical, physical = psutil.cpu_count(), psutil.cpu_count(logical=False)
+        if logical and physical and logical > physical:
+            usable = max(1, usable * physical // logical)
+    except ImportError:
+        pass
+    return max(1, usable)
 
 
 class TrainConfig(BaseModel):
@@ -49,8 +68,10 @@ class TrainConfig(BaseModel):
     augment: bool = Field(True, description="random flip + small affine jitter")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    fold_workers: int = Field(1, ge=1, description="train the K cross-fitted folds in this many processes at once "
-                              "(spawned; one per free core); 1 = one after another. Not part of the fold keys")
+    fold_workers: int | Literal["auto"] = Field(
+        1, description="train the K cross-fitted folds in this many spawned processes at once, each with "
+        "threads_per_fold_worker torch threads; 1 = one after another in this process; auto = min(folds, physical "
+        "cores) on a CPU, 1 on CUDA. Not part of the fold keys")
     num_threads: int = Field(1, ge=1, le=2, description="torch CPU threads; 1 by default: on 2 shared cores two threads thrashed (28 vs 475 img/s measured)")
     # Target branch (eqs. 1-4) and SCN.
     phi: float = Field(0.8, gt=0, lt=1, description="ULC-AG high-confidence ratio")
@@ -60,6 +81,15 @@ class TrainConfig(BaseModel):
     scn_delta: float = Field(0.2, ge=0, description="SCN relabel margin delta_2")
     scn_rr_weight: float = Field(0.5, ge=0, le=1, description="SCN gamma in gamma*RR + (1-gamma)*WCE")
     relabel_start: float = Field(0.34, ge=0, le=1, description="fraction of epochs before in-training relabeling (SCN: 10/40, ULC-AG: after the 10-epoch warm-up)")
+    # EAC (Zhang et al., ECCV 2022): CE on randomly erased images + flip consistency of the class activation maps.
+    eac_lambda: float = Field(0.3, ge=0, description="weight of EAC's consistency loss MSE(CAM(x), flip(CAM(flip x))) "
+                              "(paper: 5 with a pretrained ResNet-50). 0.3: the best of 5, 1, 0.3, 0.1 on 3,500 FER2013 "
+                              "train rows with the compact CNN (5 and 1 kept it from learning within 6 epochs; "
+                              "benchmarks/results/eac.md)")
+    eac_erase_p: float = Field(0.5, ge=0, le=1, description="EAC: probability that an image gets a random-erasing "
+                               "rectangle (torchvision RandomErasing's default, as in the EAC code)")
+    eac_erase_scale: tuple[float, float] = Field((0.02, 0.25), description="EAC: erased area as a fraction of the "
+                                                 "image, min and max (EAC code: RandomErasing(scale=(0.02, 0.25)))")
     # Auxiliary branch (eqs. 5-13).
     au_dim: int = Field(16, ge=1, description="per-AU node feature size d of the linear map f -> M x d")
     gcn_channels: int = Field(64, ge=1, description="channels of each GCN layer (paper: 64)")
@@ -84,6 +114,25 @@ class TrainConfig(BaseModel):
         "CUDA, and on CPUs with native bf16 (AVX512-BF16), where the default CPU network cross-fits FER2013 1.9x "
         "faster with the same flag F1 and final-label accuracy (benchmarks/results/noise_real_full.md); bf16: "
         "always; off: float32 everywhere")
+
+    @field_validator("fold_workers")
+    @classmethod
+    def _positive_workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("fold_workers must be >= 1 or 'auto'")
+        return v
+
+    def resolved_fold_workers(self, n_folds: int) -> int:
+        """Processes that train `n_folds` cross-fitted folds at once (1 = in this process)."""
+        if self.fold_workers == "auto":
+            want = 1 if self.resolved_device() == "cuda" else physical_cores()
+        else:
+            want = int(self.fold_workers)
+        return max(1, min(want, n_folds))
+
+    def threads_per_fold_worker(self, workers: int) -> int:
+        """torch threads of each fold process: the cores shared out, at most num_threads' limit (2), at least 1."""
+        return max(1, min(2, physical_cores() // max(workers, 1)))
 
     def resolved_amp(self) -> bool:
         """Whether training and cross-fit scoring run under bfloat16 autocast."""

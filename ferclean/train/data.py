@@ -1,18 +1,16 @@
-"""Input preparation for training: crop decoding, pseudo AUs, the AU graph and augmentation."""
+"""Input preparation for training: crop decoding, pseudo AUs and the AU graph (augmentation: ferclean.train.augment)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ferclean.au_graph import cooccurrence_graph  # noqa: F401  (re-exported; eq. 5 lives in ferclean.au_graph)
 from ferclean.aus.names import PRESENCE_AUS
+from ferclean.train.augment import augment, random_erase, to_tensor  # noqa: F401  (re-exported)
 
 #: OpenFace 2.0 AU presence set (the `aus` table's AUxx_c columns); defined in ferclean.aus.names.
 OPENFACE_AUS: tuple[str, ...] = PRESENCE_AUS
@@ -54,12 +52,6 @@ def decode_crops(crops: Sequence[bytes | np.ndarray | str | Path], size: int) ->
     return out
 
 
-def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W) uint8 -> (N, 1, H, W) float32 in [-1, 1]."""
-    t = torch.as_tensor(images)
-    return t.to(torch.float32).unsqueeze(1) / 127.5 - 1.0
-
-
 def prototype_aus(labels: Sequence[str], au_names: Sequence[str] = OPENFACE_AUS) -> np.ndarray:
     """(N, M) float32 0/1 pseudo AU presence from EMFACS prototypes of the given labels."""
     idx = {a: j for j, a in enumerate(au_names)}
@@ -69,24 +61,3 @@ def prototype_aus(labels: Sequence[str], au_names: Sequence[str] = OPENFACE_AUS)
             if au in idx:
                 out[i, idx[au]] = 1.0
     return out
-
-
-def augment(x: torch.Tensor, generator: torch.Generator | None = None,
-            max_rot_deg: float = 10.0, scale: float = 0.1, shift: float = 0.08) -> torch.Tensor:
-    """Random horizontal flip + small rotation/scale/shift per image (x: (N, 1, H, W))."""
-    n = x.shape[0]
-    dev = x.device
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator).to(dev) * (hi - lo) + lo
-
-    ang = u(-max_rot_deg, max_rot_deg) * math.pi / 180.0
-    s = u(1.0 - scale, 1.0 + scale)
-    flip = torch.where(torch.rand(n, generator=generator).to(dev) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.stack([
-        torch.stack([cos * flip, -sin, u(-shift, shift)], dim=1),
-        torch.stack([sin * flip, cos, u(-shift, shift)], dim=1),
-    ], dim=1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)

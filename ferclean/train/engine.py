@@ -11,6 +11,10 @@ Methods:
   high/low groups is the detached softmax p(y) because alpha is not trained (paper: alpha is
   "calculated but not applied").
 - ulcag: both branches, total loss eq. 11 with ramps eq. 12-13 (beta = warm-up epoch).
+- eac: Erasing Attention Consistency (Zhang et al., ECCV 2022): each augmented batch x gets random
+  erasing, x' is its mirror; both go through the network in one batch; loss = CE(x, y) +
+  eac_lambda * MSE(CAM(x), flip(CAM(x'))) with CAM_c = sum_k w_{c,k} F_k over the backbone's
+  feature maps F before pooling and the classifier weights w, for every class.
 
 Auxiliary branch schedule: during the first `aux_warmup` fraction of the epochs only the target
 loss trains; templates are still tracked (EMA over batches, eq. 8). From the warm-up epoch the
@@ -32,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ferclean.train import losses as L
+from ferclean.train.augment import augment, random_erase, to_tensor
 from ferclean.train.config import TrainConfig
-from ferclean.train.data import augment, to_tensor
 from ferclean.train.models import FERNet, build_model
 
 AUX_METHODS = ("ulcag", "ulcag_aux")
@@ -147,8 +151,8 @@ def fit(
             start = state["epoch"] + 1
             resumed_scale = float(state.get("logit_scale", 1.0))
 
-    warm = int(round(cfg.aux_warmup * cfg.epochs))
-    relabel_epoch = int(round(cfg.relabel_start * cfg.epochs))
+    warm = round(cfg.aux_warmup * cfg.epochs)
+    relabel_epoch = round(cfg.relabel_start * cfg.epochs)
     gamma_sum, gamma_n = 0.0, 0
     for epoch in range(start, cfg.epochs):
         model.train()
@@ -160,7 +164,7 @@ def fit(
         aux_on = method in AUX_METHODS and epoch >= warm
         lam1 = L.ramp_target(epoch, warm) if method in AUX_METHODS else 1.0
         lam2 = L.ramp_aux(epoch, warm) if aux_on else 0.0
-        tot_loss, tot_ok, tot_n, n_relabel = 0.0, 0, 0, 0
+        tot_loss, tot_ok, tot_n, n_relabel, tot_cons = 0.0, 0, 0, 0, 0.0
         gamma_sum, gamma_n = 0.0, 0
         t0 = time.perf_counter()
         for b in range(0, n, cfg.batch_size):
@@ -170,15 +174,26 @@ def fit(
             x = to_tensor(imgs[idx].to(device, non_blocking=True))  # uint8 over the bus, float on the device
             if cfg.augment:
                 x = augment(x, gen)
+            eac = method == "eac"
+            if eac:  # erased images and their mirrors in one batch (BatchNorm sees both)
+                x = random_erase(x, gen, cfg.eac_erase_p, tuple(cfg.eac_erase_scale))
+                x = torch.cat([x, torch.flip(x, dims=[3])])
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(cur[idx.numpy()], device=device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x, with_aux=graph is not None)
+                out = model(x, with_aux=graph is not None, maps=eac)
             logits = out["logits"].float()
             alpha = out["alpha"].float()
             relabeled = None
-            if method == "ce":
+            if eac:
+                m = len(idx)
+                cams = model.class_activation_maps(out["maps"])  # float32
+                cons = L.flip_consistency(cams[:m], cams[m:])
+                logits, alpha = logits[:m], alpha[:m]
+                loss = F.cross_entropy(logits, y) + cfg.eac_lambda * cons
+                tot_cons += float(cons.detach()) * m
+            elif method == "ce":
                 loss = F.cross_entropy(logits, y)
             elif method == "scn":
                 wce = L.logit_weighted_ce(logits, y, alpha)
@@ -233,6 +248,8 @@ def fit(
         row = {"method": method, "epoch": epoch, "loss": tot_loss / max(tot_n, 1), "acc": tot_ok / max(tot_n, 1),
                "lr": cfg.lr * factor, "lambda1": lam1, "lambda2": lam2, "relabeled": n_relabel,
                "changed_total": int((cur != labels).sum()), "seconds": secs, "samples_per_s": tot_n / max(secs, 1e-9)}
+        if method == "eac":
+            row["consistency"] = tot_cons / max(tot_n, 1)
         history.append(row)
         if cfg.checkpoint and ckpt_path is not None:
             _save_atomic({"epoch": epoch, "n": n, "method": method, "model": model.state_dict(),
@@ -242,6 +259,20 @@ def fit(
             log(row)
     scale = gamma_sum / gamma_n if gamma_n else resumed_scale
     return FitResult(model=model, method=method, labels=cur, templates=templates, logit_scale=scale, history=history)
+
+
+def fit_and_score_fold(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, method: str,
+                       cfg: TrainConfig, aus: np.ndarray | None, a_bar: np.ndarray | None, ckpt: Path | None,
+                       log: Callable[[dict[str, Any]], None] | None = None) -> tuple[FitResult, dict[str, Any]]:
+    """Train one cross-fitted fold and score its held-out images.
+
+    Lives here, not in the stage module, so a spawned fold worker unpickles it by importing only
+    torch and ferclean.train's engine modules (not the store, sklearn and the verdict code).
+    """
+    res = fit(train_images, train_labels, method, cfg, aus, a_bar, ckpt_path=ckpt, log=log)
+    out = predict(res.model, test_images, method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
+                  amp=cfg.resolved_amp())
+    return res, out
 
 
 @torch.no_grad()
@@ -288,7 +319,7 @@ def predict(
         embs.append((e_acc / k).cpu())
         if use_sem:
             dists.append(L.cosine_distance(s_acc / k, templates.to(dev).float()).cpu())
-    cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+    cat = lambda xs: torch.cat(xs).numpy() if xs else None
     return {
         "probs": cat(probs),
         "alpha": cat(alphas) if method in ALPHA_METHODS else None,

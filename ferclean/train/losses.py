@@ -47,7 +47,7 @@ def rank_regularization(alpha: torch.Tensor, ratio: float, margin: float) -> tor
     n = int(alpha.numel())
     if n < 2:
         return alpha.sum() * 0.0
-    k = min(max(int(round(ratio * n)), 1), n - 1)
+    k = min(max(round(ratio * n), 1), n - 1)
     ordered, _ = torch.sort(alpha.reshape(-1), descending=True)
     return torch.clamp(margin - (ordered[:k].mean() - ordered[k:].mean()), min=0.0)
 
@@ -55,7 +55,7 @@ def rank_regularization(alpha: torch.Tensor, ratio: float, margin: float) -> tor
 def high_confidence_mask(alpha: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean (N,) mask of the top round(ratio * N) confidences (ties broken by position)."""
     n = int(alpha.numel())
-    k = min(max(int(round(ratio * n)), 1), n)
+    k = min(max(round(ratio * n), 1), n)
     idx = torch.argsort(alpha.reshape(-1), descending=True, stable=True)[:k]
     mask = torch.zeros(n, dtype=torch.bool, device=alpha.device)
     mask[idx] = True
@@ -170,5 +170,15 @@ def step_lr_factor(epoch: int, epochs: int, milestones: tuple[float, ...] = (1 /
     ULC-AG divides the LR by 10 at epochs 10 and 20 of 30; here at fractions `milestones` of
     `epochs` (epoch is 0-based).
     """
-    n = sum(1 for m in milestones if epoch >= int(round(m * epochs)))
+    n = sum(1 for m in milestones if epoch >= round(m * epochs))
     return gamma**n
+
+
+def flip_consistency(cam: torch.Tensor, cam_of_flipped: torch.Tensor) -> torch.Tensor:
+    """EAC's attention consistency (Zhang et al., ECCV 2022): MSE(CAM(x), flip(CAM(flip(x)))).
+
+    cam: (N, C, h, w) class activation maps of the images; cam_of_flipped: the maps of their
+    horizontal mirrors, flipped back here along the width. Zero for a flip-equivariant network.
+    Returns a scalar (mean over every element).
+    """
+    return F.mse_loss(cam, torch.flip(cam_of_flipped, dims=[3]))

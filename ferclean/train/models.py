@@ -6,8 +6,8 @@ Inputs are (N, 1, H, W) float tensors (grayscale, normalised to [-1, 1]).
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def _block(cin: int, cout: int, dropout: float) -> nn.Sequential:
@@ -39,8 +39,12 @@ class CompactCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out_dim = chans[-1]
 
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, out_dim, h, w) maps of the last block, before global pooling (EAC's class activation maps)."""
+        return self.features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return F.adaptive_avg_pool2d(self.feature_maps(x), 1).flatten(1)
 
 
 def resnet18_backbone(input_size: int, in_channels: int = 1, pretrained: str | None = None) -> nn.Module:
@@ -67,6 +71,16 @@ def resnet18_backbone(input_size: int, in_channels: int = 1, pretrained: str | N
     return net
 
 
+def feature_maps(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, D, h, w) maps of `backbone` before its global average pooling; their spatial mean is
+    `backbone(x)`. CompactCNN has `feature_maps`; a torchvision ResNet runs its stem and layers."""
+    if hasattr(backbone, "feature_maps"):
+        return backbone.feature_maps(x)
+    b = backbone
+    x = b.maxpool(b.relu(b.bn1(b.conv1(x))))  # type: ignore[operator]
+    return b.layer4(b.layer3(b.layer2(b.layer1(x))))  # type: ignore[operator]
+
+
 class GraphConv(nn.Module):
     """X' = LeakyReLU(A_bar X W) (eq. 6); A_bar is a fixed (M, M) row-normalised buffer."""
 
@@ -82,7 +96,8 @@ class FERNet(nn.Module):
     """Shared backbone -> target branch (classifier W, attention W_a) + AU-graph branch.
 
     forward(x) returns a dict: feat (N, D), logits (N, C), alpha (N,), and when the graph exists
-    au_logits (N, M) and sem (N, M * G) (flattened GCN node outputs = semantic feature s_i).
+    au_logits (N, M) and sem (N, M * G) (flattened GCN node outputs = semantic feature s_i); with
+    maps=True also maps (N, D, h, w), the backbone's feature maps before pooling (feat = their mean).
     """
 
     def __init__(self, backbone: nn.Module, n_classes: int, a_bar: torch.Tensor | None,
@@ -108,8 +123,9 @@ class FERNet(nn.Module):
         mods = [self.node_map, self.gcn1, self.gcn2]
         return [p for m in mods for p in m.parameters()] + [self.au_weight, self.au_bias]
 
-    def forward(self, x: torch.Tensor, with_aux: bool = True) -> dict[str, torch.Tensor]:
-        feat = self.backbone(x)
+    def forward(self, x: torch.Tensor, with_aux: bool = True, maps: bool = False) -> dict[str, torch.Tensor]:
+        fmaps = feature_maps(self.backbone, x) if maps else None
+        feat = self.backbone(x) if fmaps is None else fmaps.mean(dim=(2, 3))
         out = {
             "feat": feat,
             "logits": self.classifier(feat),
@@ -120,7 +136,13 @@ class FERNet(nn.Module):
             h = self.gcn2(self.gcn1(nodes, self.a_bar), self.a_bar)  # (N, M, G)
             out["au_logits"] = (h * self.au_weight).sum(-1) + self.au_bias
             out["sem"] = h.flatten(1)
+        if fmaps is not None:
+            out["maps"] = fmaps
         return out
+
+    def class_activation_maps(self, fmaps: torch.Tensor) -> torch.Tensor:
+        """CAM_c = sum_k w_{c,k} F_k for every class c (no bias): (N, D, h, w) -> (N, C, h, w), float32."""
+        return torch.einsum("ck,nkhw->nchw", self.classifier.weight.float(), fmaps.float())
 
 
 def build_model(backbone: str, n_classes: int, a_bar: torch.Tensor | None, input_size: int,

@@ -23,16 +23,22 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
+from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
+from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
-from ferclean.aus.stage import REFERENCE_FILE
-from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view
 from ferclean.noise import decide, final_labels, mix_views, noise_matrix, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
-from ferclean.train.engine import AUX_METHODS, FitResult, fit, predict
+from ferclean.train.engine import (
+    AUX_METHODS,
+    FitResult,
+    fit,
+    fit_and_score_fold,
+    predict,
+)
 from ferclean.train.model_io import probs_in_classes, save_model
 
 
@@ -57,16 +63,6 @@ def fold_assignment(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     for f, (_, test) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(labels, strat)):
         folds[test] = f
     return folds
-
-
-def fit_and_score_fold(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray, method: str,
-                       cfg: TrainConfig, aus: np.ndarray | None, a_bar: np.ndarray | None, ckpt: Path | None,
-                       log: Callable[[dict[str, Any]], None] | None = None) -> tuple[FitResult, dict[str, Any]]:
-    """Train one fold and score its held-out images (module level: a spawned process runs it)."""
-    res = fit(train_images, train_labels, method, cfg, aus, a_bar, ckpt_path=ckpt, log=log)
-    out = predict(res.model, test_images, method, res.templates, res.logit_scale, tta_flip=cfg.tta_flip,
-                  amp=cfg.resolved_amp())
-    return res, out
 
 
 def crossfit(
@@ -97,10 +93,10 @@ def crossfit(
     has_alpha = has_sem = False
     todo = [k for k in range(cfg.folds) if skip_fold is None or not skip_fold(k)]
 
-    def job(k: int) -> tuple:
+    def job(k: int, base: TrainConfig = cfg) -> tuple:
         tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         ckpt = None if ckpt_dir is None else Path(ckpt_dir) / f"{method}-fold{k}.pt"
-        return (images[tr], labels[tr], images[te], method, cfg.model_copy(update={"seed": cfg.seed + k}),
+        return (images[tr], labels[tr], images[te], method, base.model_copy(update={"seed": cfg.seed + k}),
                 None if aus is None else aus[tr], a_bar, ckpt)
 
     def finish(k: int, res: FitResult, out: dict[str, Any]) -> None:
@@ -118,13 +114,16 @@ def crossfit(
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
 
-    if cfg.fold_workers > 1 and len(todo) > 1:  # folds in spawned processes; each is finished as it ends
+    workers = cfg.resolved_fold_workers(len(todo))
+    if workers > 1:  # folds in spawned processes; each is finished as it ends
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        # one torch thread per process when the processes fill the cores (two threads each thrashed)
+        wcfg = cfg.model_copy(update={"num_threads": cfg.threads_per_fold_worker(workers)})
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(cfg.fold_workers, len(todo)), mp_context=ctx) as ex:
-            futures = {ex.submit(fit_and_score_fold, *job(k)): k for k in todo}
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+            futures = {ex.submit(fit_and_score_fold, *job(k, wcfg)): k for k in todo}
             for fut in as_completed(futures):
                 k = futures[fut]
                 res, out = fut.result()
@@ -143,7 +142,7 @@ def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: 
                      probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None) -> pa.Table:
     """Contract `predictions` rows (+ extra column class_order, the comma-joined class list)."""
     n = len(sample_ids)
-    clip = lambda a, hi: np.clip(np.asarray(a, np.float32), 0.0, hi)  # noqa: E731
+    clip = lambda a, hi: np.clip(np.asarray(a, np.float32), 0.0, hi)
     return pa.table({
         "run_id": [run_id] * n,
         "sample_id": list(sample_ids),
@@ -373,7 +372,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
         keys.add(fkey)
-        summary.update({"model_dir": str(model_dir.path), "final_train_samples": int(len(use)),
+        summary.update({"model_dir": str(model_dir.path), "final_train_samples": len(use),
                         "final_labels_changed": int((fin[use] != labels[use]).sum())})
     stale = {k for k in store.part_keys("predictions") if k.startswith("train-") and k not in keys}
     store.keep_only("predictions", store.part_keys("predictions") - stale)
