@@ -202,8 +202,9 @@ def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool 
     t_all = time.perf_counter()
     for r in rows:
         img = read_image(r["path"]).pixels
+        tried: list[str] = []
         t0 = time.perf_counter()
-        recs = analyze_image(img, backend, cfg, mmod=mmod)
+        recs = analyze_image(img, backend, cfg, mmod=mmod, tried=tried)
         dt = time.perf_counter() - t0
         prim = next((x for x in recs if x["is_primary"]), None)
         path = prim["detector"] if prim else "no_face"
@@ -221,12 +222,12 @@ def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool 
             k["found"] += hit
             pp["faces_found"] += hit
             if not hit:
-                misses.append({"path": r["path"], "kind": r["kind"], "got": path})
+                misses.append({"path": r["path"], "kind": r["kind"], "got": path, "tried": tried})
         else:
             k["false_faces"] += prim is not None
             pp["false_faces"] += prim is not None
             if prim is not None:
-                false.append({"path": r["path"], "kind": r["kind"], "got": path})
+                false.append({"path": r["path"], "kind": r["kind"], "got": path, "tried": tried})
     wall = time.perf_counter() - t_all
     n_faces = sum(r["is_face"] for r in rows)
     n_non = len(rows) - n_faces

@@ -13,9 +13,12 @@ import pytest
 
 from ferclean.faces import FacesConfig, analyze_image, get_backend, load_image, run_faces
 from ferclean.faces.geometry import apply_affine
+from ferclean.faces.backends import Detection
 from ferclean.faces.recall import (
     MEAN_SHAPE,
+    View,
     box_to_work,
+    find_faces,
     fit_residual,
     looks_like_face_crop,
     padded_view,
@@ -106,3 +109,74 @@ def test_stage_reports_paths_and_rejects(tmp_path: Path):
     assert "smaller than 16 px" in msgs["dot"]
     det = {r["sample_id"]: r["detector"] for r in store.read("faces", ["sample_id", "detector"]).to_pylist()}
     assert det == {"face": "dlib", "tight": "dlib_padded"}
+
+
+class _Stub:
+    """A backend that finds one face (score `scores[n]`) on the n-th view any stub of `calls` sees."""
+
+    def __init__(self, name: str, calls: list, scores: dict[int, float] | None = None):
+        self.name, self.calls, self.scores = name, calls, scores or {}
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        n = len(self.calls)
+        self.calls.append(image.shape[:2])
+        return [Detection((10.0, 10.0, 20.0, 20.0), self.scores[n])] if n in self.scores else []
+
+
+def _find(work: np.ndarray, cfg: FacesConfig, scores: dict[int, float] | None = None):
+    calls: list = []
+    hog, cnn = _Stub("dlib", calls, scores), _Stub("dlib_cnn", calls, scores)
+    tried: list[str] = []
+    dets, name, view = find_faces(work, hog, cfg, lambda: cnn, tried)
+    return dets, name, view, tried, calls
+
+
+ALL_PATHS = ["dlib", "dlib_padded", "dlib_rotated(-30)", "dlib_rotated(30)", "dlib_rotated(-15)",
+             "dlib_rotated(15)", "dlib_rotated(-45)", "dlib_rotated(45)", "mmod", "mmod_rotated(-30)",
+             "mmod_rotated(30)", "mmod_large"]
+
+
+def test_second_chances_run_cheapest_first_and_stop_at_the_first_face():
+    work = np.full((350, 300), 120, np.uint8)  # padded copy 584 px: larger than mmod_max_side (400)
+    cfg = FacesConfig()
+    dets, name, _, tried, calls = _find(work, cfg)
+    assert dets == [] and name == "" and tried == ALL_PATHS  # nothing found: every pass, in this order
+    assert calls[8] == (400, 366) and calls[11] == (584, 534)  # mmod at 400 px, mmod_large unscaled (< 600)
+    assert max(calls[9]) == max(calls[10]) == 400  # rotated copies for MMOD scaled to 400 px too
+    for k, path in enumerate(ALL_PATHS):
+        dets, name, view, tried, calls = _find(work, cfg, {k: 1.0})
+        assert tried == ALL_PATHS[: k + 1] and len(dets) == 1
+        assert name == path.split("(")[0] and view.image.shape[:2] == calls[k]
+        c = apply_affine(np.array([[150.0, 175.0]]), view.to_view)[0]  # every view keeps the image centred
+        assert c == pytest.approx([view.image.shape[1] / 2, view.image.shape[0] / 2], abs=1.0)
+
+
+def test_weak_faces_on_rotated_copies_are_ignored():
+    work = np.full((200, 200), 120, np.uint8)
+    cfg = FacesConfig(mmod=False)
+    floor = cfg.rotated_min_score
+    dets, name, *_ = _find(work, cfg, {2: floor - 0.01, 7: floor})
+    assert name == "dlib_rotated" and dets[0].score == floor  # the -30 copy's face was too weak
+    assert _find(work, cfg, {1: 0.01})[1] == "dlib_padded"  # no floor on the padded copy
+
+
+def test_mmod_large_only_when_the_first_mmod_pass_saw_a_smaller_copy():
+    small = np.full((200, 200), 120, np.uint8)  # padded copy 334 px <= mmod_max_side: nothing to enlarge
+    assert _find(small, FacesConfig())[3] == ALL_PATHS[:-1]
+    off = FacesConfig(mmod_rotate_degrees=(), mmod_large_side=None, rotate_degrees=())
+    assert _find(np.full((350, 300), 120, np.uint8), off)[3] == ["dlib", "dlib_padded", "mmod"]
+
+
+def test_a_face_turned_on_its_side_is_found_by_a_45_degree_copy():
+    """Old passes (HOG at +-30, then MMOD upright): only the ~1 s MMOD pass found it; now HOG at +-45."""
+    img = cv2.resize(load_image(str(FEAT_DATA / "single_face.jpg")), (240, 236), interpolation=cv2.INTER_AREA)
+    x, y, w, h = get_backend("dlib").detect(img)[0].bbox
+    turn = rotated_view(View(img, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])), 90.0)
+    truth = apply_affine(np.array([[x + w / 2, y + h / 2]]), turn.to_view)[0]
+    tried: list[str] = []
+    recs = analyze_image(turn.image, get_backend("dlib"), FacesConfig(landmarks="dlib", mmod=False), tried=tried)
+    assert [r["detector"] for r in recs] == ["dlib_rotated"] and tried[-1] == "dlib_rotated(-45)"
+    bx, by, bw, bh = recs[0]["bbox"]
+    assert np.hypot(bx + bw / 2 - truth[0], by + bh / 2 - truth[1]) < 0.3 * w  # the box mapped back onto the face
+    old = FacesConfig(landmarks="dlib", mmod=False, rotate_degrees=(-30.0, 30.0))
+    assert analyze_image(turn.image, get_backend("dlib"), old) == []

@@ -56,9 +56,20 @@ class FacesConfig(BaseModel):
         "image that looks like one face crop, the full frame (crop_fallback); see ferclean.faces.recall")
     pad_fraction: float = Field(1 / 3, ge=0.05, le=1.0, description="border of the padded copy, as a share of the longer side")
     rotate_degrees: tuple[float, ...] = Field(
-        (-30.0, 30.0), description="degrees the padded copy is rotated by for the rotated pass (HOG covers ~±15)")
+        (-30.0, 30.0, -15.0, 15.0, -45.0, 45.0), description="degrees the padded copy is rotated by for the rotated "
+        "passes, tried in this order until one finds a face (HOG covers ~±15 on its own)")
+    rotated_min_score: float = Field(
+        0.25, description="HOG score a face found on a rotated copy must reach (rotated textures give weak detections, "
+        "0.0-0.22 on the development check set)")
     mmod: bool = Field(True, description="second chance with dlib's MMOD CNN detector (~0.5-1 s per image on a CPU)")
     mmod_max_side: int = Field(400, ge=64, description="px; the padded copy is scaled down to this for MMOD (its cost grows with the area)")
+    mmod_rotate_degrees: tuple[float, ...] = Field(
+        (-30.0, 30.0), description="degrees the padded copy is rotated by for MMOD passes after the upright one "
+        "(path mmod_rotated; tilted faces HOG's rotated passes miss; each ~1x the first MMOD pass's cost)")
+    mmod_large_side: int | None = Field(
+        600, ge=64, description="px; when MMOD at mmod_max_side finds nothing on a padded copy larger than that, MMOD "
+        "again on the copy scaled to this side (path mmod_large; small faces in large frames; ~2x the first MMOD "
+        "pass's cost); None = off")
     crop_fallback: bool = Field(
         False, description="photos mode, last chance (opt-in): take the whole image as the face (detector full_frame) "
         "when it looks like one face crop: aspect <= crop_max_aspect, shorter side >= crop_min_side, 68-point fit on "

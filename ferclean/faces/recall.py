@@ -26,7 +26,7 @@ so detections and landmarks found in a view map back exactly (:func:`to_work`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -98,7 +98,7 @@ def rotated_view(view: View, degrees: float) -> View:
     h, w = view.image.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), degrees, 1.0)
     c, s = abs(m[0, 0]), abs(m[0, 1])
-    nw, nh = int(round(h * s + w * c)), int(round(h * c + w * s))
+    nw, nh = round(h * s + w * c), round(h * c + w * s)
     m[0, 2] += nw / 2.0 - w / 2.0
     m[1, 2] += nh / 2.0 - h / 2.0
     out = cv2.warpAffine(view.image, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -155,6 +155,23 @@ def looks_like_face_crop(image: np.ndarray, lm68: np.ndarray, config: FacesConfi
 
 
 
+def _mmod_views(padded: View, config: FacesConfig) -> Iterator[tuple[str, View]]:
+    """(name, view) of the MMOD passes, cheapest first: the padded copy at mmod_max_side, rotated
+    by each of mmod_rotate_degrees, then at mmod_large_side (only when the padded copy is larger
+    than mmod_max_side, i.e. the first pass saw it scaled down)."""
+    small = scaled_view(padded, config.mmod_max_side)
+    yield "mmod", small
+    for deg in config.mmod_rotate_degrees:
+        yield f"mmod_rotated({deg:g})", scaled_view(rotated_view(padded, deg), config.mmod_max_side)
+    if config.mmod_large_side is not None and max(padded.image.shape[:2]) > config.mmod_max_side:
+        yield "mmod_large", scaled_view(padded, config.mmod_large_side)
+
+
+def _strong(dets: list[Detection], min_score: float) -> list[Detection]:
+    """The detections whose score reaches `min_score` (scoreless ones are kept)."""
+    return [d for d in dets if d.score is None or d.score >= min_score]
+
+
 def find_faces(
     work: np.ndarray,
     backend: FaceBackend,
@@ -181,13 +198,13 @@ def find_faces(
     for deg in config.rotate_degrees:
         view = rotated_view(padded, deg)
         tried.append(f"{backend.name}_rotated({deg:g})")
-        dets = backend.detect(view.image)
+        dets = _strong(backend.detect(view.image), config.rotated_min_score)
         if dets:
             return dets, f"{backend.name}_rotated", view
     if config.mmod and mmod is not None and backend.name != "dlib_cnn":
-        view = scaled_view(padded, config.mmod_max_side)
-        tried.append("mmod")
-        dets = mmod().detect(view.image)
-        if dets:
-            return dets, "mmod", view
+        for name, view in _mmod_views(padded, config):
+            tried.append(name)
+            dets = mmod().detect(view.image)
+            if dets:
+                return dets, name.split("(")[0], view
     return [], "", base
