@@ -151,13 +151,17 @@ def test_second_chances_run_cheapest_first_and_stop_at_the_first_face():
         assert c == pytest.approx([view.image.shape[1] / 2, view.image.shape[0] / 2], abs=1.0)
 
 
-def test_weak_faces_on_rotated_copies_are_ignored():
+def test_weak_faces_on_rotated_copies_are_ignored_and_on_the_padded_copy_kept_last():
     work = np.full((200, 200), 120, np.uint8)
     cfg = FacesConfig(mmod=False)
     floor = cfg.rotated_min_score
     dets, name, *_ = _find(work, cfg, {2: floor - 0.01, 7: floor})
     assert name == "dlib_rotated" and dets[0].score == floor  # the -30 copy's face was too weak
-    assert _find(work, cfg, {1: 0.01})[1] == "dlib_padded"  # no floor on the padded copy
+    dets, name, _, tried, _ = _find(work, cfg, {1: 0.01})  # a weak face on the padded copy: the search goes on,
+    assert name == "dlib_padded" and dets[0].score == 0.01 and len(tried) == 8  # and keeps it when nothing else finds one
+    dets, name, *_ = _find(work, cfg, {1: 0.01, 6: floor})
+    assert name == "dlib_rotated" and dets[0].score == floor  # a later, stronger face wins
+    assert _find(work, cfg, {1: cfg.padded_min_score})[3] == ["dlib", "dlib_padded"]  # a strong one ends it
 
 
 def test_mmod_large_only_when_the_first_mmod_pass_saw_a_smaller_copy():

@@ -55,6 +55,9 @@ class FacesConfig(BaseModel):
         "copy padded by pad_fraction of its side, rotated by rotate_degrees, with dlib's MMOD CNN (mmod), and, for an "
         "image that looks like one face crop, the full frame (crop_fallback); see ferclean.faces.recall")
     pad_fraction: float = Field(1 / 3, ge=0.05, le=1.0, description="border of the padded copy, as a share of the longer side")
+    padded_min_score: float = Field(
+        0.25, description="a face found on the padded copy with a lower HOG score does not end the search: the later "
+        "passes run, and the weak face is kept only when none of them finds a face")
     rotate_degrees: tuple[float, ...] = Field(
         (-30.0, 30.0, -15.0, 15.0, -45.0, 45.0), description="degrees the padded copy is rotated by for the rotated "
         "passes, tried in this order until one finds a face (HOG covers ~±15 on its own)")

@@ -193,8 +193,9 @@ def find_faces(
     padded = padded_view(work, config.pad_fraction, config.detect_max_side)
     tried.append(f"{backend.name}_padded")
     dets = backend.detect(padded.image)
-    if dets:
+    if _strong(dets, config.padded_min_score):
         return dets, f"{backend.name}_padded", padded
+    weak = (dets, f"{backend.name}_padded", padded) if dets else ([], "", base)  # kept if nothing else finds one
     for deg in config.rotate_degrees:
         view = rotated_view(padded, deg)
         tried.append(f"{backend.name}_rotated({deg:g})")
@@ -207,4 +208,4 @@ def find_faces(
             dets = mmod().detect(view.image)
             if dets:
                 return dets, name.split("(")[0], view
-    return [], "", base
+    return weak
