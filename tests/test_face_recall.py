@@ -11,12 +11,19 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ferclean.faces import FacesConfig, analyze_image, get_backend, load_image, run_faces
-from ferclean.faces.geometry import apply_affine
+from ferclean.faces import (
+    FacesConfig,
+    analyze_image,
+    get_backend,
+    load_image,
+    run_faces,
+)
 from ferclean.faces.backends import Detection
+from ferclean.faces.geometry import apply_affine
 from ferclean.faces.recall import (
     MEAN_SHAPE,
     View,
+    box_iou,
     box_to_work,
     find_faces,
     fit_residual,
@@ -28,7 +35,7 @@ from ferclean.faces.recall import (
 from ferclean.runs import open_run
 from ferclean.store import Store
 
-FEAT_DATA = Path(list(importlib.util.find_spec("feat").submodule_search_locations)[0]) / "tests" / "data"
+FEAT_DATA = Path(next(iter(importlib.util.find_spec("feat").submodule_search_locations))) / "tests" / "data"
 
 
 def test_views_map_points_there_and_back():
@@ -64,7 +71,7 @@ def test_tight_crop_is_found_on_the_padded_copy():
     eyes = np.stack([lm[36:42].mean(0), lm[42:48].mean(0)])
     assert (eyes > 0).all() and (eyes < 300).all() and eyes[0, 0] < eyes[1, 0]  # eyes inside, left of right
     assert abs(eyes[0, 1] - eyes[1, 1]) < 15 and 60 < eyes[1, 0] - eyes[0, 0] < 200
-    x, y, w, h = r["bbox"]
+    x, _y, w, _h = r["bbox"]
     assert w > 200 and x + w / 2 == pytest.approx(150, abs=40)  # the face fills the frame
 
 
@@ -112,20 +119,23 @@ def test_stage_reports_paths_and_rejects(tmp_path: Path):
 
 
 class _Stub:
-    """A backend that finds one face (score `scores[n]`) on the n-th view any stub of `calls` sees."""
+    """A backend that finds one 20 px face (score `scores[n]`) on the n-th view any stub of `calls`
+    sees: at the view's centre (the image's centre in every view), or its corner for n in `corner`."""
 
-    def __init__(self, name: str, calls: list, scores: dict[int, float] | None = None):
-        self.name, self.calls, self.scores = name, calls, scores or {}
+    def __init__(self, name: str, calls: list, scores: dict[int, float] | None = None, corner: tuple[int, ...] = ()):
+        self.name, self.calls, self.scores, self.corner = name, calls, scores or {}, corner
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         n = len(self.calls)
         self.calls.append(image.shape[:2])
-        return [Detection((10.0, 10.0, 20.0, 20.0), self.scores[n])] if n in self.scores else []
+        h, w = image.shape[:2]
+        box = (0.0, 0.0, 20.0, 20.0) if n in self.corner else (w / 2 - 10, h / 2 - 10, 20.0, 20.0)
+        return [Detection(box, self.scores[n])] if n in self.scores else []
 
 
-def _find(work: np.ndarray, cfg: FacesConfig, scores: dict[int, float] | None = None):
+def _find(work: np.ndarray, cfg: FacesConfig, scores: dict[int, float] | None = None, corner: tuple[int, ...] = ()):
     calls: list = []
-    hog, cnn = _Stub("dlib", calls, scores), _Stub("dlib_cnn", calls, scores)
+    hog, cnn = _Stub("dlib", calls, scores, corner), _Stub("dlib_cnn", calls, scores, corner)
     tried: list[str] = []
     dets, name, view = find_faces(work, hog, cfg, lambda: cnn, tried)
     return dets, name, view, tried, calls
@@ -159,9 +169,17 @@ def test_weak_faces_on_rotated_copies_are_ignored_and_on_the_padded_copy_kept_la
     assert name == "dlib_rotated" and dets[0].score == floor  # the -30 copy's face was too weak
     dets, name, _, tried, _ = _find(work, cfg, {1: 0.01})  # a weak face on the padded copy: the search goes on,
     assert name == "dlib_padded" and dets[0].score == 0.01 and len(tried) == 8  # and keeps it when nothing else finds one
+    dets, name, *_ = _find(work, cfg, {1: 0.01, 6: floor}, corner=(1,))
+    assert name == "dlib_rotated" and dets[0].score == floor  # a later face elsewhere wins,
     dets, name, *_ = _find(work, cfg, {1: 0.01, 6: floor})
-    assert name == "dlib_rotated" and dets[0].score == floor  # a later, stronger face wins
+    assert name == "dlib_padded" and dets[0].score == 0.01  # one on the same spot confirms the weak HOG box
     assert _find(work, cfg, {1: cfg.padded_min_score})[3] == ["dlib", "dlib_padded"]  # a strong one ends it
+
+
+def test_box_iou():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0 and box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
 
 
 def test_mmod_large_only_when_the_first_mmod_pass_saw_a_smaller_copy():

@@ -167,6 +167,30 @@ def _mmod_views(padded: View, config: FacesConfig) -> Iterator[tuple[str, View]]
         yield "mmod_large", scaled_view(padded, config.mmod_large_side)
 
 
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes (0 when either is empty)."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0.0, iw) * max(0.0, ih)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+Found = tuple[list[Detection], str, View]
+
+
+def _confirmed(found: Found, weak: Found, min_iou: float = 0.3) -> Found:
+    """`weak` (a weak padded-copy face) when a box of `found` overlaps one of its boxes (IoU >= min_iou,
+    working px): the later pass confirms it, and the HOG box is the one dlib's 68-point predictor
+    was trained on. Otherwise `found`."""
+    if weak[0]:
+        mine = [box_to_work(weak[2].to_view, d.bbox) for d in weak[0]]
+        theirs = [box_to_work(found[2].to_view, d.bbox) for d in found[0]]
+        if any(box_iou(a, b) >= min_iou for a in mine for b in theirs):
+            return weak
+    return found
+
+
 def _strong(dets: list[Detection], min_score: float) -> list[Detection]:
     """The detections whose score reaches `min_score` (scoreless ones are kept)."""
     return [d for d in dets if d.score is None or d.score >= min_score]
@@ -178,7 +202,7 @@ def find_faces(
     config: FacesConfig,
     mmod: Callable[[], FaceBackend] | None = None,
     tried: list[str] | None = None,
-) -> tuple[list[Detection], str, View]:
+) -> Found:
     """Detections (in the returned view's px) and the path that found them; [] when none did.
 
     `mmod` returns dlib's CNN detector (loaded on first use). `tried` (optional) receives the
@@ -195,17 +219,18 @@ def find_faces(
     dets = backend.detect(padded.image)
     if _strong(dets, config.padded_min_score):
         return dets, f"{backend.name}_padded", padded
-    weak = (dets, f"{backend.name}_padded", padded) if dets else ([], "", base)  # kept if nothing else finds one
+    # a weak face here does not end the search; it is kept if nothing else finds a face, or a later pass's overlaps it
+    weak = (dets, f"{backend.name}_padded", padded) if dets else ([], "", base)
     for deg in config.rotate_degrees:
         view = rotated_view(padded, deg)
         tried.append(f"{backend.name}_rotated({deg:g})")
         dets = _strong(backend.detect(view.image), config.rotated_min_score)
         if dets:
-            return dets, f"{backend.name}_rotated", view
+            return _confirmed((dets, f"{backend.name}_rotated", view), weak)
     if config.mmod and mmod is not None and backend.name != "dlib_cnn":
         for name, view in _mmod_views(padded, config):
             tried.append(name)
             dets = mmod().detect(view.image)
             if dets:
-                return dets, name.split("(")[0], view
+                return _confirmed((dets, name.split("(")[0], view), weak)
     return weak
