@@ -51,9 +51,10 @@ class FacesConfig(BaseModel):
         False, description="landmarks='fastlm': also run the network on the mirrored image and average (2x the "
         "network's cost; slightly steadier points). dlib+fastlm always does this")
     second_chance: bool = Field(
-        True, description="photos mode: when the detector finds nothing, try again before rejecting as no_face: on a "
-        "copy padded by pad_fraction of its side, rotated by rotate_degrees, with dlib's MMOD CNN (mmod), and, for an "
-        "image that looks like one face crop, the full frame (crop_fallback); see ferclean.faces.recall")
+        True, description="photos mode: when the detector finds nothing, try again before rejecting as no_face, cheapest "
+        "first: on a copy padded by pad_fraction of its side, rotated by rotate_degrees, with dlib's MMOD CNN (mmod: "
+        "upright, rotated by mmod_rotate_degrees, larger), and, for an image that looks like one face crop, the full "
+        "frame (crop_fallback); see ferclean.faces.recall")
     pad_fraction: float = Field(1 / 3, ge=0.05, le=1.0, description="border of the padded copy, as a share of the longer side")
     padded_min_score: float = Field(
         0.25, description="a face found on the padded copy with a lower HOG score does not end the search: the later "
@@ -64,7 +65,8 @@ class FacesConfig(BaseModel):
     rotated_min_score: float = Field(
         0.25, description="HOG score a face found on a rotated copy must reach (rotated textures give weak detections, "
         "0.0-0.22 on the development check set)")
-    mmod: bool = Field(True, description="second chance with dlib's MMOD CNN detector (~0.5-1 s per image on a CPU)")
+    mmod: bool = Field(True, description="second chances with dlib's MMOD CNN detector (~0.5-1 s per pass on a CPU; up "
+                       "to 1 + len(mmod_rotate_degrees) + 1 passes per image nothing else found)")
     mmod_max_side: int = Field(400, ge=64, description="px; the padded copy is scaled down to this for MMOD (its cost grows with the area)")
     mmod_rotate_degrees: tuple[float, ...] = Field(
         (-30.0, 30.0), description="degrees the padded copy is rotated by for MMOD passes after the upright one "
