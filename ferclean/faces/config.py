@@ -51,14 +51,30 @@ class FacesConfig(BaseModel):
         False, description="landmarks='fastlm': also run the network on the mirrored image and average (2x the "
         "network's cost; slightly steadier points). dlib+fastlm always does this")
     second_chance: bool = Field(
-        True, description="photos mode: when the detector finds nothing, try again before rejecting as no_face: on a "
-        "copy padded by pad_fraction of its side, rotated by rotate_degrees, with dlib's MMOD CNN (mmod), and, for an "
-        "image that looks like one face crop, the full frame (crop_fallback); see ferclean.faces.recall")
+        True, description="photos mode: when the detector finds nothing, try again before rejecting as no_face, cheapest "
+        "first: on a copy padded by pad_fraction of its side, rotated by rotate_degrees, with dlib's MMOD CNN (mmod: "
+        "upright, rotated by mmod_rotate_degrees, larger), and, for an image that looks like one face crop, the full "
+        "frame (crop_fallback); see ferclean.faces.recall")
     pad_fraction: float = Field(1 / 3, ge=0.05, le=1.0, description="border of the padded copy, as a share of the longer side")
+    padded_min_score: float = Field(
+        0.25, description="a face found on the padded copy with a lower HOG score does not end the search: the later "
+        "passes run, and the weak face is kept only when none of them finds a face")
     rotate_degrees: tuple[float, ...] = Field(
-        (-30.0, 30.0), description="degrees the padded copy is rotated by for the rotated pass (HOG covers ~±15)")
-    mmod: bool = Field(True, description="second chance with dlib's MMOD CNN detector (~0.5-1 s per image on a CPU)")
+        (-30.0, 30.0, -15.0, 15.0, -45.0, 45.0), description="degrees the padded copy is rotated by for the rotated "
+        "passes, tried in this order until one finds a face (HOG covers ~±15 on its own)")
+    rotated_min_score: float = Field(
+        0.25, description="HOG score a face found on a rotated copy must reach (rotated textures give weak detections, "
+        "0.0-0.22 on the development check set)")
+    mmod: bool = Field(True, description="second chances with dlib's MMOD CNN detector (~0.5-1 s per pass on a CPU; up "
+                       "to 1 + len(mmod_rotate_degrees) + 1 passes per image nothing else found)")
     mmod_max_side: int = Field(400, ge=64, description="px; the padded copy is scaled down to this for MMOD (its cost grows with the area)")
+    mmod_rotate_degrees: tuple[float, ...] = Field(
+        (-30.0, 30.0), description="degrees the padded copy is rotated by for MMOD passes after the upright one "
+        "(path mmod_rotated; tilted faces HOG's rotated passes miss; each ~1x the first MMOD pass's cost)")
+    mmod_large_side: int | None = Field(
+        600, ge=64, description="px; when MMOD at mmod_max_side finds nothing on a padded copy larger than that, MMOD "
+        "again on the copy scaled to this side (path mmod_large; small faces in large frames; ~2x the first MMOD "
+        "pass's cost); None = off")
     crop_fallback: bool = Field(
         False, description="photos mode, last chance (opt-in): take the whole image as the face (detector full_frame) "
         "when it looks like one face crop: aspect <= crop_max_aspect, shorter side >= crop_min_side, 68-point fit on "
