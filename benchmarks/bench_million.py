@@ -46,13 +46,19 @@ def env() -> dict[str, str]:
             "FERCLEAN_NO_PROGRESS": "1"}
 
 
-def run_measured(cmd: list[str]) -> dict:
-    """Run `cmd`; wall seconds and peak RSS (bytes) of it and all its descendants."""
+def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
+    """Run `cmd`; wall seconds, CPU seconds (user + sys of it and its reaped descendants) and peak RSS
+    (MB, the largest sum over it and all its descendants, sampled every 0.2 s). With `progress`, the
+    peak so far is written there every 10 s (numbers survive a run stopped before it ends)."""
+    import resource
+
     import psutil
 
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
+    last = [t0]
     done = threading.Event()
 
     def sample() -> None:
@@ -71,6 +77,10 @@ def run_measured(cmd: list[str]) -> dict:
             except psutil.Error:
                 pass
             peak[0] = max(peak[0], total)
+            if progress is not None and time.perf_counter() - last[0] > 10:
+                last[0] = time.perf_counter()
+                progress.write_text(json.dumps({"cmd": cmd[3], "elapsed_s": round(last[0] - t0, 1),
+                                                "peak_rss_mb": round(peak[0] / 2**20, 1)}))
             done.wait(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -78,9 +88,12 @@ def run_measured(cmd: list[str]) -> dict:
     out, _ = proc.communicate()
     done.set()
     th.join()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{out[-4000:]}")
-    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak[0] / 2**20, 1), "log_tail": out[-1500:]}
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu, 1),
+            "peak_rss_mb": round(peak[0] / 2**20, 1), "log_tail": out[-1500:]}
 
 
 def du_mb(path: Path) -> float:
@@ -174,17 +187,23 @@ def bench(n: int, args: argparse.Namespace, model: Path) -> dict:
     cfg.write_text(json.dumps({"faces": FACES_CONFIG}))
     rc = run_measured([sys.executable, "-m", "ferclean.cli", "relabel-collection", str(coll / "manifest.csv"),
                        "--model", str(model), "--out", str(out), "--config", str(cfg), "--workers", str(args.workers),
-                       "--no-progress"])
+                       "--no-progress"], progress=args.work / f"progress_{n}_relabel.json")
     stages = stage_times(out)
-    issues = run_measured([sys.executable, "-c", ISSUES_SNIPPET, str(out), str(model)])
+    issues = run_measured([sys.executable, "-c", ISSUES_SNIPPET, str(out), str(model)],
+                          progress=args.work / f"progress_{n}_issues.json")
     line = next((x for x in issues["log_tail"].splitlines() if x.startswith("SUMMARY ")), None)
+    issue_parts = {}
     if line:
-        stages["dataset_issues"] = round(json.loads(line[8:])["wall_s"], 1)
+        summary = json.loads(line[8:])
+        stages["dataset_issues"] = round(summary["wall_s"], 1)
+        issue_parts = {k: v for k, v in summary["summary"].items() if k.endswith("_s")}
     res = {
         "n": n, "workers": args.workers, "cpus": os.cpu_count(), "date": datetime.now().isoformat(timespec="seconds"),
         "collection": gen, "relabel_collection": {k: v for k, v in rc.items() if k != "log_tail"},
         "dataset_issues": {k: v for k, v in issues.items() if k != "log_tail"},
         "stage_s": stages,
+        "dataset_issues_parts_s": issue_parts,
+        "cpu_s_per_image": {"relabel_collection": round(rc["cpu_s"] / n, 5), "dataset_issues": round(issues["cpu_s"] / n, 5)},
         "images_per_s": {k: round(n / v, 1) for k, v in stages.items() if v > 0},
         "end_to_end_images_per_s": round(n / (rc["wall_s"] + issues["wall_s"]), 1),
         "out_disk_mb": du_mb(out),

@@ -9,8 +9,7 @@ reads the store (predictions, the AU view's probabilities, the primary faces' qu
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pyarrow.compute as pc
 from ferclean.au_view import AU_VIEW_METHOD, combine
 from ferclean.classes import FER7
 from ferclean.dataset_issues.issues import sample_issue_reasons
+from ferclean.inference import INFER_BATCH
 from ferclean.model_dir import ModelDir
 from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public names)
     QUALITY_FLAGS,
@@ -323,7 +323,7 @@ def _class_order(preds: pa.Table) -> list[str]:
 
 def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, config: RelabelConfig,
                      collection: str | None = None, progress: bool = True, *, batch_size: int = 8192,
-                     threads: int | None = 1, infer_batch: int = 128, embedding_sample: int = 20_000) -> dict[str, Any]:
+                     threads: int | None = 1, infer_batch: int = INFER_BATCH, embedding_sample: int = 20_000) -> dict[str, Any]:
     """Apply a saved model to samples (optionally one collection) without training.
 
     Writes `predictions` rows (method = the model's method and the AU view's, fold = -1; part keys
@@ -335,9 +335,9 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     (probabilities, alpha and semantic distances as float32, AU-view probabilities as float64, the label
     index: about 130 bytes a row) and a uniform sample of `embedding_sample` embeddings for the domain-shift
     guard's spread (exact up to that many rows). threads: torch threads for inference (None = leave
-    torch's setting); infer_batch: images per forward pass (128 with channels-last memory was fastest
-    on CPU, benchmarks/results/million.md).
+    torch's setting) and infer_batch (images per forward pass): :func:`ferclean.inference.inference_settings`.
     """
+    from ferclean.inference import inference_settings
     from ferclean.score_inputs import iter_score_batches
     from ferclean.train.data import decode_crops
     from ferclean.train.model_io import load_model, score
@@ -354,7 +354,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     written: dict[str, list[str]] = {method: [], AU_VIEW_METHOD: []}
     acc = _ScoreAccumulator(embedding_sample)
     au_absent = "absent (the model folder has no AU view)" if view is None else None
-    with _inference_settings(model, threads):
+    with inference_settings(model, threads):
         for b, batch in enumerate(iter_score_batches(store, collection, view_names, batch_size)):
             probs, alpha, sem, emb = score(model, decode_crops(batch.crops, size), batch_size=infer_batch)
             key = f"{base}-{method}-{b:05d}"
@@ -494,23 +494,6 @@ class _SparseFlags(Sequence):
 
     def __getitem__(self, i):  # type: ignore[override]
         return self.flags.get(int(i), [])
-
-
-@contextmanager
-def _inference_settings(model: Any, threads: int | None) -> Iterator[None]:
-    """Channels-last weights and `threads` torch threads while scoring (restored after). On the 2-core
-    benchmark machine, 1 thread + channels-last + 128 images a pass took 2.1 ms/image of CPU against
-    5.9 ms with torch's defaults (2 threads, contiguous, 512: threads spin against the other processes)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    model.net.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _remove_stale_parts(store: Any, base: str, keep: Sequence[str]) -> None:

@@ -105,24 +105,29 @@ def cosine_pairs_blocked(
     return np.stack([np.concatenate(out_i), np.concatenate(out_j)], 1).astype(np.int64), np.concatenate(out_s)
 
 
-def load_embedder(model_dir: Path | ModelDir, batch: int = 512) -> Callable[[Sequence[bytes]], np.ndarray] | None:
+def load_embedder(model_dir: Path | ModelDir, batch: int = 512,
+                  threads: int | None = 1) -> Callable[[Sequence[bytes]], np.ndarray] | None:
     """A function mapping aligned PNG crops to embeddings (n, d) float32, or None without a model.
 
     Loads ``ferclean.train.model_io.load_model(model_dir)`` once; the function calls
     ``ferclean.train.model_io.score(model, crops)`` (-> probs, alpha, sem_dist, embeddings) in batches.
-    None when the folder holds no trained model (the train stage has not run yet).
+    None when the folder holds no trained model (the train stage has not run yet). threads: torch threads
+    while embedding (:func:`ferclean.inference.inference_settings`).
     """
     if not ModelDir(model_dir).exists():
         return None
-    from ferclean.train.model_io import load_model, score  # torch: only when a model is used
+    # torch: only when a model is used
+    from ferclean.inference import INFER_BATCH, inference_settings
+    from ferclean.train.model_io import load_model, score
 
     model = load_model(model_dir)
 
     def embed(crops: Sequence[bytes]) -> np.ndarray:
         parts = []
-        for s in range(0, len(crops), batch):
-            *_, emb = score(model, list(crops[s : s + batch]))
-            parts.append(np.asarray(emb, dtype=np.float32).reshape(len(crops[s : s + batch]), -1))
+        with inference_settings(model, threads):
+            for s in range(0, len(crops), batch):
+                *_, emb = score(model, list(crops[s : s + batch]), batch_size=min(batch, INFER_BATCH))
+                parts.append(np.asarray(emb, dtype=np.float32).reshape(len(crops[s : s + batch]), -1))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     return embed
