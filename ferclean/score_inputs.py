@@ -52,7 +52,7 @@ def usable_au_columns(store: Any, au_names: Sequence[str]) -> list[str] | None:
 
 
 def iter_score_batches(store: Any, collection: str | None, au_names: Sequence[str] | None,
-                       batch_size: int = 8192, memory_limit: str = "1GB") -> Iterator[ScoreBatch]:
+                       batch_size: int = 8192, memory_limit: str = "256MB") -> Iterator[ScoreBatch]:
     """Batches of at most `batch_size` scoreable samples (a primary face with a crop; of `collection`
     when given). `au_names`: the AU intensities wanted (e.g. the AU view's inputs), or None."""
     faces = _schema_names(store, "faces")
@@ -90,6 +90,10 @@ def _duckdb_batches(store: Any, collection: str | None, au_cols: list[str] | Non
         con.execute(f"SET memory_limit = '{memory_limit}'")
         con.execute(f"SET temp_directory = '{tmp}'")
         con.execute("SET preserve_insertion_order = false")
+        # keep the query's join order: faces (with the crops) is the streamed probe side, samples and aus are
+        # the hash tables; DuckDB's optimiser would otherwise build on the filtered faces (all crops in memory)
+        con.execute("SET disabled_optimizers = 'join_order'")
+        con.execute("SET threads = 1")
         reader = con.sql(query, params=params or None).to_arrow_reader(batch_size)
         pending: list[pa.RecordBatch] = []
         n = 0

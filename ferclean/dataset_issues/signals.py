@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from ferclean.dataset_issues.clusters import group_pairs
 from ferclean.dataset_issues.config import DatasetIssuesConfig
+from ferclean.dataset_issues.embeddings import EmbeddingBlocks
 from ferclean.dataset_issues.face_space import (
     FaceSpace,
     appearance_evidence,
@@ -134,7 +135,7 @@ class Signals:
         self.detected = np.zeros(n, bool)  # a face detector confirmed the primary face
         self.has_face_row = np.zeros(n, bool)
         self.flags: list[list[str] | None] = [None] * n
-        self.embedding: np.ndarray | None = None
+        self.embedding: EmbeddingBlocks | None = None  # model embeddings, on disk block by block
 
 
 def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssuesConfig, from_crop: bool) -> None:
@@ -158,7 +159,7 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     sig.no_detection[:] = 1.0  # no face row at all = no face found
     want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
     cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
-    emb_idx, emb_parts = [], []
+    blocks = EmbeddingBlocks(store.root) if embed is not None else None
     for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
         sids = t.column("sample_id").to_pylist()
         rows = [pos.get(s, -1) for s in sids]
@@ -179,13 +180,10 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
             crops = [crops[k] for k in keep]
             if cfg.hash_source in ("auto", "crop"):
                 store_hashes(sig, idx, crops, cfg, from_crop=True)
-            if embed is not None:
-                emb_idx.append(idx)
-                emb_parts.append(embed(crops))
-    if emb_parts:
-        dim = emb_parts[0].shape[1]
-        sig.embedding = np.full((len(sig.phash), dim), np.nan, np.float32)
-        sig.embedding[np.concatenate(emb_idx)] = np.concatenate(emb_parts)
+            if blocks is not None:
+                blocks.add(idx, embed(crops))
+    if blocks is not None and blocks.dim:
+        sig.embedding = blocks
     return True
 
 
