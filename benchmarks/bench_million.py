@@ -79,7 +79,7 @@ def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
             peak[0] = max(peak[0], total)
             if progress is not None and time.perf_counter() - last[0] > 10:
                 last[0] = time.perf_counter()
-                progress.write_text(json.dumps({"cmd": cmd[3], "elapsed_s": round(last[0] - t0, 1),
+                progress.write_text(json.dumps({"cmd": cmd[3][:40], "elapsed_s": round(last[0] - t0, 1),
                                                 "peak_rss_mb": round(peak[0] / 2**20, 1)}))
             done.wait(0.2)
 
@@ -245,10 +245,10 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     model = train_model(args.work, args.fer_dir, args.workers)
     path = RESULTS / "million.json"
-    rows = json.loads(path.read_text()) if path.exists() else []
     for n in args.n:
         r = bench(n, args, model)
         print(json.dumps(r, indent=1))
+        rows = json.loads(path.read_text()) if path.exists() else []  # re-read: another size may run alongside
         rows.append(r)
         path.write_text(json.dumps(rows, indent=1))
         (RESULTS / "million.md").write_text(to_markdown(rows))
