@@ -493,7 +493,10 @@ class _SparseFlags(Sequence):
         return self.n
 
     def __getitem__(self, i):  # type: ignore[override]
-        return self.flags.get(int(i), [])
+        i = int(i)
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.flags.get(i % self.n, [])
 
 
 def _remove_stale_parts(store: Any, base: str, keep: Sequence[str]) -> None:
