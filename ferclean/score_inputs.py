@@ -52,7 +52,7 @@ def usable_au_columns(store: Any, au_names: Sequence[str]) -> list[str] | None:
 
 
 def iter_score_batches(store: Any, collection: str | None, au_names: Sequence[str] | None,
-                       batch_size: int = 8192, memory_limit: str = "256MB") -> Iterator[ScoreBatch]:
+                       batch_size: int = 8192) -> Iterator[ScoreBatch]:
     """Batches of at most `batch_size` scoreable samples (a primary face with a crop; of `collection`
     when given). `au_names`: the AU intensities wanted (e.g. the AU view's inputs), or None."""
     faces = _schema_names(store, "faces")
@@ -64,53 +64,46 @@ def iter_score_batches(store: Any, collection: str | None, au_names: Sequence[st
     if "is_primary" not in faces or (au_cols and "face_index" not in aus):
         yield from _small_tables(store, collection, au_cols, batch_size)
         return
-    yield from _duckdb_batches(store, collection, au_cols, faces, samples, batch_size, memory_limit)
+    yield from _stream_batches(store, collection, au_cols, faces, batch_size)
 
 
-def _duckdb_batches(store: Any, collection: str | None, au_cols: list[str] | None, faces: list[str],
-                    samples: list[str], batch_size: int, memory_limit: str) -> Iterator[ScoreBatch]:
-    import duckdb
-
-    flags = "f.quality_flags" if "quality_flags" in faces else "NULL::VARCHAR[]"
-    au_select = "".join(f', CAST(a."{c}" AS DOUBLE) AS "{c}"' for c in au_cols or [])
-    au_join = (f"LEFT JOIN read_parquet({_sql_list(store.part_files('aus'))}, union_by_name=true) a "
-               "ON a.sample_id = f.sample_id AND a.face_index = f.face_index") if au_cols else ""
-    where = "f.is_primary AND f.crop_png IS NOT NULL"
-    params: list[Any] = []
-    if collection is not None and "collection" in samples:
-        where += " AND s.collection = ?"
-        params.append(collection)
-    query = (f"SELECT f.sample_id, s.label_original, f.crop_png, {flags} AS quality_flags{au_select} "
-             f"FROM read_parquet({_sql_list(store.part_files('faces'))}, union_by_name=true) f "
-             f"JOIN read_parquet({_sql_list(store.part_files('samples'))}, union_by_name=true) s "
-             f"ON s.sample_id = f.sample_id {au_join} WHERE {where}")
-    con = duckdb.connect()
-    try:
-        tmp = store.root / ".duckdb_tmp"
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-        con.execute(f"SET temp_directory = '{tmp}'")
-        con.execute("SET preserve_insertion_order = false")
-        # keep the query's join order: faces (with the crops) is the streamed probe side, samples and aus are
-        # the hash tables; DuckDB's optimiser would otherwise build on the filtered faces (all crops in memory)
-        con.execute("SET disabled_optimizers = 'join_order'")
-        con.execute("SET threads = 1")
-        reader = con.sql(query, params=params or None).to_arrow_reader(batch_size)
-        pending: list[pa.RecordBatch] = []
-        n = 0
-        for rb in reader:
-            if not rb.num_rows:
-                continue
-            pending.append(rb)
-            n += rb.num_rows
-            while n >= batch_size:
-                t = pa.Table.from_batches(pending)
-                yield _to_batch(t.slice(0, batch_size), au_cols)
-                rest = t.slice(batch_size)
-                pending, n = rest.to_batches(), rest.num_rows
-        if n:
-            yield _to_batch(pa.Table.from_batches(pending), au_cols)
-    finally:
-        con.close()
+def _stream_batches(store: Any, collection: str | None, au_cols: list[str] | None, faces: list[str],
+                    batch_size: int) -> Iterator[ScoreBatch]:
+    """Primary faces streamed part by part (:meth:`ferclean.store.Store.iter_part_batches`: one batch of crops
+    in memory); the given labels
+    and the primary faces' AU intensities come from compact lookups held for the run (Arrow ids + labels,
+    float32 AUs: ~110 bytes a sample), matched per batch with a hash lookup (pc.index_in)."""
+    cols = ["sample_id"] + (["collection"] if collection is not None and "collection" in _schema_names(store, "samples")
+                            else [])
+    flt = pc.field("collection") == collection if len(cols) > 1 else None
+    s = store.read("samples", columns=["sample_id", "label_original"], filter=flt)
+    s_ids, s_labels = s["sample_id"].combine_chunks(), s["label_original"].combine_chunks()
+    del s
+    a_ids = a_vals = None
+    if au_cols:
+        a = primary_aus(store, au_cols)
+        a_ids = a["sample_id"].combine_chunks()
+        a_vals = np.column_stack([a.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in au_cols])
+        del a
+    want = ["sample_id", "is_primary", "crop_png"] + (["quality_flags"] if "quality_flags" in faces else [])
+    for rb in store.iter_part_batches("faces", want, batch_size=batch_size):
+        t = pa.Table.from_batches([rb])
+        t = t.filter(pc.and_(pc.fill_null(t["is_primary"], False), pc.is_valid(t["crop_png"])))
+        li = pc.index_in(t["sample_id"], value_set=s_ids)
+        keep = pc.is_valid(li)
+        t, li = t.filter(keep), li.filter(keep)
+        if not t.num_rows:
+            continue
+        ids = t["sample_id"].to_pylist()
+        au = None
+        if au_cols:
+            ai = pc.index_in(t["sample_id"], value_set=a_ids).to_numpy(zero_copy_only=False)
+            au = np.full((len(ids), len(au_cols)), np.nan)
+            has = ~np.isnan(ai)
+            au[has] = a_vals[ai[has].astype(np.int64)]
+        flags = t["quality_flags"].to_pylist() if "quality_flags" in faces else [None] * len(ids)
+        yield ScoreBatch(ids, s_labels.take(li).to_pylist(), t["crop_png"].to_pylist(), [list(f or []) for f in flags],
+                         au)
 
 
 def _to_batch(t: pa.Table, au_cols: list[str] | None) -> ScoreBatch:
