@@ -449,3 +449,16 @@ def test_embedding_blocks_stream_the_same_centroid_distances_as_the_whole_matrix
     e = l2_normalize(emb[ok] - centre)
     cents = l2_normalize(np.stack([e[labels[ok] == c].mean(axis=0) for c in range(3)]))
     np.testing.assert_allclose(whole_nearest, (1 - e @ cents.T).min(axis=1), atol=1e-5)
+
+
+def test_exact_duplicate_edges_from_sha_codes_match_the_string_grouping():
+    """Issue 16: exact duplicates are grouped on the sha's dictionary code, not a fixed-width string array."""
+    import pyarrow as pa
+
+    from ferclean.dataset_issues.clusters import group_pairs
+
+    rng = np.random.default_rng(1)
+    shas = [f"{int(k):064x}" for k in rng.integers(0, 40, 300)]
+    codes = pa.array(shas).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    assert group_pairs(codes).tolist() == group_pairs(np.asarray(shas, dtype=object).astype(str)).tolist()
+    assert len(group_pairs(codes)) == 300 - len(set(shas))

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 
 from ferclean.dataset_issues.clusters import ClusterReport, analyze_clusters, group_pairs, union_clusters
 from ferclean.dataset_issues.config import DatasetIssuesConfig
@@ -78,7 +79,10 @@ class IssueContext:
         """Duplicate clusters joined by identical bytes, pHash (and mirror) edges and, when
         `embed_duplicates`, embedding edges."""
         cfg, sig, n = self.cfg, self.sig, self.n
-        sha_edges = group_pairs(np.asarray(self.shas, dtype=object).astype(str)) if n else np.zeros((0, 2), np.int64)
+        # identical bytes: group by the sha's dictionary code (a hash table; the earlier fixed-width unicode
+        # array cost 256 bytes a row and a string sort)
+        sha_codes = pa.array(self.shas, pa.string()).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        sha_edges = group_pairs(sha_codes) if n else np.zeros((0, 2), np.int64)
         edges, sims, methods, hstats = phash_edges(sig, cfg)
         edges = np.concatenate([sha_edges, edges])
         sims = np.concatenate([np.ones(len(sha_edges)), sims])
