@@ -460,5 +460,7 @@ def test_exact_duplicate_edges_from_sha_codes_match_the_string_grouping():
     rng = np.random.default_rng(1)
     shas = [f"{int(k):064x}" for k in rng.integers(0, 40, 300)]
     codes = pa.array(shas).dictionary_encode().indices.to_numpy(zero_copy_only=False)
-    assert group_pairs(codes).tolist() == group_pairs(np.asarray(shas, dtype=object).astype(str)).tolist()
+    # the same star edges (head = the group's first sample); only the order of the groups differs, which
+    # neither the union into clusters nor the edge summary depends on
+    assert sorted(group_pairs(codes).tolist()) == sorted(group_pairs(np.asarray(shas, dtype=object).astype(str)).tolist())
     assert len(group_pairs(codes)) == 300 - len(set(shas))
