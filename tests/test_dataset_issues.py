@@ -419,13 +419,13 @@ def test_nonface_evidence_flags_are_quality_flags():
 
 def test_embedding_blocks_stream_the_same_centroid_distances_as_the_whole_matrix(tmp_path):
     """Issue 16: the issue search keeps model embeddings on disk and reads them block by block."""
-    from ferclean.dataset_issues.embeddings import EmbeddingBlocks, centroid_distances_blocked, l2_normalize
+    from ferclean.dataset_issues import embeddings as E
 
     rng = np.random.default_rng(3)
     n, d = 103, 6
     emb = rng.normal(0.5, 1.0, (n, d)).astype(np.float32)
     labels = rng.integers(-1, 3, n)
-    blocks = EmbeddingBlocks(tmp_path, block_rows=10)
+    blocks = E.EmbeddingBlocks(tmp_path, block_rows=10)
     order = rng.permutation(n)
     missing = order[:5]  # five samples without an embedding (NaN rows are left out)
     for s in range(0, n, 17):
@@ -439,15 +439,15 @@ def test_embedding_blocks_stream_the_same_centroid_distances_as_the_whole_matrix
     np.testing.assert_allclose(blocks.mean(), centre, rtol=1e-5, atol=1e-6)
     dense = blocks.dense(n)
     assert np.isnan(dense[missing]).all() and np.array_equal(dense[ok], emb[ok])
-    rows, own, nearest = centroid_distances_blocked(blocks.blocks, labels, 3, blocks.mean())
+    rows, own, nearest = E.centroid_distances_blocked(blocks.blocks, labels, 3, blocks.mean())
     whole_own, whole_nearest = centroid_distances(emb[ok] - centre, labels[ok], 3)
     back = {r: k for k, r in enumerate(rows.tolist())}
     sel = [back[r] for r in ok.tolist()]
     np.testing.assert_allclose(own[sel], whole_own, atol=1e-5)
     np.testing.assert_allclose(nearest[sel], whole_nearest, atol=1e-5)
     # the reference maths, written out: 1 - cos to the mean of each class's unit vectors
-    e = l2_normalize(emb[ok] - centre)
-    cents = l2_normalize(np.stack([e[labels[ok] == c].mean(axis=0) for c in range(3)]))
+    e = E.l2_normalize(emb[ok] - centre)
+    cents = E.l2_normalize(np.stack([e[labels[ok] == c].mean(axis=0) for c in range(3)]))
     np.testing.assert_allclose(whole_nearest, (1 - e @ cents.T).min(axis=1), atol=1e-5)
 
 

@@ -46,7 +46,7 @@ def _rows(store, run_id: str) -> list[dict]:
 def test_batch_size_changes_nothing_and_stale_parts_are_removed(tmp_path):
     from ferclean.model_dir import ModelDir
 
-    store, ids = _trained_store(tmp_path)
+    store, _ = _trained_store(tmp_path)
     md = ModelDir.of_run(store.root)
     cfg = RelabelConfig(relabel_floor=0.0, trust="off")
     out, runs, preds = {}, {}, {}
