@@ -8,18 +8,32 @@ by :class:`IssueContext`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from ferclean.dataset_issues.clusters import ClusterReport, analyze_clusters, group_pairs, union_clusters
+from ferclean.dataset_issues.clusters import (
+    ClusterReport,
+    analyze_clusters,
+    group_pairs,
+    union_clusters,
+)
 from ferclean.dataset_issues.config import DatasetIssuesConfig
-from ferclean.dataset_issues.embeddings import centroid_distances_blocked, cosine_pairs_blocked, robust_z
+from ferclean.dataset_issues.embeddings import (
+    centroid_distances_blocked,
+    cosine_pairs_blocked,
+    robust_z,
+)
 from ferclean.dataset_issues.nonface import embedding_evidence
-from ferclean.dataset_issues.signals import Signals, edge_summary, face_space_evidence, phash_edges
+from ferclean.dataset_issues.signals import (
+    Signals,
+    edge_summary,
+    face_space_evidence,
+    phash_edges,
+)
 from ferclean.store import Store
 
 
@@ -56,10 +70,11 @@ class IssueContext:
     sig: Signals
     has_faces: bool
     progress: bool = False
-    pos: dict[str, int] = field(init=False)
+    pos: dict[str, int] | None = None  # sample_id -> row; built here when the caller has none
 
     def __post_init__(self) -> None:
-        self.pos = {s: i for i, s in enumerate(self.sample_ids)}
+        if self.pos is None:
+            self.pos = {s: i for i, s in enumerate(self.sample_ids)}
         # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
         self.emb_centre = self.sig.embedding.mean() if self.sig.embedding is not None else None
 
