@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ferclean.primary import primary_aus, primary_faces
+from ferclean.primary import iter_primary_faces, primary_aus, primary_faces
 
 
 @dataclass
@@ -69,7 +69,7 @@ def iter_score_batches(store: Any, collection: str | None, au_names: Sequence[st
 
 def _stream_batches(store: Any, collection: str | None, au_cols: list[str] | None, faces: list[str],
                     batch_size: int) -> Iterator[ScoreBatch]:
-    """Primary faces streamed part by part (:meth:`ferclean.store.Store.iter_part_batches`: one batch of crops
+    """Primary faces streamed part by part (:func:`ferclean.primary.iter_primary_faces`: one batch of crops
     in memory); the given labels
     and the primary faces' AU intensities come from compact lookups held for the run (Arrow ids + labels,
     float32 AUs: ~110 bytes a sample), matched per batch with a hash lookup (pc.index_in)."""
@@ -85,10 +85,9 @@ def _stream_batches(store: Any, collection: str | None, au_cols: list[str] | Non
         a_ids = a["sample_id"].combine_chunks()
         a_vals = np.column_stack([a.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in au_cols])
         del a
-    want = ["sample_id", "is_primary", "crop_png"] + (["quality_flags"] if "quality_flags" in faces else [])
-    for rb in store.iter_part_batches("faces", want, batch_size=batch_size):
-        t = pa.Table.from_batches([rb])
-        t = t.filter(pc.and_(pc.fill_null(t["is_primary"], False), pc.is_valid(t["crop_png"])))
+    want = ["crop_png"] + (["quality_flags"] if "quality_flags" in faces else [])
+    for t in iter_primary_faces(store, want, batch_size=batch_size):
+        t = t.filter(pc.is_valid(t["crop_png"]))
         li = pc.index_in(t["sample_id"], value_set=s_ids)
         keep = pc.is_valid(li)
         t, li = t.filter(keep), li.filter(keep)
