@@ -42,8 +42,9 @@ TRAIN_CONFIG = {"epochs": 3, "width": 16, "folds": 2, "checkpoint": False}
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "FERCLEAN_NO_PROGRESS": "1"}
+    # a loaded shared machine starts Prefect's temporary API slower than its 20 s default allows
+    return {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300", **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "FERCLEAN_NO_PROGRESS": "1"}
 
 
 def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
