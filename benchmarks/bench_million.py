@@ -219,14 +219,14 @@ def to_markdown(rows: list[dict]) -> str:
     stages = ["ingest", "faces", "aus", "score", "dataset_issues"]
     head = ("Synthetic collections of N jittered 48x48 FER2013 crops (files + manifest); model trained once on "
             "3,000 FER2013 rows; faces with `landmarks: fastlm`; dataset-issue search run after. "
-            "Shared 2-core machine (other engineers' jobs running, load average 5-9): wall times are upper "
+            "Shared 2-core machine (other engineers' jobs running, load average 5-12): wall times are upper "
             "bounds, CPU seconds (user + sys of the process tree) are the comparable cost.")
     lines = ["# relabel-collection at scale (benchmarks/bench_million.py)", "", head, "",
              "| N | date | relabel-collection wall s / CPU s | dataset_issues wall s / CPU s | CPU ms per image "
              "(relabel / issues) | peak RSS MB (relabel / issues) | collection MB | OUT MB | "
              + " | ".join(f"{s} s" for s in stages) + " |",
              "|" + "---|" * (8 + len(stages))]
-    for r in sorted(rows, key=lambda r: (r["date"], r["n"])):
+    for r in sorted((r for r in rows if not r.get("partial")), key=lambda r: (r["date"], r["n"])):
         rc, di = r["relabel_collection"], r["dataset_issues"]
         per = r.get("cpu_s_per_image")
         lines.append(
@@ -235,6 +235,12 @@ def to_markdown(rows: list[dict]) -> str:
             + (f"{per['relabel_collection'] * 1000:.2f} / {per['dataset_issues'] * 1000:.2f}" if per else "") + " | "
             f"{rc['peak_rss_mb']} / {di['peak_rss_mb']} | {r['collection']['disk_mb']} | {r['out_disk_mb']} | "
             + " | ".join(str(r["stage_s"].get(s, "")) for s in stages) + " |")
+    notes = [f"- {r['date'][:16]}, N = {r['n']:,}: {r['code']}" for r in rows if r.get("code")]
+    if notes:
+        lines += ["", "Code of each row:", *notes]
+    for r in (r for r in rows if r.get("partial")):
+        lines += ["", f"**Unfinished run, N = {r['n']:,}** ({r['note']}; measured at {r['measured_at']}):", "",
+                  "```json", json.dumps({k: v for k, v in r.items() if k not in ("note", "partial")}, indent=1), "```"]
     return "\n".join(lines) + "\n"
 
 
