@@ -215,6 +215,22 @@ def bench(n: int, args: argparse.Namespace, model: Path) -> dict:
     return res
 
 
+def issues_only(n: int, work: Path, model: Path) -> dict:
+    """The dataset-issue search alone on the kept OUT of an earlier --keep run of size n."""
+    r = run_measured([sys.executable, "-c", ISSUES_SNIPPET, str(work / f"out_{n}"), str(model)],
+                     progress=work / f"progress_{n}_issues_rerun.json")
+    line = next((x for x in r["log_tail"].splitlines() if x.startswith("SUMMARY ")), None)
+    summary = json.loads(line[8:])["summary"] if line else {}
+    res = {"n": n, "date": datetime.now().isoformat(timespec="seconds"), "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
+           "cpu_ms_per_image": round(r["cpu_s"] / n * 1000, 2), "peak_rss_mb": r["peak_rss_mb"],
+           "parts_s": {k: v for k, v in summary.items() if k.endswith("_s")},
+           "command": f"dataset-issue search alone (ISSUES_SNIPPET) on the kept OUT of the {n:,} run"}
+    path = RESULTS / "million_issues_rerun.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(rows + [res], indent=1))
+    return res
+
+
 def to_markdown(rows: list[dict]) -> str:
     stages = ["ingest", "faces", "aus", "score", "dataset_issues"]
     head = ("Synthetic collections of N jittered 48x48 FER2013 crops (files + manifest); model trained once on "
@@ -251,11 +267,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/ferclean_million"))
     ap.add_argument("--fer-dir", type=Path, default=FER_DEFAULT)
     ap.add_argument("--keep", action="store_true", help="keep each OUT folder")
+    ap.add_argument("--issues-only", action="store_true",
+                    help="rerun only the dataset-issue search on each kept WORK/out_N (after a --keep run); "
+                         "appends to benchmarks/results/million_issues_rerun.json")
     args = ap.parse_args()
     if not (args.fer_dir / "labels.csv").exists():
         sys.exit(f"FER2013 not found at {args.fer_dir} (../shared/data/fer2013)")
     args.work.mkdir(parents=True, exist_ok=True)
     model = train_model(args.work, args.fer_dir, args.workers)
+    if args.issues_only:
+        for n in args.n:
+            print(json.dumps(issues_only(n, args.work, model)))
+        return
     path = RESULTS / "million.json"
     for n in args.n:
         r = bench(n, args, model)
