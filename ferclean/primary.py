@@ -71,10 +71,14 @@ def iter_primary_faces(store: Any, columns: Sequence[str], batch_size: int = 409
         for off in range(0, t.num_rows, batch_size):
             yield t.slice(off, batch_size)
         return
-    for batch in dset.to_batches(columns=_with_key(columns, names), filter=pc.field("is_primary"),
-                                 batch_size=batch_size):
-        if batch.num_rows:
-            yield pa.Table.from_batches([batch])
+    # part by part with no read-ahead (Store.iter_part_batches): a dataset scan reads several parts ahead,
+    # which on the faces table (crops) peaked at 0.86 GB for 100k rows against 0.37 GB this way
+    cols = list(dict.fromkeys([*(_with_key(columns, names) or names), "is_primary"]))
+    for batch in store.iter_part_batches("faces", cols, batch_size=batch_size):
+        t = pa.Table.from_batches([batch])
+        t = t.filter(pc.fill_null(t["is_primary"], False))
+        if t.num_rows:
+            yield t if "is_primary" in (_with_key(columns, names) or names) else t.drop_columns(["is_primary"])
 
 
 def primary_keys(store: Any) -> pa.Table:

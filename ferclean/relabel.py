@@ -8,6 +8,7 @@ reads the store (predictions, the AU view's probabilities, the primary faces' qu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from ferclean.au_view import AU_VIEW_METHOD, combine
 from ferclean.classes import FER7
 from ferclean.dataset_issues.issues import sample_issue_reasons
+from ferclean.inference import INFER_BATCH
 from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
 from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public names)
     QUALITY_FLAGS,
@@ -89,8 +91,74 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
     reference_noise: the scoring model's training-data noise matrix (model.json label_noise) that caps the
     collection's own (`collection_noise` bounded; :func:`ferclean.noise.bounded_joint`).
     """
-    idx = {c: i for i, c in enumerate(classes)}
-    labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
+    v = verdicts(sample_ids, label_names, classes, probs, alpha, sem_dist, has_face, quality, cfg,
+                 issues=issues, au_probs=au_probs, trust=trust, review_reason=review_reason,
+                 model_accuracy=model_accuracy, reference_noise=reference_noise)
+    return v.rows(0, len(v.labels), list(sample_ids), list(label_names), run_id, method)
+
+
+class Verdicts:
+    """The decided verdicts of N scored samples; :meth:`rows` turns any slice of them into `relabels` rows
+    (so a large collection is written part by part)."""
+
+    def __init__(self, classes: Sequence[str], labels: np.ndarray, d: Decision, action: np.ndarray,
+                 final: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None):
+        self.classes, self.labels, self.d, self.action, self.final = list(classes), labels, d, action, final
+        self.alpha, self.sem_dist = alpha, sem_dist
+
+    def rows(self, start: int, stop: int, sample_ids: Sequence[str], label_names: Sequence[str | None],
+             run_id: str, method: str) -> pa.Table:
+        """`relabels` rows of samples start..stop-1 (sample_ids / label_names: those rows' values)."""
+        sl = slice(start, stop)
+        d, classes = self.d, self.classes
+        labels = self.labels[sl]
+        n = len(labels)
+        if not n:
+            return pa.table({})
+        now = datetime.now(UTC)
+        rows = np.arange(n)
+        sugg = d.suggested[sl]
+        sem_o = sem_s = None
+        if self.sem_dist is not None:
+            sem = self.sem_dist[sl]
+            sem_o = np.where(labels >= 0, sem[rows, np.maximum(labels, 0)], np.nan)
+            sem_s = sem[rows, sugg]
+        nan_to_none = lambda a: [None if (v is None or np.isnan(v)) else float(v) for v in a]
+        return pa.table({
+            "run_id": [run_id] * n,
+            "sample_id": list(sample_ids),
+            "label_original": list(label_names),
+            "label_suggested": [classes[s] for s in sugg],
+            "label_final": [classes[f] if f >= 0 else None for f in self.final[sl]],
+            "action": list(self.action[sl]),
+            "alpha": pa.nulls(n, pa.float32()) if self.alpha is None else [float(a) for a in self.alpha[sl]],
+            "p_original": nan_to_none(d.p_original[sl]),
+            "p_suggested": [float(v) for v in d.p_suggested[sl]],
+            "margin": nan_to_none(d.margin[sl]),
+            "sem_dist_original": pa.nulls(n, pa.float32()) if sem_o is None else nan_to_none(sem_o),
+            "sem_dist_suggested": pa.nulls(n, pa.float32()) if sem_s is None else [float(v) for v in sem_s],
+            "priority": nan_to_none(d.priority[sl]),
+            "method": [method] * n,
+            "reasons": d.reasons[sl],
+            "source": ["model"] * n,
+            "reviewer": pa.nulls(n, pa.string()),
+            "decided_at": [now] * n,
+        })
+
+
+def verdicts(sample_ids: Sequence[str], label_names: Sequence[str | None], classes: Sequence[str],
+             probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
+             has_face: np.ndarray, quality: Sequence[Sequence[str] | None], cfg: RelabelConfig,
+             issues: dict[str, list[str]] | None = None, au_probs: np.ndarray | None = None,
+             trust: dict[str, Any] | None = None, review_reason: str | None = None,
+             model_accuracy: float | None = None, labels: np.ndarray | None = None,
+             reference_noise: Any = None) -> Verdicts:
+    """The verdict rule over N scored samples (arguments as :func:`verdict_rows`; `labels`: the class
+    indices of `label_names` when the caller has them, -1 = none)."""
+    if labels is None:
+        idx = {c: i for i, c in enumerate(classes)}
+        labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
     acc = view_accuracies(labels, probs, au_probs) if cfg.trust == "auto" and cfg.rule == "bayes" else None
     if acc is None and model_accuracy is not None and cfg.trust == "auto" and cfg.rule == "bayes":
         acc = label_accuracy_given_model(labels, probs, model_accuracy)
@@ -111,34 +179,7 @@ def verdict_rows(sample_ids: Sequence[str], label_names: Sequence[str | None], c
     action = apply_face_rules(d.action, d.reasons, has_face, quality, cfg)
     if issues:
         action = apply_issue_rules(action, d.reasons, sample_ids, issues, cfg)
-    fin = final_labels(labels, action, d.suggested)
-    rows = np.arange(len(labels))
-    now = datetime.now(UTC)
-    sem_o = sem_s = None
-    if sem_dist is not None:
-        sem_o = np.where(labels >= 0, sem_dist[rows, np.maximum(labels, 0)], np.nan)
-        sem_s = sem_dist[rows, d.suggested]
-    nan_to_none = lambda a: [None if (v is None or np.isnan(v)) else float(v) for v in a]  # noqa: E731
-    return pa.table({
-        "run_id": [run_id] * len(rows),
-        "sample_id": list(sample_ids),
-        "label_original": list(label_names),
-        "label_suggested": [classes[s] for s in d.suggested],
-        "label_final": [classes[f] if f >= 0 else None for f in fin],
-        "action": list(action),
-        "alpha": pa.nulls(len(rows), pa.float32()) if alpha is None else [float(a) for a in alpha],
-        "p_original": nan_to_none(d.p_original),
-        "p_suggested": [float(v) for v in d.p_suggested],
-        "margin": nan_to_none(d.margin),
-        "sem_dist_original": pa.nulls(len(rows), pa.float32()) if sem_o is None else nan_to_none(sem_o),
-        "sem_dist_suggested": pa.nulls(len(rows), pa.float32()) if sem_s is None else [float(v) for v in sem_s],
-        "priority": nan_to_none(d.priority),
-        "method": [method] * len(rows),
-        "reasons": d.reasons,
-        "source": ["model"] * len(rows),
-        "reviewer": pa.nulls(len(rows), pa.string()),
-        "decided_at": [now] * len(rows),
-    }) if len(rows) else pa.table({})
+    return Verdicts(classes, labels, d, action, final_labels(labels, action, d.suggested), alpha, sem_dist)
 
 
 def audit_class_prior(store: Any, classes: Sequence[str], min_n: int = 100) -> tuple[list[float] | None, int]:
@@ -298,52 +339,190 @@ def _class_order(preds: pa.Table) -> list[str]:
 
 
 def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, config: RelabelConfig,
-                     collection: str | None = None, progress: bool = True) -> dict[str, Any]:
+                     collection: str | None = None, progress: bool = True, *, batch_size: int = 8192,
+                     threads: int | None = 1, infer_batch: int = INFER_BATCH, embedding_sample: int = 20_000) -> dict[str, Any]:
     """Apply a saved model to samples (optionally one collection) without training.
 
-    Writes `predictions` rows (method = the model's method, fold = -1; part key
-    `score-<collection>`) and one `relabels` row per scored sample with the verdict rule.
+    Writes `predictions` rows (method = the model's method and the AU view's, fold = -1; part keys
+    `score-<collection>-<method>-<batch>`) and one `relabels` row per scored sample with the verdict rule.
+
+    Streams: samples, primary faces and AUs are read `batch_size` rows at a time
+    (:func:`ferclean.score_inputs.iter_score_batches`), scored and written part by part; what stays in
+    memory for the whole collection are the compact per-row numbers the verdict rule needs together
+    (probabilities, alpha and semantic distances as float32, AU-view probabilities as float64, the label
+    index: about 130 bytes a row) and a uniform sample of `embedding_sample` embeddings for the domain-shift
+    guard's spread (exact up to that many rows). threads: torch threads for inference (None = leave
+    torch's setting) and infer_batch (images per forward pass): :func:`ferclean.inference.inference_settings`.
     """
+    from ferclean.inference import inference_settings
+    from ferclean.score_inputs import iter_score_batches
+    from ferclean.train.data import decode_crops
     from ferclean.train.model_io import load_model, score
-    from ferclean.train.stage import load_inputs, prediction_table
+    from ferclean.train.stage import prediction_table
 
     model_dir = ModelDir(model_dir).require()
     model = load_model(model_dir)
     classes = model.classes
-    inputs = load_inputs(store, classes, splits=None, input_size=int(model.meta["input_size"]),
-                         collection=collection, require_label=False)
-    if not len(inputs.sample_ids):
-        return {"rows": 0}
-    probs, alpha, sem, emb = score(model, inputs.images)
     method = model.meta["method"]
-    key = f"score-{collection or 'all'}-{method}"
-    store.write_part("predictions", key, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
-                                                          probs, alpha, sem))
-    au_probs, au_view = _collection_au_view(store, run, model_dir, inputs, classes, collection)
-    if au_probs is not None:
-        au_view = _au_view_summary(au_probs, config.au_view_weight)
-    faces = _face_info(store)
+    size = int(model.meta["input_size"])
+    saved_view = model_dir.load_au_view()
+    view, view_names = saved_view if saved_view is not None else (None, None)
+    base = f"score-{collection or 'all'}"
+    written: dict[str, list[str]] = {method: [], AU_VIEW_METHOD: []}
+    acc = _ScoreAccumulator(embedding_sample)
+    au_absent = "absent (the model folder has no AU view)" if view is None else None
+    with inference_settings(model, threads):
+        for b, batch in enumerate(iter_score_batches(store, collection, view_names, batch_size)):
+            probs, alpha, sem, emb = score(model, decode_crops(batch.crops, size), batch_size=infer_batch)
+            key = f"{base}-{method}-{b:05d}"
+            store.write_part("predictions", key, prediction_table(run.run_id, batch.sample_ids, method, -1, classes,
+                                                                  probs, alpha, sem))
+            written[method].append(key)
+            au_probs = None
+            if view is not None and batch.au is not None:
+                rows = np.flatnonzero(~np.isnan(batch.au).any(axis=1))
+                au_probs = np.full((len(batch.sample_ids), len(classes)), np.nan)
+                if len(rows):
+                    au_probs[rows] = view.predict_proba(batch.au[rows])
+                    key = f"{base}-{AU_VIEW_METHOD}-{b:05d}"
+                    store.write_part("predictions", key, prediction_table(
+                        run.run_id, [batch.sample_ids[i] for i in rows], AU_VIEW_METHOD, -1, classes, au_probs[rows],
+                        None, None))
+                    written[AU_VIEW_METHOD].append(key)
+            elif view is not None:
+                au_absent = "absent (run the aus stage on the collection first)"
+            acc.add(batch, classes, probs, alpha, sem, au_probs, emb)
+    for m, keys in written.items():
+        _remove_stale_parts(store, f"{base}-{m}", keys)
+    if not acc.n:
+        return {"rows": 0}
+    data = acc.finish(au_absent is None and view is not None)
+    au_probs = data["au_probs"]
+    au_view = _au_view_summary(au_probs, config.au_view_weight) if au_probs is not None else au_absent
     config, prior_source = with_audit_prior(store, config, classes)
     if config.train_prior is None and model.meta.get("train_label_prior"):
         config = config.model_copy(update={"train_prior": list(model.meta["train_label_prior"])})
-    shift = collection_shift(model.meta, probs, inputs.label_names, classes, au_probs, config, emb)
+    probs = data["probs"]
+    shift = collection_shift(model.meta, probs, _LabelNames(data["labels"], classes), classes, au_probs, config,
+                             data["embedding_sample"])
     trust: dict[str, Any] = {}
-    table = verdict_rows(inputs.sample_ids, inputs.label_names, classes, probs.astype(np.float64), alpha, sem,
-                         np.ones(len(inputs.sample_ids), bool), [faces.get(s) for s in inputs.sample_ids],
-                         config, run.run_id, method, au_probs=au_probs, trust=trust,
-                         review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None,
-                         model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"),
-                         reference_noise=model.meta.get("label_noise"))
-    store.append("relabels", table, run.run_id)
-    acts = table["action"].to_pylist()
-    for a in set(acts):
-        run.counts[f"relabel.{a}"] += acts.count(a)
+    v = verdicts(data["sample_ids"], data["label_names"], classes, probs.astype(np.float64), data["alpha"],
+                 data["sem"], np.ones(acc.n, bool), data["quality"], config, au_probs=au_probs, trust=trust,
+                 review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None,
+                 model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"),
+                 labels=data["labels"], reference_noise=model.meta.get("label_noise"))
+    sids, labs = data["sample_ids"], data["label_names"]
+    for s in range(0, acc.n, batch_size):
+        e = min(s + batch_size, acc.n)
+        store.append("relabels", v.rows(s, e, sids[s:e].to_pylist(), labs[s:e].to_pylist(), run.run_id, method),
+                     run.run_id)
+    acts, n_act = np.unique(v.action.astype(str), return_counts=True)
+    actions = {str(a): int(k) for a, k in zip(acts, n_act, strict=True)}
+    for a, k in actions.items():
+        run.counts[f"relabel.{a}"] += k
     record_trust(run, trust)
     run.counts["relabel.domain_shift"] = int(shift["shifted"])
     shift["action"] = ("relabels sent to review (reason domain_shift)" if shift["shifted"] and config.domain_shift_guard
                        else "none")
-    return {"rows": table.num_rows, "actions": {a: acts.count(a) for a in set(acts)}, "method": method,
+    return {"rows": acc.n, "actions": actions, "method": method,
             "class_prior": prior_source, "au_view": au_view, "trust": trust, "domain_shift": shift}
+
+
+class _LabelNames(Sequence):
+    """Class names of label indices (None for -1), without materialising a list (for collection_shift)."""
+
+    def __init__(self, labels: np.ndarray, classes: Sequence[str]):
+        self.labels, self.classes = labels, list(classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        lab = int(self.labels[i])
+        return self.classes[lab] if lab >= 0 else None
+
+
+class _ScoreAccumulator:
+    """The compact per-row numbers of a streamed score (float32; label index int8), the ids and given labels
+    as Arrow arrays, quality flags only where there are some, and a uniform reservoir sample of embeddings."""
+
+    def __init__(self, embedding_sample: int, seed: int = 0):
+        self.n = 0
+        self.k = embedding_sample
+        self.rng = np.random.default_rng(seed)
+        self.parts: dict[str, list] = {k: [] for k in ("probs", "alpha", "sem", "au", "labels", "sids", "labs")}
+        self.flags: dict[int, list[str]] = {}
+        self.emb: np.ndarray | None = None
+
+    def add(self, batch: Any, classes: Sequence[str], probs: np.ndarray, alpha: np.ndarray | None,
+            sem: np.ndarray | None, au_probs: np.ndarray | None, emb: np.ndarray) -> None:
+        idx = {c: i for i, c in enumerate(classes)}
+        p = self.parts
+        p["probs"].append(np.asarray(probs, np.float32))
+        p["alpha"].append(None if alpha is None else np.asarray(alpha, np.float32))
+        p["sem"].append(None if sem is None else np.asarray(sem, np.float32))
+        p["au"].append(None if au_probs is None else np.asarray(au_probs, np.float64))
+        p["labels"].append(np.array([idx.get(lab, -1) if lab is not None else -1 for lab in batch.label_names], np.int8))
+        p["sids"].append(pa.array(batch.sample_ids, pa.string()))
+        p["labs"].append(pa.array(batch.label_names, pa.string()))
+        for i, f in enumerate(batch.quality):
+            if f:
+                self.flags[self.n + i] = list(f)
+        self._sample_embeddings(np.asarray(emb, np.float32))
+        self.n += len(probs)
+
+    def _sample_embeddings(self, emb: np.ndarray) -> None:
+        """Reservoir sampling (algorithm R, vectorised per batch): every row seen is kept with chance k / n."""
+        if self.emb is None:
+            self.emb = np.zeros((0, emb.shape[1]), np.float32)
+        room = max(self.k - len(self.emb), 0)
+        if room:
+            self.emb = np.concatenate([self.emb, emb[:room]])
+        rest = emb[room:]
+        if len(rest):
+            seen = self.n + room + np.arange(len(rest))  # 0-based index of each row in the stream
+            slot = (self.rng.random(len(rest)) * (seen + 1)).astype(np.int64)
+            keep = slot < self.k
+            self.emb[slot[keep]] = rest[keep]  # in stream order: a later row wins a slot, as in algorithm R
+
+    def finish(self, with_au: bool) -> dict[str, Any]:
+        p = self.parts
+        cat = lambda xs: None if any(x is None for x in xs) else np.concatenate(xs)
+        au = None
+        if with_au and any(x is not None for x in p["au"]):
+            c = p["probs"][0].shape[1]
+            au = np.concatenate([x if x is not None else np.full((len(pr), c), np.nan)
+                                 for x, pr in zip(p["au"], p["probs"], strict=True)])
+        return {"probs": np.concatenate(p["probs"]), "alpha": cat(p["alpha"]), "sem": cat(p["sem"]),
+                "au_probs": au, "labels": np.concatenate(p["labels"]).astype(np.int64),
+                "sample_ids": pa.chunked_array(p["sids"], pa.string()),
+                "label_names": pa.chunked_array(p["labs"], pa.string()),
+                "quality": _SparseFlags(self.flags, self.n), "embedding_sample": self.emb}
+
+
+class _SparseFlags(Sequence):
+    """Per-row quality flags stored only for rows that have some ([] elsewhere)."""
+
+    def __init__(self, flags: dict[int, list[str]], n: int):
+        self.flags, self.n = flags, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        i = int(i)
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.flags.get(i % self.n, [])
+
+
+def _remove_stale_parts(store: Any, base: str, keep: Sequence[str]) -> None:
+    """Delete `predictions` parts named `base` or `base-<batch>` that this run did not write (an earlier
+    score of the same collection with more batches, or the single part of older versions)."""
+    pattern = re.compile(re.escape(base) + r"(-\d{5})?")
+    for key in store.part_keys("predictions") - set(keep):
+        if pattern.fullmatch(key):
+            store.part_path("predictions", key).unlink(missing_ok=True)
 
 
 def collection_shift(meta: dict[str, Any], probs: np.ndarray, label_names: Sequence[str | None],
@@ -362,25 +541,3 @@ def collection_shift(meta: dict[str, Any], probs: np.ndarray, label_names: Seque
     current.pop("emb_std", None)
     report["collection"] = current
     return report
-
-
-def _collection_au_view(store: Any, run: Any, model_dir: ModelDir, inputs: Any, classes: Sequence[str],
-                        collection: str | None) -> tuple[np.ndarray | None, str]:
-    """The model folder's AU view applied to the collection's aus rows (also written to `predictions`),
-    or None with the reason it is absent."""
-    from ferclean.train.stage import prediction_table
-
-    saved = model_dir.load_au_view()
-    if saved is None:
-        return None, "absent (the model folder has no AU view)"
-    view, view_names = saved
-    names = list(inputs.intensity_names or [])
-    if inputs.au_intensity is None or not set(view_names) <= set(names):
-        return None, "absent (run the aus stage on the collection first)"
-    x = inputs.au_intensity[:, [names.index(n) for n in view_names]]
-    rows = np.flatnonzero(~np.isnan(x).all(axis=1))
-    au_probs = np.full((len(inputs.sample_ids), len(classes)), np.nan)
-    au_probs[rows] = view.predict_proba(x[rows])
-    store.write_part("predictions", f"score-{collection or 'all'}-{AU_VIEW_METHOD}", prediction_table(
-        run.run_id, [inputs.sample_ids[i] for i in rows], AU_VIEW_METHOD, -1, classes, au_probs[rows], None, None))
-    return au_probs, ""

@@ -415,3 +415,52 @@ def test_nonface_evidence_flags_are_quality_flags():
     from ferclean.flags import QUALITY_FLAGS
 
     assert set(EVIDENCE_FLAGS) <= set(QUALITY_FLAGS)
+
+
+def test_embedding_blocks_stream_the_same_centroid_distances_as_the_whole_matrix(tmp_path):
+    """Issue 16: the issue search keeps model embeddings on disk and reads them block by block."""
+    from ferclean.dataset_issues import embeddings as E
+
+    rng = np.random.default_rng(3)
+    n, d = 103, 6
+    emb = rng.normal(0.5, 1.0, (n, d)).astype(np.float32)
+    labels = rng.integers(-1, 3, n)
+    blocks = E.EmbeddingBlocks(tmp_path, block_rows=10)
+    order = rng.permutation(n)
+    missing = order[:5]  # five samples without an embedding (NaN rows are left out)
+    for s in range(0, n, 17):
+        idx = order[s : s + 17]
+        part = emb[idx].copy()
+        part[np.isin(idx, missing)] = np.nan
+        blocks.add(idx, part)
+    assert len(blocks) == n - 5 and sorted(blocks.rows().tolist()) == sorted(set(range(n)) - set(missing.tolist()))
+    ok = np.sort(blocks.rows())
+    centre = emb[ok].mean(axis=0)
+    np.testing.assert_allclose(blocks.mean(), centre, rtol=1e-5, atol=1e-6)
+    dense = blocks.dense(n)
+    assert np.isnan(dense[missing]).all() and np.array_equal(dense[ok], emb[ok])
+    rows, own, nearest = E.centroid_distances_blocked(blocks.blocks, labels, 3, blocks.mean())
+    whole_own, whole_nearest = centroid_distances(emb[ok] - centre, labels[ok], 3)
+    back = {r: k for k, r in enumerate(rows.tolist())}
+    sel = [back[r] for r in ok.tolist()]
+    np.testing.assert_allclose(own[sel], whole_own, atol=1e-5)
+    np.testing.assert_allclose(nearest[sel], whole_nearest, atol=1e-5)
+    # the reference maths, written out: 1 - cos to the mean of each class's unit vectors
+    e = E.l2_normalize(emb[ok] - centre)
+    cents = E.l2_normalize(np.stack([e[labels[ok] == c].mean(axis=0) for c in range(3)]))
+    np.testing.assert_allclose(whole_nearest, (1 - e @ cents.T).min(axis=1), atol=1e-5)
+
+
+def test_exact_duplicate_edges_from_sha_codes_match_the_string_grouping():
+    """Issue 16: exact duplicates are grouped on the sha's dictionary code, not a fixed-width string array."""
+    import pyarrow as pa
+
+    from ferclean.dataset_issues.clusters import group_pairs
+
+    rng = np.random.default_rng(1)
+    shas = [f"{int(k):064x}" for k in rng.integers(0, 40, 300)]
+    codes = pa.array(shas).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    # the same star edges (head = the group's first sample); only the order of the groups differs, which
+    # neither the union into clusters nor the edge summary depends on
+    assert sorted(group_pairs(codes).tolist()) == sorted(group_pairs(np.asarray(shas, dtype=object).astype(str)).tolist())
+    assert len(group_pairs(codes)) == 300 - len(set(shas))

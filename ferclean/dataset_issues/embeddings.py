@@ -6,7 +6,8 @@ here takes plain arrays so it is testable without a model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,25 +47,112 @@ def centroid_distances(emb: np.ndarray, label_idx: np.ndarray, n_classes: int) -
     centroids). Returns (own (n,) distance to the sample's own class centroid, NaN when
     unlabelled; nearest (n,) distance to the closest centroid). Distances are 1 - cos in [0, 2].
     """
-    e = l2_normalize(emb)
-    lab = np.asarray(label_idx)
-    cents = np.zeros((n_classes, e.shape[1]), dtype=np.float32)
-    present = np.zeros(n_classes, dtype=bool)
-    for c in range(n_classes):
-        m = lab == c
-        if m.any():
-            cents[c] = e[m].mean(axis=0)
-            present[c] = True
-    if not present.any():  # nothing labelled: one centroid of everything
-        cents[0] = e.mean(axis=0)
-        present[0] = True
-    dist = 1.0 - e @ l2_normalize(cents).T  # (n, n_classes)
-    dist[:, ~present] = np.inf
-    nearest = dist.min(axis=1).astype(np.float64)
-    own = np.full(len(e), np.nan)
-    has = lab >= 0
-    own[has] = dist[np.flatnonzero(has), lab[has]]
+    emb = np.asarray(emb, dtype=np.float32)
+    blocks = lambda: iter([(np.arange(len(emb)), emb)])
+    _, own, nearest = centroid_distances_blocked(blocks, np.asarray(label_idx), n_classes, np.zeros(emb.shape[1:]))
     return own, nearest
+
+
+BlockSource = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+
+def centroid_distances_blocked(blocks: BlockSource, label_of: np.ndarray, n_classes: int,
+                               centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`centroid_distances` over embeddings read block by block (memory: one block).
+
+    blocks(): a fresh iterator of (row indices, (k, d) embeddings) (it is read twice: the class centroids,
+    then the distances); label_of: label index per row index (-1 = unlabelled); centre: subtracted from
+    every embedding first. Returns (rows in the order read, own, nearest) aligned with rows.
+    """
+    sums = np.zeros((n_classes, len(centre)))
+    counts = np.zeros(n_classes)
+    total, n_total = np.zeros(len(centre)), 0
+    centre32 = np.asarray(centre, np.float32)
+    for idx, emb in blocks():
+        e = l2_normalize(emb - centre32)
+        lab = np.asarray(label_of)[idx]
+        np.add.at(counts, lab[lab >= 0], 1)
+        for c in np.unique(lab[lab >= 0]):
+            sums[c] += e[lab == c].sum(axis=0, dtype=np.float64)
+        total += e.sum(axis=0, dtype=np.float64)
+        n_total += len(e)
+    present = counts > 0
+    cents = np.zeros_like(sums)
+    cents[present] = sums[present] / counts[present, None]
+    if not present.any():  # nothing labelled: one centroid of everything
+        cents[0] = total / max(n_total, 1)
+        present[0] = True
+    unit = l2_normalize(cents.astype(np.float32)).T
+    rows, own, nearest = [], [], []
+    for idx, emb in blocks():
+        e = l2_normalize(emb - centre32)
+        lab = np.asarray(label_of)[idx]
+        dist = 1.0 - e @ unit  # (k, n_classes)
+        dist[:, ~present] = np.inf
+        nearest.append(dist.min(axis=1).astype(np.float64))
+        o = np.full(len(e), np.nan)
+        has = lab >= 0
+        o[has] = dist[np.flatnonzero(has), lab[has]]
+        own.append(o)
+        rows.append(np.asarray(idx, np.int64))
+    cat = lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt)
+    return cat(rows, np.int64), cat(own, np.float64), cat(nearest, np.float64)
+
+
+class EmbeddingBlocks:
+    """Embeddings of some of the samples, kept in a temporary file block by block (float32) rather than in
+    memory: what stays in memory is the row index of each embedding (8 bytes a row) and a running sum for
+    the mean. Rows with a NaN are left out (not embedded)."""
+
+    def __init__(self, folder: Path | None = None, block_rows: int = 16384):
+        self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115 (lives as long as the object)
+        self.block_rows = block_rows
+        self.dim = 0
+        self._idx: list[np.ndarray] = []
+        self._sum: np.ndarray | None = None
+
+    def add(self, idx: np.ndarray, emb: np.ndarray) -> None:
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        ok = ~np.isnan(emb).any(axis=1)
+        idx, emb = np.asarray(idx, np.int64)[ok], emb[ok]
+        if self._sum is None:
+            self.dim = emb.shape[1]
+            self._sum = np.zeros(self.dim)
+        if not len(idx):
+            return
+        self._file.seek(0, 2)
+        self._file.write(emb.tobytes())
+        self._idx.append(idx)
+        self._sum += emb.sum(axis=0, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return int(sum(len(i) for i in self._idx))
+
+    def rows(self) -> np.ndarray:
+        """Row indices of the embeddings, in file order."""
+        return np.concatenate(self._idx) if self._idx else np.zeros(0, np.int64)
+
+    def mean(self) -> np.ndarray:
+        return (self._sum / max(len(self), 1)).astype(np.float32) if self._sum is not None else np.zeros(0, np.float32)
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row indices, (k, dim) float32) of at most `block_rows` rows at a time, in file order."""
+        rows = self.rows()
+        self._file.seek(0)
+        for s in range(0, len(rows), self.block_rows):
+            k = len(rows[s : s + self.block_rows])
+            data = self._file.read(k * self.dim * 4)
+            yield rows[s : s + k], np.frombuffer(data, np.float32).reshape(k, self.dim)
+
+    def dense(self, n: int) -> np.ndarray:
+        """(n, dim) float32 with NaN rows where a sample has no embedding (the whole matrix: small n only)."""
+        out = np.full((n, self.dim), np.nan, np.float32)
+        for idx, emb in self.blocks():
+            out[idx] = emb
+        return out
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def cosine_pairs_blocked(
@@ -105,24 +193,29 @@ def cosine_pairs_blocked(
     return np.stack([np.concatenate(out_i), np.concatenate(out_j)], 1).astype(np.int64), np.concatenate(out_s)
 
 
-def load_embedder(model_dir: Path | ModelDir, batch: int = 512) -> Callable[[Sequence[bytes]], np.ndarray] | None:
+def load_embedder(model_dir: Path | ModelDir, batch: int = 512,
+                  threads: int | None = 1) -> Callable[[Sequence[bytes]], np.ndarray] | None:
     """A function mapping aligned PNG crops to embeddings (n, d) float32, or None without a model.
 
     Loads ``ferclean.train.model_io.load_model(model_dir)`` once; the function calls
     ``ferclean.train.model_io.score(model, crops)`` (-> probs, alpha, sem_dist, embeddings) in batches.
-    None when the folder holds no trained model (the train stage has not run yet).
+    None when the folder holds no trained model (the train stage has not run yet). threads: torch threads
+    while embedding (:func:`ferclean.inference.inference_settings`).
     """
     if not ModelDir(model_dir).exists():
         return None
-    from ferclean.train.model_io import load_model, score  # torch: only when a model is used
+    # torch: only when a model is used
+    from ferclean.inference import INFER_BATCH, inference_settings
+    from ferclean.train.model_io import load_model, score
 
     model = load_model(model_dir)
 
     def embed(crops: Sequence[bytes]) -> np.ndarray:
         parts = []
-        for s in range(0, len(crops), batch):
-            *_, emb = score(model, list(crops[s : s + batch]))
-            parts.append(np.asarray(emb, dtype=np.float32).reshape(len(crops[s : s + batch]), -1))
+        with inference_settings(model, threads):
+            for s in range(0, len(crops), batch):
+                *_, emb = score(model, list(crops[s : s + batch]), batch_size=min(batch, INFER_BATCH))
+                parts.append(np.asarray(emb, dtype=np.float32).reshape(len(crops[s : s + batch]), -1))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     return embed

@@ -5,7 +5,7 @@ appearance evidence of undetected crops. Gathered once per run by the stage."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from ferclean.dataset_issues.clusters import group_pairs
 from ferclean.dataset_issues.config import DatasetIssuesConfig
+from ferclean.dataset_issues.embeddings import EmbeddingBlocks
 from ferclean.dataset_issues.face_space import (
     FaceSpace,
     appearance_evidence,
@@ -23,7 +24,7 @@ from ferclean.dataset_issues.face_space import (
     rotated_hog_score,
 )
 from ferclean.dataset_issues.neighbors import near_pairs_banded
-from ferclean.dataset_issues.phash import HASH_SIDE, hash_images
+from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
 from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
 from ferclean.store import Store
@@ -69,37 +70,42 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     cols = ["sample_id", "crop_png"]
     fit_pool = sig.detected if sig.detected.sum() >= 200 else sig.has_face_row
     share = min(1.0, cfg.face_space_fit_n / max(int(fit_pool.sum()), 1))
-    fit_rows, fit_vecs, todo_idx, todo_vecs = [], [], [], []
-    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
-        sids = t.column("sample_id").to_pylist()
-        rows = np.array([pos.get(x, -1) for x in sids])
-        ok_row = rows >= 0
-        pick_fit = ok_row & fit_pool[np.maximum(rows, 0)] & (_stable_unit(sids) < share)
-        pick_dffs = ok_row & undetected[np.maximum(rows, 0)]
-        want = np.flatnonzero(pick_fit | pick_dffs)
-        if not len(want):
-            continue
-        crops = t.column("crop_png").take(pa.array(want)).to_pylist()
-        vecs, ok = crop_vectors(crops, cfg.face_space_side)
-        for j, k in enumerate(want):
-            if not ok[j]:
+
+    def picked(pick: Callable[[np.ndarray, list[str]], np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sample rows, crop vectors) of the decodable primary crops `pick` selects, batch by batch."""
+        for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
+            sids = t.column("sample_id").to_pylist()
+            rows = np.array([pos.get(x, -1) for x in sids])
+            want = np.flatnonzero((rows >= 0) & pick(np.maximum(rows, 0), sids))
+            if not len(want):
                 continue
-            if pick_fit[k]:
-                fit_rows.append(rows[k])
-                fit_vecs.append(vecs[j])
-            if pick_dffs[k]:
-                todo_idx.append(rows[k])
-                todo_vecs.append(vecs[j])
-    if len(fit_vecs) < 2 or len(todo_idx) < 2:
+            vecs, ok = crop_vectors(t.column("crop_png").take(pa.array(want)).to_pylist(), cfg.face_space_side)
+            yield rows[want][ok], vecs[ok]
+
+    # two streaming passes, memory bounded by the fit sample: the earlier single pass kept a 24x24 vector
+    # of every undetected crop (2.3 KB a row; all crops of a fastlm collection) and of its image
+    fit_rows, fit_vecs = [], []
+    for r, v in picked(lambda rows, sids: fit_pool[rows] & (_stable_unit(sids) < share)):
+        fit_rows.append(r)
+        fit_vecs.append(v)
+    fit_rows = np.concatenate(fit_rows) if fit_rows else np.zeros(0, np.int64)
+    if len(fit_rows) < 2:
         return out
-    idx = np.asarray(todo_idx)
-    out["dffs"][idx] = FaceSpace(cfg.face_space_k).fit(np.stack(fit_vecs)).dffs(np.stack(todo_vecs))
+    space = FaceSpace(cfg.face_space_k).fit(np.concatenate(fit_vecs))
+    del fit_vecs
+    todo = [(r, space.dffs(v)) for r, v in picked(lambda rows, sids: undetected[rows])]
+    idx = np.concatenate([r for r, _ in todo]) if todo else np.zeros(0, np.int64)
+    if len(idx) < 2:
+        return out
+    out["dffs"][idx] = np.concatenate([d for _, d in todo])
     # the same on the whole image, independent of where the landmark fit put the eyes
     img_fit, ok_fit = image_vectors([paths[i] for i in fit_rows], cfg.face_space_side)
-    img_todo, ok_todo = image_vectors([paths[i] for i in idx], cfg.face_space_side)
     dffs_image = np.full(n, np.nan)
     if ok_fit.sum() >= 2:
-        dffs_image[idx[ok_todo]] = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit]).dffs(img_todo[ok_todo])
+        image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
+        for sl in iter_chunks(len(idx), cfg.hash_batch):
+            img_todo, ok_todo = image_vectors([paths[i] for i in idx[sl]], cfg.face_space_side)
+            dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
     out["dffs_image"] = dffs_image
     n_check = int(round(cfg.hog_check_fraction * len(idx)))
     if n_check:
@@ -134,7 +140,7 @@ class Signals:
         self.detected = np.zeros(n, bool)  # a face detector confirmed the primary face
         self.has_face_row = np.zeros(n, bool)
         self.flags: list[list[str] | None] = [None] * n
-        self.embedding: np.ndarray | None = None
+        self.embedding: EmbeddingBlocks | None = None  # model embeddings, on disk block by block
 
 
 def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssuesConfig, from_crop: bool) -> None:
@@ -158,7 +164,7 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     sig.no_detection[:] = 1.0  # no face row at all = no face found
     want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
     cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
-    emb_idx, emb_parts = [], []
+    blocks = EmbeddingBlocks(store.root) if embed is not None else None
     for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
         sids = t.column("sample_id").to_pylist()
         rows = [pos.get(s, -1) for s in sids]
@@ -179,13 +185,10 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
             crops = [crops[k] for k in keep]
             if cfg.hash_source in ("auto", "crop"):
                 store_hashes(sig, idx, crops, cfg, from_crop=True)
-            if embed is not None:
-                emb_idx.append(idx)
-                emb_parts.append(embed(crops))
-    if emb_parts:
-        dim = emb_parts[0].shape[1]
-        sig.embedding = np.full((len(sig.phash), dim), np.nan, np.float32)
-        sig.embedding[np.concatenate(emb_idx)] = np.concatenate(emb_parts)
+            if blocks is not None:
+                blocks.add(idx, embed(crops))
+    if blocks is not None and blocks.dim:
+        sig.embedding = blocks
     return True
 
 

@@ -8,17 +8,32 @@ by :class:`IssueContext`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 
-from ferclean.dataset_issues.clusters import ClusterReport, analyze_clusters, group_pairs, union_clusters
+from ferclean.dataset_issues.clusters import (
+    ClusterReport,
+    analyze_clusters,
+    group_pairs,
+    union_clusters,
+)
 from ferclean.dataset_issues.config import DatasetIssuesConfig
-from ferclean.dataset_issues.embeddings import centroid_distances, cosine_pairs_blocked, robust_z
+from ferclean.dataset_issues.embeddings import (
+    centroid_distances_blocked,
+    cosine_pairs_blocked,
+    robust_z,
+)
 from ferclean.dataset_issues.nonface import embedding_evidence
-from ferclean.dataset_issues.signals import Signals, edge_summary, face_space_evidence, phash_edges
+from ferclean.dataset_issues.signals import (
+    Signals,
+    edge_summary,
+    face_space_evidence,
+    phash_edges,
+)
 from ferclean.store import Store
 
 
@@ -55,14 +70,13 @@ class IssueContext:
     sig: Signals
     has_faces: bool
     progress: bool = False
-    pos: dict[str, int] = field(init=False)
+    pos: dict[str, int] | None = None  # sample_id -> row; built here when the caller has none
 
     def __post_init__(self) -> None:
-        self.pos = {s: i for i, s in enumerate(self.sample_ids)}
-        if self.sig.embedding is not None:
-            # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
-            ok = self.embedded
-            self.sig.embedding[ok] -= self.sig.embedding[ok].mean(axis=0)
+        if self.pos is None:
+            self.pos = {s: i for i, s in enumerate(self.sample_ids)}
+        # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
+        self.emb_centre = self.sig.embedding.mean() if self.sig.embedding is not None else None
 
     @property
     def n(self) -> int:
@@ -73,21 +87,24 @@ class IssueContext:
         """Indices of the samples with an embedding."""
         if self.sig.embedding is None:
             return np.zeros(0, np.int64)
-        return np.flatnonzero(~np.isnan(self.sig.embedding).any(axis=1))
+        return np.sort(self.sig.embedding.rows())
 
     @cached_property
     def clusters(self) -> Clusters:
         """Duplicate clusters joined by identical bytes, pHash (and mirror) edges and, when
         `embed_duplicates`, embedding edges."""
         cfg, sig, n = self.cfg, self.sig, self.n
-        sha_edges = group_pairs(np.asarray(self.shas, dtype=object).astype(str)) if n else np.zeros((0, 2), np.int64)
+        # identical bytes: group by the sha's dictionary code (a hash table; the earlier fixed-width unicode
+        # array cost 256 bytes a row and a string sort)
+        sha_codes = pa.array(self.shas, pa.string()).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        sha_edges = group_pairs(sha_codes) if n else np.zeros((0, 2), np.int64)
         edges, sims, methods, hstats = phash_edges(sig, cfg)
         edges = np.concatenate([sha_edges, edges])
         sims = np.concatenate([np.ones(len(sha_edges)), sims])
         methods = ["sha256"] * len(sha_edges) + methods
         emb_ok = self.embedded
         if sig.embedding is not None and cfg.embed_duplicates and 0 < len(emb_ok) <= cfg.embed_max_n:
-            ep, es = cosine_pairs_blocked(sig.embedding[emb_ok], cfg.embed_cosine_min)
+            ep, es = cosine_pairs_blocked(sig.embedding.dense(n)[emb_ok] - self.emb_centre, cfg.embed_cosine_min)
             edges = np.concatenate([edges, emb_ok[ep]])
             sims = np.concatenate([sims, es])
             methods += ["embedding"] * len(ep)
@@ -103,15 +120,18 @@ class IssueContext:
         if self.sig.embedding is None or len(emb_ok) < 3:
             return None
         classes = sorted({x for x in self.labels if x is not None})
-        cidx = np.array([classes.index(self.labels[i]) if self.labels[i] is not None else -1 for i in emb_ok])
-        own, nearest = centroid_distances(self.sig.embedding[emb_ok], cidx, max(1, len(classes)))
+        code = {c: i for i, c in enumerate(classes)}
+        label_of = np.array([code.get(x, -1) if x is not None else -1 for x in self.labels], np.int64)
+        rows, own, nearest = centroid_distances_blocked(self.sig.embedding.blocks, label_of, max(1, len(classes)),
+                                                        self.emb_centre)
+        cidx = label_of[rows]
         far = np.full(self.n, np.nan)
-        far[emb_ok] = embedding_evidence(robust_z(nearest), self.cfg.outlier_z)
+        far[rows] = embedding_evidence(robust_z(nearest), self.cfg.outlier_z)
         lab = cidx >= 0
-        z = np.full(len(emb_ok), np.nan)
+        z = np.full(len(rows), np.nan)
         z[lab] = robust_z(own[lab], cidx[lab])
         own_all, z_all = np.full(self.n, np.nan), np.full(self.n, np.nan)
-        own_all[emb_ok], z_all[emb_ok] = own, z
+        own_all[rows], z_all[rows] = own, z
         return EmbeddingStats(far, own_all, z_all)
 
     @cached_property

@@ -1,0 +1,112 @@
+"""The score stage streams (issue 16): batch size changes nothing in its outputs; stale parts go; the
+embedding sample of the domain-shift guard is a uniform reservoir sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ferclean.relabel import RelabelConfig, _ScoreAccumulator, score_collection
+from ferclean.runs import open_run
+from ferclean.score_inputs import iter_score_batches
+
+
+def _trained_store(tmp_path, n: int = 60):
+    from test_train import make_store, tiny_cfg, toy_images
+
+    from ferclean.train import run_train
+
+    store, ids = make_store(tmp_path, n=n, no_face=2)
+    y = toy_images(n)[1]
+    rng = np.random.default_rng(0)
+    inten = rng.normal(0.2, 0.2, (n, 2)).clip(0)
+    inten[y == 1, 0] += 2.0
+    inten[y == 2, 1] += 2.0
+    # two faces per sample in aus: the score stage must take the primary face's row (face 0 here)
+    aus = pa.table({"sample_id": ids * 2, "face_index": pa.array([0] * n + [1] * n, pa.int16()),
+                    "AU01_r": np.r_[inten[:, 0], np.full(n, 9.0)], "AU02_r": np.r_[inten[:, 1], np.full(n, 9.0)],
+                    "AU01_c": np.r_[(inten[:, 0] > 1), np.ones(n)].astype(np.float32),
+                    "AU02_c": np.r_[(inten[:, 1] > 1), np.ones(n)].astype(np.float32)})
+    d = store.table_dir("aus")
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(aus, d / "part-all.parquet")
+    with open_run(store, "train", {}) as run:
+        run_train(store, run, tiny_cfg(methods=["ce"], final_method="ce", epochs=2), progress=False)
+    return store, ids
+
+
+def _rows(store, run_id: str) -> list[dict]:
+    t = store.read("relabels").to_pandas()
+    t = t[t.run_id == run_id].drop(columns=["run_id", "decided_at"]).sort_values("sample_id")
+    return t.to_dict("records")
+
+
+def test_batch_size_changes_nothing_and_stale_parts_are_removed(tmp_path):
+    from ferclean.model_dir import ModelDir
+
+    store, _ = _trained_store(tmp_path)
+    md = ModelDir.of_run(store.root)
+    cfg = RelabelConfig(relabel_floor=0.0, trust="off")
+    out, runs, preds = {}, {}, {}
+    for name, bs in (("tiny", 7), ("whole", 10**9)):
+        with open_run(store, "relabel-collection", {}) as run:
+            out[name] = score_collection(store, run, md, cfg, batch_size=bs)
+            runs[name] = run.run_id
+        p = store.read("predictions").to_pandas()
+        preds[name] = p[p.run_id == runs[name]].drop(columns=["run_id"]).sort_values(["method", "sample_id"])
+    assert out["tiny"]["rows"] == 58 and out["tiny"]["actions"] == out["whole"]["actions"]
+    assert out["tiny"]["au_view"] == out["whole"]["au_view"] == "weight 0.5, 58 samples"
+    assert out["tiny"]["domain_shift"] == out["whole"]["domain_shift"]
+    assert out["tiny"]["trust"] == out["whole"]["trust"]
+    tiny, whole = _rows(store, runs["tiny"]), _rows(store, runs["whole"])
+    assert len(tiny) == 58 and [r["sample_id"] for r in tiny] == [r["sample_id"] for r in whole]
+    for a, b in zip(tiny, whole, strict=True):
+        for k in a:
+            if isinstance(a[k], float):
+                assert a[k] == pytest.approx(b[k], abs=1e-6, nan_ok=True), k
+            elif isinstance(a[k], np.ndarray):
+                assert list(a[k]) == list(b[k]), k
+            else:
+                assert a[k] == b[k], k
+    # the second (one-batch) run replaced the first run's 9 parts per method: no duplicate rows left
+    assert sorted(k for k in store.part_keys("predictions") if k.startswith("score-")) == [
+        "score-all-au_view-00000", "score-all-ce-00000"]
+    every = store.read("predictions").to_pandas()
+    scored = every[every.run_id.isin(list(runs.values()))]
+    assert (scored.run_id == runs["whole"]).all() and len(scored) == 116
+    assert scored.groupby("method").sample_id.nunique().to_dict() == {"au_view": 58, "ce": 58}
+    assert preds["tiny"].sample_id.tolist() == preds["whole"].sample_id.tolist()
+    np.testing.assert_allclose(np.stack(preds["tiny"].probs), np.stack(preds["whole"].probs), atol=1e-6)
+
+
+def test_batches_carry_the_primary_faces_aus_and_the_collection_filter(tmp_path):
+    store, ids = _trained_store(tmp_path, n=40)
+    batches = list(iter_score_batches(store, "toy", ["AU01", "AU02"], batch_size=16))
+    assert [len(b.sample_ids) for b in batches] == [16, 16, 6]
+    au = np.concatenate([b.au for b in batches])
+    assert au.shape == (38, 2) and (au < 9.0).all()  # face 0's row, never face 1's
+    assert sorted(s for b in batches for s in b.sample_ids) == ids[:38]
+    flags = {s: f for b in batches for s, f in zip(b.sample_ids, b.quality, strict=True)}
+    assert flags[ids[0]] == ["blurry"] and flags[ids[1]] == []
+    assert not list(iter_score_batches(store, "another", None, batch_size=16))
+    assert all(b.au is None for b in iter_score_batches(store, None, ["AU01", "AU99"], batch_size=16))
+
+
+def _feed(n: int, k: int, seed: int, batch: int = 7) -> np.ndarray:
+    acc = _ScoreAccumulator(k, seed=seed)
+    for s in range(0, n, batch):
+        e = min(s + batch, n)
+        acc._sample_embeddings(np.arange(s, e, dtype=np.float32)[:, None])
+        acc.n = e
+    return acc.emb[:, 0]
+
+
+def test_embedding_reservoir_is_every_row_when_small_and_uniform_when_large():
+    assert _feed(15, 20, seed=0).tolist() == list(range(15))
+    picks = [_feed(200, 10, seed=s) for s in range(300)]
+    assert all(len(set(p.tolist())) == 10 for p in picks)  # distinct rows, always k of them
+    share = np.bincount(np.concatenate(picks).astype(int), minlength=200) / 300
+    # each row is kept with chance k / n = 0.05; the first and the last 100 rows alike
+    assert share[:100].mean() == pytest.approx(0.05, abs=0.01) and share[100:].mean() == pytest.approx(0.05, abs=0.01)
