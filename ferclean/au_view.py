@@ -112,18 +112,33 @@ def crossfit_au_view(intensity: np.ndarray, labels: np.ndarray, folds: np.ndarra
     return out
 
 
+def _where_known(probs: np.ndarray, other: np.ndarray | None, weight: float, blend) -> np.ndarray:  # noqa: ANN001
+    """probs with `blend(probs_rows, other_rows)` applied to the rows where `other` has an opinion (no NaN);
+    probs unchanged for weight 0 or other None."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if other is None or weight == 0:
+        return probs
+    o = np.asarray(other, dtype=np.float64)
+    known = ~np.isnan(o).any(axis=1)
+    out = probs.copy()
+    out[known] = blend(probs[known], o[known])
+    return out
+
+
 def combine(probs: np.ndarray, au_probs: np.ndarray | None, weight: float) -> np.ndarray:
     """Product of experts: rows of probs * au_probs ** weight, renormalised.
 
     probs, au_probs: (N, C). A row of au_probs with NaN (no AU row for that sample) leaves probs
     unchanged, as does weight 0 or au_probs None.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    if au_probs is None or weight == 0:
-        return probs
-    a = np.asarray(au_probs, dtype=np.float64)
-    known = ~np.isnan(a).any(axis=1)
-    out = probs.copy()
-    prod = probs[known] * np.clip(a[known], PROB_FLOOR, 1.0) ** weight
-    out[known] = prod / prod.sum(axis=1, keepdims=True)
-    return out
+    def blend(p: np.ndarray, a: np.ndarray) -> np.ndarray:
+        prod = p * np.clip(a, PROB_FLOOR, 1.0) ** weight
+        return prod / prod.sum(axis=1, keepdims=True)
+
+    return _where_known(probs, au_probs, weight, blend)
+
+
+def mix_views(probs: np.ndarray, other: np.ndarray | None, weight: float) -> np.ndarray:
+    """(1 - weight) * probs + weight * other, row by row (e.g. a warm start's init-model view); a NaN row of
+    `other` (no opinion on that sample), `other` None or weight 0 leave probs unchanged."""
+    return _where_known(probs, other, weight, lambda p, o: (1.0 - weight) * p + weight * o)

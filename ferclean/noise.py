@@ -215,19 +215,6 @@ def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def mix_views(probs: np.ndarray, other: np.ndarray | None, weight: float) -> np.ndarray:
-    """(1 - weight) * probs + weight * other, row by row; a NaN row of `other` (no opinion on that sample),
-    `other` None or weight 0 leave probs unchanged."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if other is None or weight == 0:
-        return probs
-    o = np.asarray(other, dtype=np.float64)
-    known = ~np.isnan(o).any(axis=1)
-    out = probs.copy()
-    out[known] = (1.0 - weight) * probs[known] + weight * o[known]
-    return out
-
-
 def confident_joint(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Calibrated confident joint J[given i, true j] (sums to 1), as cleanlab's `estimate_joint`.
 

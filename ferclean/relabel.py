@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ferclean.au_view import AU_VIEW_METHOD, combine
+from ferclean.au_view import AU_VIEW_METHOD, combine, mix_views
 from ferclean.classes import FER7
 from ferclean.dataset_issues.issues import sample_issue_reasons
 from ferclean.inference import INFER_BATCH
@@ -36,7 +36,6 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     decide,
     final_labels,
     label_accuracy_given_model,
-    mix_views,
     noise_matrix,
     prior_from_counts,
     trust_summary,

@@ -156,7 +156,7 @@ def test_crossfit_folds_in_parallel_processes_match_the_sequential_ones():
 
 
 def test_mix_views_leaves_rows_without_an_opinion_alone():
-    from ferclean.noise import mix_views
+    from ferclean.au_view import mix_views
 
     p = np.array([[0.8, 0.2], [0.4, 0.6]])
     o = np.array([[0.0, 1.0], [np.nan, np.nan]])
