@@ -424,7 +424,18 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     shift["action"] = ("relabels sent to review (reason domain_shift)" if shift["shifted"] and config.domain_shift_guard
                        else "none")
     return {"rows": acc.n, "actions": actions, "method": method,
-            "class_prior": prior_source, "au_view": au_view, "trust": trust, "domain_shift": shift}
+            "class_prior": prior_source, "au_view": au_view, "trust": trust, "domain_shift": shift,
+            "collection_noise": _collection_noise_summary(config, model.meta)}
+
+
+def _collection_noise_summary(config: RelabelConfig, meta: dict[str, Any]) -> str:
+    """Which noise model relabel-collection's verdicts used, for the stage summary."""
+    if config.collection_noise != "bounded":
+        return "the collection's own (collection_noise: collection)"
+    if meta.get("label_noise") is None:
+        return ("the collection's own: the model was saved without label_noise (retrain it, or add it with "
+                "benchmarks/shift_collection.py backfill), so relabels are not capped")
+    return "the collection's own, capped at the model's training-data noise (model.json label_noise)"
 
 
 class _LabelNames(Sequence):

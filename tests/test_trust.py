@@ -157,6 +157,10 @@ def test_score_collection_guard_sends_relabels_to_review_and_says_so(tmp_path):
     with open_run(store, "relabel-collection", {}) as run:
         plain = score_collection(store, run, md, cfg)
     assert not plain["domain_shift"]["shifted"] and plain["actions"].get("relabel", 0) > 0
+    assert plain["collection_noise"].startswith("the collection's own (collection_noise: collection)")
+    with open_run(store, "relabel-collection", {}) as run:
+        assert "capped at the model's training-data noise" in score_collection(store, run, md, RelabelConfig())[
+            "collection_noise"]
     md.write_meta({**meta, "confidence_profile": {**meta["confidence_profile"], "mean_max_p": 1.0}})
     with open_run(store, "relabel-collection", {}) as run:
         guarded = score_collection(store, run, md, cfg)
@@ -241,3 +245,10 @@ def test_trust_margin_gives_a_near_tie_to_the_labels():
     margin = decide(labels, probs, None, None, RelabelConfig(**cfg), label_accuracy=0.70,
                     model_accuracy=0.71)
     assert (tie.action == "relabel").sum() > 0 and (margin.action == "relabel").sum() == 0
+
+
+def test_relabel_collection_says_when_an_old_model_cannot_cap_the_noise():
+    from ferclean.relabel import _collection_noise_summary
+
+    assert "saved without label_noise" in _collection_noise_summary(RelabelConfig(), {})
+    assert "capped" in _collection_noise_summary(RelabelConfig(), {"label_noise": [[1.0]]})
