@@ -30,3 +30,10 @@ def write_png(path: Path, size: tuple[int, int] = (16, 16), seed: int = 0, mode:
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
     return path
+def two_class_folder(root: Path, n: int = 12, size: tuple[int, int] = (48, 48)) -> Path:
+    """A folder collection of `n` random images alternating between happy/ and sad/ (img00.png ...)."""
+    for i in range(n):
+        write_png(root / ("happy" if i % 2 else "sad") / f"img{i:02d}.png", size, seed=i)
+    return root
+
+

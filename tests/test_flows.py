@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import write_png
+from conftest import two_class_folder, write_png
 
 from ferclean import pipeline
 from ferclean.stage_cache import read_manifest
@@ -38,8 +38,7 @@ def prefect_server():
 def collection(tmp_path_factory) -> Path:
     """12 grey 48x48 PNGs in label folders (pre-aligned crops: faces uses the full-frame path)."""
     root = tmp_path_factory.mktemp("collection")
-    for i in range(12):
-        write_png(root / ("happy" if i % 2 else "sad") / f"img{i:02d}.png", (48, 48), seed=i)
+    two_class_folder(root, 12)
     return root
 
 

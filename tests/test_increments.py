@@ -96,13 +96,19 @@ def test_faces_stage_recomputes_only_what_changed(tmp_path):
     assert plan.num_rows == 62 and len(set(plan.column("config").to_pylist())) == 1
 
 
-def test_plan_ignores_a_plan_made_under_another_config(tmp_path):
+def _ingested(tmp_path, size: int) -> Store:  # noqa: ANN001
+    """A store with six ingested `size`-px images under happy/."""
     src = tmp_path / "incoming"
     for i in range(6):
-        write_png(src / "happy" / f"img{i}.png", (48, 48), seed=i)
+        write_png(src / "happy" / f"img{i}.png", (size, size), seed=i)
     store = Store(tmp_path / "out")
     with open_run(store, "test", {}) as run:
         run_ingest(store, run, IngestConfig(source=str(src)), progress=False)
+    return store
+
+
+def test_plan_ignores_a_plan_made_under_another_config(tmp_path):
+    store = _ingested(tmp_path, size=48)
     a = plan_shards(store, "faces", {"v": 1}, shard_size=4)
     b = plan_shards(store, "faces", {"v": 2}, shard_size=4)
     assert {s.key for s in a}.isdisjoint({s.key for s in b})
@@ -129,19 +135,14 @@ def test_a_dying_worker_is_retried_then_fails_the_stage(tmp_path):
 
     from ferclean.shards import WorkerDied, run_sharded
 
-    src = tmp_path / "incoming"
-    for i in range(6):
-        write_png(src / "happy" / f"img{i}.png", (16, 16), seed=i)
-    store = Store(tmp_path / "out")
-    with open_run(store, "test", {}) as run:
-        run_ingest(store, run, IngestConfig(source=str(src)), progress=False)
+    store = _ingested(tmp_path, size=16)
     shards = plan_shards(store, "faces", {"t": 1}, shard_size=2)
     res = run_sharded(store, shards, "faces", _dies_once, str(tmp_path / "once"), workers=2, progress=False)
     assert res["shards"] == 3 and all(store.has_part("faces", s.key) for s in shards)
 
     store2 = Store(tmp_path / "out2")
     with open_run(store2, "test", {}) as run:
-        run_ingest(store2, run, IngestConfig(source=str(src)), progress=False)
+        run_ingest(store2, run, IngestConfig(source=str(tmp_path / "incoming")), progress=False)
     shards = plan_shards(store2, "faces", {"t": 2}, shard_size=2)
     with pytest.raises(WorkerDied, match="a worker process died 2 times"):
         run_sharded(store2, shards, "faces", _dies_once, str(tmp_path / "always"), workers=2, progress=False,

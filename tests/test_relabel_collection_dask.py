@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import pyarrow as pa
 import pytest
-from conftest import write_png
+from conftest import two_class_folder, write_png
 
 from ferclean.contracts import contract_tables, load_contract
 from ferclean.store import Store
@@ -40,8 +40,7 @@ def test_relabel_collection_on_dask_matches_default(tmp_path: Path):
     from flows.relabel_collection import relabel_collection_flow
 
     train = tmp_path / "train"
-    for i in range(12):
-        write_png(train / ("happy" if i % 2 else "sad") / f"img{i:02d}.png", (48, 48), seed=i)
+    two_class_folder(train, 12)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(TINY)
     out = tmp_path / "out"

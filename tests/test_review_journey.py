@@ -10,7 +10,7 @@ import csv
 import json
 
 import pytest
-from conftest import write_png
+from conftest import two_class_folder
 from typer.testing import CliRunner
 
 from ferclean.catalog import query
@@ -52,8 +52,7 @@ def test_audit_recipe_human_decisions_survive_the_rerun(prefect_api, tmp_path):
     from flows.curate import curate_flow
 
     src = tmp_path / "collection"
-    for i in range(12):
-        write_png(src / ("happy" if i % 2 else "sad") / f"img{i:02d}.png", (48, 48), seed=i)
+    two_class_folder(src, 12)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(CONFIG)
     out = tmp_path / "run"

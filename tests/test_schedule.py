@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import write_png
+from conftest import two_class_folder, write_png
 
 from ferclean.prefect_server import LocalPrefectServer, api_healthy
 from ferclean.store import Store
@@ -87,8 +87,7 @@ def _stop(proc: subprocess.Popen) -> int:
 @pytest.fixture
 def collection(tmp_path: Path) -> Path:
     root = tmp_path / "incoming"
-    for i in range(8):
-        write_png(root / ("happy" if i % 2 else "sad") / f"img{i:02d}.png", (48, 48), seed=i)
+    two_class_folder(root, 8)
     return root
 
 

@@ -106,12 +106,11 @@ def test_run_train_records_the_init_models_fingerprint(tmp_path):
 def test_curate_cli_takes_init_model(tmp_path):
     """Journey: `curate --init-model DIR` starts training from DIR's model and records its fingerprint."""
     pytest.importorskip("prefect")
-    from conftest import write_png
+    from conftest import two_class_folder
 
     init, _ = _saved_model(tmp_path, epochs=1, input_size=48)  # classes neutral, happy, sad
     src = tmp_path / "col"
-    for i in range(12):
-        write_png(src / ("happy" if i % 2 else "sad") / f"img{i:02d}.png", (48, 48), seed=i)
+    two_class_folder(src, 12)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("faces: {contact_sheet_n: 0}\ntrain: {classes: [happy, sad], input_size: 48, width: 4, "
                    "epochs: 1, folds: 2, backbone: cnn, methods: [ce], final_method: ce, device: cpu}\n")
