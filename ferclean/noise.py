@@ -99,6 +99,15 @@ class RelabelConfig(BaseModel):
         "joint's noise towards the identity by estimated label noise / the joint's noise (a weak model's joint counts "
         "its own errors as label noise), and relabel only where that shrunk posterior puts the suggested label above "
         "the given one; the estimates go into the relabel summary. Needs the AU view; off: the joint as estimated")
+    au_view_weight_weak: float = Field(
+        1.0, ge=0, le=4, description="bayes rule with trust auto: the AU view's weight when the label-free estimates "
+        "put the network below the labels (the `trust_margin` case, where the shrink and relabel_floor apply) and the "
+        "AU view above the network, e.g. a small collection curated alone, whose folds barely learn (network 0.33 "
+        "right vs the crowd, AU view 0.55 on the FER2013 valid split). Chosen on the out-of-fold scores of two "
+        "curate runs on FER2013 train rows (3,000 and 8,000 rows): w 0.5 / 1 / 1.5 / 2 / 3 gave flag F1 0.690 / "
+        "0.698 / 0.692 / 0.695 / 0.693 and +0.43 / +0.78 / +0.50 / +0.57 / +0.53 points (3,000), 0.692 / 0.695 / "
+        "0.688 / 0.685 / 0.681 and +0.76 / +0.83 / +0.82 / +0.71 / +0.55 (8,000); benchmarks/results/"
+        "view_weight.md. Not applied with an audit's class_prior")
     trust_margin: float = Field(
         0.05, ge=0, le=1, description="bayes rule with trust auto: the network counts as stronger than the labels "
         "(joint used as estimated, no relabel_floor) only when its estimated accuracy exceeds the labels' by at least "
@@ -354,6 +363,19 @@ def bounded_joint(joint: np.ndarray, reference_noise: np.ndarray | Sequence[Sequ
     off = np.minimum(nm, ref) * (1.0 - np.eye(len(nm)))
     capped = off + np.diag(1.0 - off.sum(axis=0))
     return capped * joint.sum(axis=0, keepdims=True)
+
+
+def au_view_weight_for(cfg: RelabelConfig, accuracies: dict[str, float] | None) -> float:
+    """The AU view's weight in :func:`ferclean.au_view.combine` for these verdicts: `au_view_weight`, or
+    `au_view_weight_weak` when the label-free estimates (:func:`view_accuracies`) say the network is weaker than
+    the labels (by `trust_margin`, as in :func:`decide`) and the AU view stronger than the network; trust
+    auto, bayes rule and no audit class_prior only."""
+    if (cfg.rule != "bayes" or cfg.trust != "auto" or cfg.class_prior is not None or not accuracies
+            or "au_view_accuracy" not in accuracies):
+        return cfg.au_view_weight
+    model, label, au = (accuracies["model_accuracy"], accuracies["label_accuracy"], accuracies["au_view_accuracy"])
+    weaker = model < label + cfg.trust_margin
+    return cfg.au_view_weight_weak if (weaker and au > model) else cfg.au_view_weight
 
 
 def trust_shrink(joint: np.ndarray, label_accuracy: float | None) -> float:

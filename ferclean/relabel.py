@@ -30,6 +30,7 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     apply_face_rules,
     apply_issue_rules,
     apply_temperature,
+    au_view_weight_for,
     bayes_posterior,
     calibrate_temperature,
     confident_joint,
@@ -161,12 +162,15 @@ def verdicts(sample_ids: Sequence[str], label_names: Sequence[str | None], class
     acc = view_accuracies(labels, probs, au_probs) if cfg.trust == "auto" and cfg.rule == "bayes" else None
     if acc is None and model_accuracy is not None and cfg.trust == "auto" and cfg.rule == "bayes":
         acc = label_accuracy_given_model(labels, probs, model_accuracy)
-    d = decide(labels, combine(probs, au_probs, cfg.au_view_weight), alpha, sem_dist, cfg,
+    au_weight = au_view_weight_for(cfg, acc)
+    d = decide(labels, combine(probs, au_probs, au_weight), alpha, sem_dist, cfg,
                label_accuracy=acc["label_accuracy"] if acc else None,
                model_accuracy=acc["model_accuracy"] if acc else None,
                reference_noise=None if reference_noise is None else np.asarray(reference_noise, dtype=np.float64))
     if trust is not None:
         trust.update(trust_summary(d, labels, acc))
+        if au_probs is not None:
+            trust["au_view_weight"] = au_weight
     if review_reason is not None:
         for i in np.flatnonzero((d.action == "relabel") & (labels >= 0)):
             d.action[i] = "review"

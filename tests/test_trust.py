@@ -8,6 +8,7 @@ import pytest
 from ferclean.domain_shift import confidence_profile, mix_gap, shift_report
 from ferclean.noise import (
     RelabelConfig,
+    au_view_weight_for,
     bounded_joint,
     decide,
     noise_matrix,
@@ -252,3 +253,43 @@ def test_relabel_collection_says_when_an_old_model_cannot_cap_the_noise():
 
     assert "saved without label_noise" in _collection_noise_summary(RelabelConfig(), {})
     assert "capped" in _collection_noise_summary(RelabelConfig(), {"label_noise": [[1.0]]})
+
+
+def test_au_view_weight_rises_only_when_the_network_is_weaker_than_labels_and_au_view():
+    """The AU view counts more (au_view_weight_weak) only where the label-free estimates put the network below
+    the labels and below the AU view: a small collection whose folds barely learn."""
+    cfg = RelabelConfig()
+    weak_net = {"label_accuracy": 0.64, "model_accuracy": 0.43, "au_view_accuracy": 0.69}
+    assert au_view_weight_for(cfg, weak_net) == cfg.au_view_weight_weak != cfg.au_view_weight
+    strong_net = {"label_accuracy": 0.57, "model_accuracy": 0.84, "au_view_accuracy": 0.77}
+    assert au_view_weight_for(cfg, strong_net) == cfg.au_view_weight
+    weak_au = {"label_accuracy": 0.73, "model_accuracy": 0.74, "au_view_accuracy": 0.65}  # near tie, AU view weakest
+    assert au_view_weight_for(cfg, weak_au) == cfg.au_view_weight
+    assert au_view_weight_for(cfg, None) == cfg.au_view_weight
+    assert au_view_weight_for(cfg.model_copy(update={"trust": "off"}), weak_net) == cfg.au_view_weight
+    assert au_view_weight_for(cfg.model_copy(update={"class_prior": [0.5, 0.5]}), weak_net) == cfg.au_view_weight
+
+
+def test_a_weak_network_lets_the_stronger_au_view_choose_the_relabels():
+    """Network 45 % right, AU view 80 %, labels 60 %: the verdicts say which weight they used, and with the AU
+    view weighted up the label errors both views agree on are relabelled, and more of them rightly."""
+    c = 4
+    truth, lab, net, au = _noisy_views(3000, c, {"label": 0.6, "model": 0.45, "au": 0.8}, seed=5)
+    classes = ["a", "b", "c", "d"]
+    names = [classes[k] for k in lab]
+    ids = [f"s{i}" for i in range(3000)]
+
+    def gain(cfg: RelabelConfig) -> tuple[int, dict]:
+        trust: dict = {}
+        t = verdict_rows(ids, names, classes, _onehot(net, c, 0.6), None, None, np.ones(3000, bool), [None] * 3000,
+                         cfg, "r", "ce", au_probs=_onehot(au, c, 0.6), trust=trust)
+        act = np.array(t["action"].to_pylist())
+        sug = np.array([classes.index(x) for x in t["label_suggested"].to_pylist()])
+        r = act == "relabel"
+        return int((sug[r] == truth[r]).sum() - (lab[r] == truth[r]).sum()), trust
+
+    g_weak, trust = gain(RelabelConfig())
+    g_fixed, fixed = gain(RelabelConfig(au_view_weight_weak=RelabelConfig().au_view_weight))
+    assert trust["au_view_weight"] == RelabelConfig().au_view_weight_weak
+    assert fixed["au_view_weight"] == RelabelConfig().au_view_weight
+    assert g_weak > g_fixed >= 0

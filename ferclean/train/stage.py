@@ -27,7 +27,7 @@ from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view, 
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
-from ferclean.noise import decide, final_labels, noise_matrix, view_accuracies
+from ferclean.noise import au_view_weight_for, decide, final_labels, noise_matrix, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.train.config import TrainConfig
@@ -326,7 +326,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         rule = config.relabel  # the user's `relabel:` settings, the same object the relabel stage gets
         oof_probs = mix_views(scores["probs"], init_probs, rule.init_model_weight)
         acc = view_accuracies(labels, oof_probs, au_probs) if rule.trust == "auto" else None
-        d = decide(labels, combine(oof_probs, au_probs, rule.au_view_weight), scores["alpha"],
+        d = decide(labels, combine(oof_probs, au_probs, au_view_weight_for(rule, acc)), scores["alpha"],
                    scores["sem_dist"], rule, label_accuracy=acc["label_accuracy"] if acc else None,
                    model_accuracy=acc["model_accuracy"] if acc else None)
         fin = final_labels(labels, d.action, d.suggested)
