@@ -304,6 +304,9 @@ def test_fold_workers_auto_and_threads_share_out_the_cores(monkeypatch):
     monkeypatch.setattr(C, "physical_cores", lambda: 2)
     cfg = tiny_cfg(fold_workers="auto")
     assert cfg.resolved_fold_workers(3) == 2 and cfg.resolved_fold_workers(1) == 1
+    assert cfg.resolved_fold_workers(3, 5000) == 2
+    assert cfg.resolved_fold_workers(3, 500) == 1  # a small collection: not worth a worker's start-up
+    assert TrainConfig().fold_workers == "auto"
     assert tiny_cfg(fold_workers=1).resolved_fold_workers(3) == 1
     assert tiny_cfg(fold_workers=5).resolved_fold_workers(3) == 3  # never more processes than folds
     assert cfg.threads_per_fold_worker(2) == 1 and cfg.threads_per_fold_worker(1) == 2

@@ -114,7 +114,7 @@ def crossfit(
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
 
-    workers = cfg.resolved_fold_workers(len(todo))
+    workers = cfg.resolved_fold_workers(len(todo), len(labels))
     if workers > 1:  # folds in spawned processes; each is finished as it ends
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
