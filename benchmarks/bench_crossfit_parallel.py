@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ferclean.au_graph import cooccurrence_graph
 from ferclean.classes import FER7
 from ferclean.train.config import TrainConfig
-from ferclean.au_graph import cooccurrence_graph
 from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
 from ferclean.train.stage import crossfit
 
@@ -60,7 +60,7 @@ def main() -> None:
     import ferclean
     src = Path(ferclean.__file__).resolve().parents[1]
     commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    res = {"ferclean": str(src), "commit": commit, "n": int(len(y)), "method": a.method, "config": cfg0.model_dump(include={"input_size", "width", "epochs", "folds", "batch_size"}),
+    res = {"ferclean": str(src), "commit": commit, "n": len(y), "method": a.method, "config": cfg0.model_dump(include={"input_size", "width", "epochs", "folds", "batch_size"}),
            "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
     for w in a.workers:
         cfg = cfg0.model_copy(update={"fold_workers": w})
