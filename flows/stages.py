@@ -16,6 +16,7 @@ No maths here: every task calls a ferclean library function.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 
 # Prefect's embedded temporary API must answer within 20 s by default, which a busy 2-core
 # machine misses; allow 120 s unless set otherwise. Takes effect when this module is imported
@@ -42,6 +43,7 @@ from ferclean.shards import Shard, ShardFn, process_shard  # noqa: E402
 from ferclean.stage_cache import StageCache, config_dump  # noqa: E402
 from ferclean.stage_spec import StageSpec  # noqa: E402
 from ferclean.store import Store  # noqa: E402
+from ferclean.train.fold_runner import dask_fold_executor  # noqa: E402
 
 TASK_RUNNERS = ("default", "process", "dask")
 
@@ -158,8 +160,13 @@ def run_stage(
                    retry_delay_s=shard_runner.get("retry_delay_s", 2.0))
 
     mapped = shard_runner is not None and spec.shard_plan is not None
-    return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
-                                 extra_inputs=extra_inputs, before=map_shards if mapped else None)
+    # under --task-runner dask the cross-fitted folds train on the cluster's workers too (one fold per worker)
+    on_dask = shard_runner is not None and shard_runner.get("kind") == "dask" and spec.name == "train"
+    folds = (dask_fold_executor(shard_runner.get("scheduler_address"), shard_runner.get("workers", 1))
+             if on_dask else nullcontext())
+    with folds:
+        return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
+                                     extra_inputs=extra_inputs, before=map_shards if mapped else None)
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=_retry_on_io,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from ferclean.train.engine import (
     fit_and_score_fold,
     predict,
 )
+from ferclean.train.fold_runner import current_executor
 from ferclean.train.model_io import probs_in_classes, save_model
 
 
@@ -114,15 +116,21 @@ def crossfit(
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
 
+    external = current_executor()  # the flows' Dask cluster under --task-runner dask (ferclean.train.fold_runner)
     workers = cfg.resolved_fold_workers(len(todo), len(labels))
-    if workers > 1:  # folds in spawned processes; each is finished as it ends
+    if todo and (external is not None or workers > 1):  # each fold is finished as it ends
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # one torch thread per process when the processes fill the cores (two threads each thrashed)
-        wcfg = cfg.model_copy(update={"num_threads": cfg.threads_per_fold_worker(workers)})
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        if external is not None:
+            pool: Any = nullcontext(external[0])
+            wcfg, runner = cfg, external[1]
+        else:
+            # one torch thread per process when the processes fill the cores (two threads each thrashed)
+            wcfg = cfg.model_copy(update={"num_threads": cfg.threads_per_fold_worker(workers)})
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            runner = f"{workers} spawned processes"
+        with pool as ex:
             futures = {ex.submit(fit_and_score_fold, *job(k, wcfg)): k for k in todo}
             for fut in as_completed(futures):
                 k = futures[fut]
@@ -131,11 +139,12 @@ def crossfit(
                     log({**row, "fold": k})
                 finish(k, res, out)
     else:
+        runner = "this process"
         for k in todo:
             res, out = fit_and_score_fold(*job(k), log=(lambda row, k=k: log({**row, "fold": k})) if log else None)
             finish(k, res, out)
     return {"probs": probs, "alpha": alpha if has_alpha else None, "sem_dist": sem if has_sem else None,
-            "fold": folds, "history": history}
+            "fold": folds, "history": history, "runner": runner}
 
 
 def prediction_table(run_id: str, sample_ids: Sequence[str], method: str, fold: int, classes: Sequence[str],
@@ -277,6 +286,7 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
 
     keys: set[str] = set()
     oof: dict[str, dict[str, Any]] = {}
+    folds_on = "this process"
     for method in config.methods:
         def key(k: int, method: str = method) -> str:
             return f"train-{method}-f{k}-{fp}"
@@ -288,14 +298,15 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
             run.counts[f"train.{method}.relabeled_in_training"] += int((res.labels != labels[np.flatnonzero(
                 fold_assignment(labels, config.folds, config.seed) != k)]).sum())
 
-        crossfit(inputs.images, labels, method, config, aus if method in AUX_METHODS else None,
-                 a_bar if method in AUX_METHODS else None, ckpt_dir=ckpt_dir if config.checkpoint else None,
-                 log=log, on_fold=on_fold, skip_fold=lambda k, key=key: store.has_part("predictions", key(k)))
+        cf = crossfit(inputs.images, labels, method, config, aus if method in AUX_METHODS else None,
+                      a_bar if method in AUX_METHODS else None, ckpt_dir=ckpt_dir if config.checkpoint else None,
+                      log=log, on_fold=on_fold, skip_fold=lambda k, key=key: store.has_part("predictions", key(k)))
+        folds_on = cf["runner"]
         keys.update(key(k) for k in range(config.folds))
         oof[method] = _read_oof(store, [key(k) for k in range(config.folds)], inputs.sample_ids)
     summary: dict[str, Any] = {"samples": len(inputs.sample_ids), "methods": list(config.methods),
                                "pseudo_aus": "aus" if use_aus else "prototype", "fingerprint": fp,
-                               "au_graph": graph_source}
+                               "au_graph": graph_source, "folds_trained_in": folds_on}
     if init is not None:
         summary["init_model"] = init
     au_probs, au_rows = None, np.zeros(len(labels), bool)
