@@ -8,7 +8,7 @@ reads the store (predictions, the AU view's probabilities, the primary faces' qu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     Decision,
     RelabelConfig,
     RuleStats,
+    add_counts,
     apply_face_rules,
     apply_issue_rules,
     apply_temperature,
@@ -165,11 +166,9 @@ def verdicts(sample_ids: Sequence[str], label_names: Sequence[str | None], class
     if labels is None:
         labels = label_indices(label_names, classes)
     labels = np.asarray(labels, dtype=np.int64)
-    acc = rule_accuracies(view_counts(labels, probs, au_probs), cfg, model_accuracy)
-    combined = combine(probs, au_probs, cfg.au_view_weight)
-    stats = _rule_stats(lambda: [(labels, combined)], cfg, acc, reference_noise)
-    v = part_verdicts(sample_ids, classes, labels, combined, au_probs, alpha, sem_dist, has_face, quality, cfg,
-                      stats, issues=issues, review_reason=review_reason)
+    stats, acc = collection_rule_stats(lambda: [(labels, probs, au_probs)], cfg, model_accuracy, reference_noise)
+    v = part_verdicts(sample_ids, classes, labels, combine(probs, au_probs, cfg.au_view_weight), au_probs, alpha,
+                      sem_dist, has_face, quality, cfg, stats, issues=issues, review_reason=review_reason)
     if trust is not None:
         trust.update(trust_from_sums(v.trust_sums, v.d.shrink, acc))
     return v
@@ -181,10 +180,22 @@ def label_indices(label_names: Sequence[str | None], classes: Sequence[str]) -> 
     return np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
 
 
-def _rule_stats(parts: Any, cfg: RelabelConfig, acc: dict[str, Any] | None, reference_noise: Any) -> RuleStats:
-    return rule_stats(parts, cfg, label_accuracy=acc["label_accuracy"] if acc else None,
-                      model_accuracy=acc["model_accuracy"] if acc else None,
-                      reference_noise=None if reference_noise is None else np.asarray(reference_noise, dtype=np.float64))
+def collection_rule_stats(parts: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]]],
+                          cfg: RelabelConfig, model_accuracy: float | None = None,
+                          reference_noise: Any = None) -> tuple[RuleStats, dict[str, Any] | None]:
+    """The verdict rule's collection statistics and the trust estimates (:func:`ferclean.noise.rule_accuracies`)
+    from passes over a collection's parts: `parts()` gives each part's (labels, the network's probabilities,
+    the AU view's or None) in collection order. Decide each part with :func:`part_verdicts`."""
+    counts = None
+    for labels, probs, au_probs in parts():
+        counts = add_counts(counts, view_counts(labels, probs, au_probs))
+    acc = rule_accuracies(counts, cfg, model_accuracy)
+    w = cfg.au_view_weight
+    stats = rule_stats(lambda: ((lab, combine(p, a, w)) for lab, p, a in parts()), cfg,
+                       label_accuracy=acc["label_accuracy"] if acc else None,
+                       model_accuracy=acc["model_accuracy"] if acc else None,
+                       reference_noise=None if reference_noise is None else np.asarray(reference_noise, dtype=np.float64))
+    return stats, acc
 
 
 def part_verdicts(sample_ids: Sequence[str], classes: Sequence[str], labels: np.ndarray, combined: np.ndarray,
@@ -387,7 +398,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     pass): :func:`ferclean.inference.inference_settings`.
     """
     from ferclean.domain_shift import add_sums, profile_from_sums, profile_sums
-    from ferclean.noise import add_counts, add_trust_sums
+    from ferclean.noise import add_trust_sums
     from ferclean.score_shards import iter_compact, run_score_shards, score_plan
 
     model_dir = ModelDir(model_dir).require()
@@ -397,7 +408,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     shard_summary = run_score_shards(store, shards, job, collection)
     has_view = model_dir.au_view_path.is_file()
     n, with_au, au_known = 0, has_view, 0
-    prof = emb = counts = None
+    prof = emb = None
     for info, _ in iter_compact(store, shards, []):
         with_au = with_au and info["au"]
         n += info["rows"]
@@ -415,7 +426,6 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
 
     for _, part in parts(["label", "probs", "au"]):
         prof = add_sums(prof, profile_sums(part["probs"], part["label"], part["au"]))
-        counts = add_counts(counts, view_counts(part["label"], part["probs"], part["au"]))
         if part["au"] is not None:
             au_known += int((~np.isnan(part["au"]).any(axis=1)).sum())
     au_view = (f"weight {config.au_view_weight}, {au_known} samples" if config.au_view_weight > 0
@@ -424,10 +434,10 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     if config.train_prior is None and meta.get("train_label_prior"):
         config = config.model_copy(update={"train_prior": list(meta["train_label_prior"])})
     shift = shift_from_profile(meta, profile_from_sums(prof, emb, meta.get("confidence_profile")), config)
-    acc = rule_accuracies(counts, config, (meta.get("confidence_profile") or {}).get("model_accuracy"))
+    stats, acc = collection_rule_stats(lambda: ((p["label"], p["probs"], p["au"]) for _, p in parts(["label", "probs", "au"])),
+                                       config, (meta.get("confidence_profile") or {}).get("model_accuracy"),
+                                       meta.get("label_noise"))
     weight = config.au_view_weight
-    stats = _rule_stats(lambda: ((p["label"], combine(p["probs"], p["au"], weight))
-                                 for _, p in parts(["label", "probs", "au"])), config, acc, meta.get("label_noise"))
     review_reason = "domain_shift" if shift["shifted"] and config.domain_shift_guard else None
     actions: dict[str, int] = {}
     sums = None

@@ -97,7 +97,13 @@ def test_batches_carry_the_primary_faces_aus_and_the_collection_filter(tmp_path)
 
 
 def test_profile_from_part_sums_equals_the_whole_collections():
-    from ferclean.domain_shift import add_sums, confidence_profile, embedding_sums, profile_from_sums, profile_sums
+    from ferclean.domain_shift import (
+        add_sums,
+        confidence_profile,
+        embedding_sums,
+        profile_from_sums,
+        profile_sums,
+    )
 
     rng = np.random.default_rng(1)
     n, c = 300, 5
