@@ -304,7 +304,7 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
     """
     labels = np.asarray(labels, dtype=np.int64)
     labelled = labels >= 0
-    n, c = probs.shape
+    c = probs.shape[1]
     if joint is None:
         joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else np.eye(c) / c
     logp = np.log(np.clip(probs, 1e-12, 1.0))

@@ -72,7 +72,8 @@ def test_batched_verdicts_equal_the_whole_collection(name, model_accuracy):
     assert (whole.action == "relabel").any() and (whole.action == "review").any()  # a case with something to decide
     for size in (1, 7, 64, 333, 700, 10_000):
         parts, trust_b = _batched(x, cfg, size, model_accuracy)
-        cat = lambda f: np.concatenate([f(v) for v in parts])  # noqa: E731
+        def cat(f, parts=parts):
+            return np.concatenate([f(v) for v in parts])
         assert np.array_equal(cat(lambda v: v.action), whole.action), size
         assert np.array_equal(cat(lambda v: v.final), whole.final), size
         assert np.array_equal(cat(lambda v: v.d.suggested), whole.d.suggested), size
@@ -97,7 +98,7 @@ def test_flag_ties_are_taken_in_collection_order():
     cfg = RelabelConfig(calibrate=False, trust="off")
     whole = verdicts([str(i) for i in range(n)], [str(k) for k in labels], ["0", "1"], probs, None, None,
                      np.ones(n, bool), [[]] * n, cfg, labels=labels)
-    k = int((whole.d.reasons and sum("low_confidence" in r for r in whole.d.reasons)))
+    k = sum("low_confidence" in r for r in whole.d.reasons)
     assert 0 < k < n
     for size in (3, 50):
         chunks = [slice(a, min(a + size, n)) for a in range(0, n, size)]

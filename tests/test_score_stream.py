@@ -122,3 +122,41 @@ def test_profile_from_part_sums_equals_the_whole_collections():
         assert set(whole) == set(parts)
         for k, v in whole.items():
             assert v == pytest.approx(parts[k], abs=2e-4), k
+
+
+def test_score_shards_resume_and_follow_label_changes(tmp_path):
+    from ferclean.model_dir import ModelDir
+    from ferclean.score_shards import compact_dir
+
+    store, ids = _trained_store(tmp_path, n=40)
+    md = ModelDir.of_run(store.root)
+    cfg = RelabelConfig(trust="off")
+
+    def score(**kw):
+        with open_run(store, "relabel-collection", {}) as run:
+            return score_collection(store, run, md, cfg, batch_size=16, **kw)
+
+    def score_keys():
+        return {k for k in store.part_keys("predictions") if k.startswith("score-")}
+
+    first = score()
+    assert first["shards"] == {"shards": 3, "skipped": 0, "rows": 76}  # 40 samples, 38 with a face, 2 methods
+    keys = score_keys()
+    again = score()
+    assert again["shards"]["skipped"] == 3 and again["actions"] == first["actions"] and score_keys() == keys
+    next(iter(sorted(compact_dir(store).glob("*.parquet")))).unlink()  # a lost compact file: that shard again
+    assert score()["shards"]["skipped"] == 2 and score_keys() == keys
+    s = store.read("samples")
+    labels = s["label_original"].to_pylist()
+    labels[20] = next(c for c in md.meta()["classes"] if c != labels[20])
+    store.write_part("samples", "all", s.set_column(s.schema.get_field_index("label_original"), "label_original",
+                                                    pa.array(labels, pa.string())))
+    # a changed label (as a changed image): the rest of its shard and the changed sample get new shards (an
+    # incremental plan, ferclean.shards), both scored; the other two are kept; the old part is removed
+    changed = score()
+    assert changed["shards"] == {"shards": 4, "skipped": 2, "rows": 2 * 16}  # 15 + 1 samples, 2 methods
+    assert len(score_keys()) == 4 and len(score_keys() & keys) == 2
+    assert len(list(compact_dir(store).glob("*.parquet"))) == 4
+    rows = store.read("relabels").to_pandas()
+    latest = rows[rows.run_id == rows.run_id.iloc[-1]].set_index("sample_id")
+    assert latest.loc[ids[20], "label_original"] == labels[20]
