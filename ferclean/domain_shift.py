@@ -104,3 +104,86 @@ def shift_report(reference: dict[str, Any] | None, current: dict[str, Any], max_
     failed = [k for k, v in checks.items() if v["failed"]]
     return {"shifted": bool(failed), "failed": failed, "checks": checks,
             "reference": "model.json confidence_profile" if reference else "none (model saved without a profile)"}
+
+
+# -- the profile of a collection scored in parts ----------------------------------------------------
+
+def embedding_sums(embeddings: np.ndarray, reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What :func:`profile_from_sums` needs from some rows' embeddings: count, per-dimension sums and sums of
+    squares, and (with a `reference` that has emb_mean) the sum of squared z scores around its means."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    out: dict[str, Any] = {"n": len(emb), "s1": emb.sum(axis=0).tolist(), "s2": (emb * emb).sum(axis=0).tolist()}
+    if reference and "emb_mean" in reference:
+        mu = np.asarray(reference["emb_mean"], dtype=np.float64)
+        sd = np.clip(np.asarray(reference["emb_std"], dtype=np.float64), 1e-6, None)
+        out["z2"] = float((((emb - mu) / sd) ** 2).sum())
+    return out
+
+
+def profile_sums(probs: np.ndarray, labels: np.ndarray, au_probs: np.ndarray | None) -> dict[str, Any]:
+    """What :func:`profile_from_sums` needs from some rows' probabilities (per-row max p kept as float32 for
+    the median; the rest counts)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    c = probs.shape[1]
+    pred = probs.argmax(axis=1)
+    lab = labels >= 0
+    top = probs.max(axis=1)
+    out = {"n": len(probs), "top_sum": float(top.sum()), "top": [top.astype(np.float32)],
+           "pred": np.bincount(pred, minlength=c), "lab_pred": np.bincount(pred[lab], minlength=c),
+           "lab": np.bincount(labels[lab], minlength=c), "au_n": 0, "au_agree": 0}
+    if au_probs is not None:
+        ok = ~np.isnan(au_probs).any(axis=1)
+        out["au_n"] = int(ok.sum())
+        out["au_agree"] = int((au_probs[ok].argmax(axis=1) == pred[ok]).sum())
+    return out
+
+
+def add_sums(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+    """Two parts' :func:`profile_sums` or :func:`embedding_sums` together."""
+    if a is None:
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in b.items()}
+    out = {}
+    for k, v in a.items():
+        if k == "top":
+            out[k] = v + b[k]
+        elif k in ("s1", "s2"):
+            out[k] = (np.asarray(v) + np.asarray(b[k])).tolist()
+        else:
+            out[k] = v + b[k]
+    return out
+
+
+def profile_from_sums(s: dict[str, Any], emb: dict[str, Any] | None = None,
+                      reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`confidence_profile` of a collection from its parts' :func:`profile_sums` (and
+    :func:`embedding_sums`, exact over every row) added up; `reference` as there."""
+    n = int(s["n"])
+    top = np.concatenate(s["top"]).astype(np.float64) if n else np.zeros(0)
+    out: dict[str, Any] = {
+        "n": n,
+        "mean_max_p": round(float(s["top_sum"]) / n, 4) if n else None,
+        "median_max_p": round(float(np.median(top)), 4) if n else None,
+        "pred_mix": (np.asarray(s["pred"]) / max(n, 1)).round(4).tolist(),
+    }
+    lab = np.asarray(s["lab"])
+    if lab.sum():
+        out["label_mix"] = (lab / lab.sum()).round(4).tolist()
+        gap = 0.5 * float(np.abs(np.asarray(s["lab_pred"]) / lab.sum() - lab / lab.sum()).sum())
+        out["mix_gap"] = round(gap, 4)
+    if emb is not None and emb["n"]:
+        m, d = int(emb["n"]), len(emb["s1"])
+        s1, s2 = np.asarray(emb["s1"]), np.asarray(emb["s2"])
+        ref = reference if reference and "emb_mean" in reference else None
+        if ref is None or emb.get("z2") is None:
+            mean = s1 / m
+            out["emb_mean"] = mean.round(5).tolist()
+            out["emb_std"] = np.sqrt(np.clip(s2 / m - mean * mean, 0.0, None)).round(5).tolist()
+            mu, sd = np.asarray(out["emb_mean"]), np.clip(np.asarray(out["emb_std"]), 1e-6, None)
+            z2 = float(((s2 - 2 * mu * s1 + m * mu * mu) / (sd * sd)).sum())
+        else:
+            z2 = float(emb["z2"])
+        out["emb_spread"] = round(z2 / (m * d), 4)
+    if s["au_n"]:
+        out["au_agreement"] = round(int(s["au_agree"]) / int(s["au_n"]), 4)
+    return out

@@ -42,14 +42,15 @@ relabel by). `rule = "threshold"` keeps steps 1-3 above.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from ferclean.flags import QUALITY_FLAGS
+
 
 class RelabelConfig(BaseModel):
     """Thresholds of the verdict rule (see module docstring).
@@ -197,6 +198,33 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61))
+
+
+def temperature_nll_sums(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+    """Sum over rows of the NLL of the given labels under p^(1/T), one entry per T of `grid` (labels >= 0):
+    what :func:`calibrate_temperature` needs from a part of a collection."""
+    grid = TEMPERATURE_GRID if grid is None else grid
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    rows = np.arange(len(labels))
+    out = np.zeros(len(grid))
+    for i, t in enumerate(grid):
+        z = logp / t
+        out[i] = float((np.logaddexp.reduce(z, axis=1) - z[rows, labels]).sum())
+    return out
+
+
+def pick_temperature(nll_sums: np.ndarray, n: int, grid: np.ndarray | None = None) -> float:
+    """The T of `grid` with the lowest mean NLL (summed NLLs over `n` rows; the first one on ties)."""
+    grid = TEMPERATURE_GRID if grid is None else grid
+    best_t, best = 1.0, np.inf
+    for t, s in zip(grid, nll_sums, strict=True):
+        nll = float(s) / n
+        if nll < best:
+            best_t, best = float(t), nll
+    return best_t
+
+
 def calibrate_temperature(probs: np.ndarray, labels: np.ndarray,
                           grid: np.ndarray | None = None) -> float:
     """Temperature T minimising the NLL of the given labels under p^(1/T) (renormalised).
@@ -204,16 +232,7 @@ def calibrate_temperature(probs: np.ndarray, labels: np.ndarray,
     probs: (N, C); labels: (N,) class indices (>= 0). Uses only the given (noisy) labels, never a
     reference, so out-of-fold probabilities of different methods end up on one scale.
     """
-    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61)) if grid is None else grid
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-    rows = np.arange(len(labels))
-    best_t, best = 1.0, np.inf
-    for t in grid:
-        z = logp / t
-        nll = float((np.logaddexp.reduce(z, axis=1) - z[rows, labels]).mean())
-        if nll < best:
-            best_t, best = float(t), nll
-    return best_t
+    return pick_temperature(temperature_nll_sums(probs, labels, grid), len(labels), grid)
 
 
 def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
@@ -224,24 +243,49 @@ def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def joint_threshold_sums(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of p_j over the rows labelled j, count of rows labelled j) per class j (labels >= 0)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    c = probs.shape[1]
+    counts = np.bincount(labels, minlength=c).astype(np.float64)
+    sums = np.array([probs[labels == j, j].sum() for j in range(c)], dtype=np.float64)
+    return sums, counts
+
+
+def joint_thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-class threshold t_j = mean p_j over the rows labelled j (1 for a class nobody has)."""
+    return np.array([sums[j] / counts[j] if counts[j] else 1.0 for j in range(len(counts))])
+
+
+def joint_counts(labels: np.ndarray, probs: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """Confident-joint counts C[given i, true j] of some labelled rows under thresholds `thr`."""
+    labels = np.asarray(labels, dtype=np.int64)
+    c = probs.shape[1]
+    ok = probs >= thr - 1e-6
+    any_ok = ok.any(axis=1)
+    guess = np.where(ok, probs, -1.0).argmax(axis=1)
+    cj = np.zeros((c, c))
+    np.add.at(cj, (labels[any_ok], guess[any_ok]), 1.0)
+    return cj
+
+
+def joint_from_counts(cj: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The calibrated joint from the counts: rows rescaled to the given label counts, total 1."""
+    cj = cj / np.clip(cj.sum(axis=1, keepdims=True), 1e-12, None) * counts[:, None]
+    return cj / max(float(cj.sum()), 1e-12)
+
+
 def confident_joint(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Calibrated confident joint J[given i, true j] (sums to 1), as cleanlab's `estimate_joint`.
 
     labels: (N,) class index >= 0; probs: (N, C) out-of-sample probabilities. Per-class threshold t_j =
     mean p_j over samples labelled j; a sample counts for the true class j with p_j >= t_j (the most
     probable one when several pass); rows are rescaled to the given label counts. No reference labels.
+    (In parts: :func:`joint_threshold_sums`, :func:`joint_counts`, :func:`joint_from_counts`.)
     """
     labels = np.asarray(labels, dtype=np.int64)
-    n, c = probs.shape
-    counts = np.bincount(labels, minlength=c).astype(np.float64)
-    thr = np.array([probs[labels == j, j].mean() if counts[j] else 1.0 for j in range(c)])
-    ok = probs >= thr - 1e-6
-    any_ok = ok.any(axis=1)
-    guess = np.where(ok, probs, -1.0).argmax(axis=1)
-    cj = np.zeros((c, c))
-    np.add.at(cj, (labels[any_ok], guess[any_ok]), 1.0)
-    cj = cj / np.clip(cj.sum(axis=1, keepdims=True), 1e-12, None) * counts[:, None]
-    return cj / max(float(cj.sum()), 1e-12)
+    sums, counts = joint_threshold_sums(labels, probs)
+    return joint_from_counts(joint_counts(labels, probs, joint_thresholds(sums, counts)), counts)
 
 
 def noise_matrix(joint: np.ndarray) -> np.ndarray:
@@ -269,7 +313,7 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
     """
     labels = np.asarray(labels, dtype=np.int64)
     labelled = labels >= 0
-    n, c = probs.shape
+    c = probs.shape[1]
     if joint is None:
         joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else np.eye(c) / c
     logp = np.log(np.clip(probs, 1e-12, 1.0))
@@ -288,6 +332,58 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
     return _softmax(logp)
 
 
+def view_counts(labels: np.ndarray, net_probs: np.ndarray, au_probs: np.ndarray | None) -> dict[str, np.ndarray]:
+    """What the label-free view accuracies need from some rows, as counts that add up over parts:
+    three views (given label, network argmax, AU-view argmax) on the labelled rows that have all three:
+    rows `n3`, pairwise agreements `agree3` (label-net, label-au, net-au), class counts `mix3` (3, C);
+    two views (label, network) on the labelled rows: `n2`, `agree2`, `mix2` (2, C). `au`: 1 with an AU view."""
+    labels = np.asarray(labels, dtype=np.int64)
+    c = net_probs.shape[1]
+    net_ok = ~np.isnan(net_probs).any(axis=1)
+    net = np.where(net_ok, np.nan_to_num(net_probs).argmax(axis=1), 0)
+    ok2 = (labels >= 0) & net_ok
+    out = {"n2": np.array(int(ok2.sum())), "agree2": np.array(int((labels[ok2] == net[ok2]).sum())),
+           "mix2": np.stack([np.bincount(labels[ok2], minlength=c), np.bincount(net[ok2], minlength=c)]),
+           "au": np.array(int(au_probs is not None)), "n3": np.array(0), "agree3": np.zeros(3, np.int64),
+           "mix3": np.zeros((3, c), np.int64)}
+    if au_probs is not None:
+        ok = ok2 & ~np.isnan(au_probs).any(axis=1)
+        views = [labels[ok], net[ok], au_probs[ok].argmax(axis=1)]
+        out["n3"] = np.array(int(ok.sum()))
+        out["agree3"] = np.array([int((views[i] == views[j]).sum()) for i, j in ((0, 1), (0, 2), (1, 2))])
+        out["mix3"] = np.stack([np.bincount(v, minlength=c) for v in views])
+    return out
+
+
+def add_counts(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two parts' :func:`view_counts` together (`au` stays 1 only when both parts had an AU view)."""
+    if a is None:
+        return dict(b)
+    return {k: np.minimum(a[k], b[k]) if k == "au" else a[k] + b[k] for k in a}
+
+
+def view_accuracies_from_counts(k: dict[str, np.ndarray], min_rows: int = 50) -> dict[str, float] | None:
+    """:func:`view_accuracies` from :func:`view_counts` (of one part or added over many)."""
+    n = int(k["n3"])
+    if not int(k["au"]) or n < min_rows:
+        return None
+    mix = [k["mix3"][i] / n for i in range(3)]
+    pairs = {(0, 1): 0, (0, 2): 1, (1, 2): 2}
+
+    def kappa(i: int, j: int) -> float:
+        agree = int(k["agree3"][pairs[(i, j)]]) / n
+        chance = float(mix[i] @ mix[j])
+        return max((agree - chance) / max(1.0 - chance, 1e-9), 1e-6)
+
+    k_ln, k_la, k_na = kappa(0, 1), kappa(0, 2), kappa(1, 2)
+    rel = {"label": np.sqrt(k_ln * k_la / k_na), "model": np.sqrt(k_ln * k_na / k_la),
+           "au_view": np.sqrt(k_la * k_na / k_ln)}
+    base = float(mix[0] @ mix[0])
+    out = {f"{key}_accuracy": round(float(np.clip(r + (1 - min(r, 1.0)) * base, 0.0, 1.0)), 4) for key, r in rel.items()}
+    out["rows"] = n
+    return out
+
+
 def view_accuracies(labels: np.ndarray, net_probs: np.ndarray, au_probs: np.ndarray | None,
                     min_rows: int = 50) -> dict[str, float] | None:
     """Label-free accuracies of three views of the true class: the given labels, the network's argmax and
@@ -301,26 +397,23 @@ def view_accuracies(labels: np.ndarray, net_probs: np.ndarray, au_probs: np.ndar
     """
     if au_probs is None:
         return None
-    labels = np.asarray(labels, dtype=np.int64)
-    ok = (labels >= 0) & ~np.isnan(au_probs).any(axis=1) & ~np.isnan(net_probs).any(axis=1)
-    if ok.sum() < min_rows:
+    return view_accuracies_from_counts(view_counts(labels, net_probs, au_probs), min_rows)
+
+
+def label_accuracy_from_counts(k: dict[str, np.ndarray], model_accuracy: float,
+                               min_rows: int = 50) -> dict[str, float] | None:
+    """:func:`label_accuracy_given_model` from :func:`view_counts`."""
+    n = int(k["n2"])
+    if n < min_rows:
         return None
-    c = net_probs.shape[1]
-    views = [labels[ok], net_probs[ok].argmax(axis=1), au_probs[ok].argmax(axis=1)]
-    mix = [np.bincount(v, minlength=c) / len(v) for v in views]
-
-    def kappa(i: int, j: int) -> float:
-        agree = float((views[i] == views[j]).mean())
-        chance = float(mix[i] @ mix[j])
-        return max((agree - chance) / max(1.0 - chance, 1e-9), 1e-6)
-
-    k_ln, k_la, k_na = kappa(0, 1), kappa(0, 2), kappa(1, 2)
-    rel = {"label": np.sqrt(k_ln * k_la / k_na), "model": np.sqrt(k_ln * k_na / k_la),
-           "au_view": np.sqrt(k_la * k_na / k_ln)}
-    base = float(mix[0] @ mix[0])
-    out = {f"{k}_accuracy": round(float(np.clip(r + (1 - min(r, 1.0)) * base, 0.0, 1.0)), 4) for k, r in rel.items()}
-    out["rows"] = int(ok.sum())
-    return out
+    m_l, m_n = k["mix2"][0] / n, k["mix2"][1] / n
+    chance = float(m_l @ m_n)
+    kappa = max((int(k["agree2"]) / n - chance) / max(1.0 - chance, 1e-9), 1e-6)
+    base = float(m_l @ m_l)
+    k_m = max((model_accuracy - base) / max(1.0 - base, 1e-9), 1e-3)
+    k_l = min(kappa / k_m, 1.0)
+    return {"label_accuracy": round(k_l + (1 - k_l) * base, 4), "model_accuracy": round(model_accuracy, 4),
+            "rows": n, "estimate": "two views: model accuracy from training time"}
 
 
 def label_accuracy_given_model(labels: np.ndarray, net_probs: np.ndarray, model_accuracy: float,
@@ -329,20 +422,19 @@ def label_accuracy_given_model(labels: np.ndarray, net_probs: np.ndarray, model_
     accuracy from their chance-corrected agreement with a network whose accuracy was estimated at training
     time (:func:`view_accuracies` there): k_label = kappa / k_model. On a shifted collection the network is
     weaker than that estimate, which makes this optimistic about the labels, i.e. relabels fewer."""
-    labels = np.asarray(labels, dtype=np.int64)
-    ok = (labels >= 0) & ~np.isnan(net_probs).any(axis=1)
-    if ok.sum() < min_rows:
+    return label_accuracy_from_counts(view_counts(labels, net_probs, None), model_accuracy, min_rows)
+
+
+def rule_accuracies(counts: dict[str, np.ndarray], cfg: RelabelConfig,
+                    model_accuracy: float | None = None) -> dict[str, float] | None:
+    """The accuracy estimates the bayes rule with trust auto uses: three views when there is an AU view,
+    else two with the training-time `model_accuracy`; None otherwise."""
+    if not (cfg.trust == "auto" and cfg.rule == "bayes"):
         return None
-    c = net_probs.shape[1]
-    lab, net = labels[ok], net_probs[ok].argmax(axis=1)
-    m_l, m_n = np.bincount(lab, minlength=c) / len(lab), np.bincount(net, minlength=c) / len(net)
-    chance = float(m_l @ m_n)
-    kappa = max((float((lab == net).mean()) - chance) / max(1.0 - chance, 1e-9), 1e-6)
-    base = float(m_l @ m_l)
-    k_m = max((model_accuracy - base) / max(1.0 - base, 1e-9), 1e-3)
-    k_l = min(kappa / k_m, 1.0)
-    return {"label_accuracy": round(k_l + (1 - k_l) * base, 4), "model_accuracy": round(model_accuracy, 4),
-            "rows": int(ok.sum()), "estimate": "two views: model accuracy from training time"}
+    acc = view_accuracies_from_counts(counts)
+    if acc is None and model_accuracy is not None:
+        acc = label_accuracy_from_counts(counts, model_accuracy)
+    return acc
 
 
 def shrink_joint(joint: np.ndarray, lam: float) -> np.ndarray:
@@ -387,21 +479,175 @@ def trust_shrink(joint: np.ndarray, label_accuracy: float | None) -> float:
     return 1.0 if noise <= 1e-9 else float(np.clip((1.0 - label_accuracy) / noise, 0.0, 1.0))
 
 
+def trust_sums(d: Decision, labels: np.ndarray) -> dict[str, float]:
+    """What :func:`trust_summary` needs from some decided rows, as sums that add up over parts."""
+    labels = np.asarray(labels)
+    rel = (d.action == "relabel") & (labels >= 0)
+    out = {"relabels": int(rel.sum()), "labelled": int((labels >= 0).sum()), "right": 0.0, "label_right": 0.0,
+           "gain": 0.0, "posterior": int(d.p_right is not None)}
+    if d.p_right is not None and rel.any():
+        out.update(right=float(d.p_right[rel].sum()), label_right=float(d.p_label_right[rel].sum()),
+                   gain=float((d.p_right[rel] - d.p_label_right[rel]).sum()))
+    return out
+
+
+def add_trust_sums(a: dict[str, float] | None, b: dict[str, float]) -> dict[str, float]:
+    if a is None:
+        return dict(b)
+    return {k: min(a[k], b[k]) if k == "posterior" else a[k] + b[k] for k in a}
+
+
+def trust_from_sums(sums: dict[str, float], shrink: float, accuracies: dict[str, float] | None
+                    ) -> dict[str, float | int | str]:
+    """:func:`trust_summary` from :func:`trust_sums` (of one part or added over many)."""
+    out: dict[str, float | int | str] = {"shrink": round(shrink, 4)}
+    out.update(accuracies or {"estimate": "none (no AU view: the joint as estimated)"})
+    n = int(sums["relabels"])
+    out["relabels"] = n
+    if sums["posterior"] and n:
+        out["relabel_precision_est"] = round(float(sums["right"]) / n, 4)
+        out["replaced_label_right_est"] = round(float(sums["label_right"]) / n, 4)
+        out["expected_gain_points"] = round(100 * float(sums["gain"]) / max(int(sums["labelled"]), 1), 2)
+    return out
+
+
 def trust_summary(d: Decision, labels: np.ndarray, accuracies: dict[str, float] | None
                   ) -> dict[str, float | int | str]:
     """What a user needs to judge the relabels: the estimated view accuracies, the shrink and, over the
     relabelled samples, the mean posterior that the new label is right and that the old one was (both
     label-free estimates); expected_gain_points = 100 * sum(p_new - p_old) / labelled samples."""
-    out: dict[str, float | int | str] = {"shrink": round(d.shrink, 4)}
-    out.update(accuracies or {"estimate": "none (no AU view: the joint as estimated)"})
-    rel = (d.action == "relabel") & (np.asarray(labels) >= 0)
-    out["relabels"] = int(rel.sum())
-    if d.p_right is not None and rel.any():
-        out["relabel_precision_est"] = round(float(d.p_right[rel].mean()), 4)
-        out["replaced_label_right_est"] = round(float(d.p_label_right[rel].mean()), 4)
-        out["expected_gain_points"] = round(100 * float((d.p_right[rel] - d.p_label_right[rel]).sum())
-                                            / max(int((np.asarray(labels) >= 0).sum()), 1), 2)
-    return out
+    return trust_from_sums(trust_sums(d, labels), d.shrink, accuracies)
+
+
+# -- the rule over a collection in parts -------------------------------------------------------------
+# decide() needs, across all rows, only: the calibration temperature, the confident joint (its thresholds
+# and counts), the label counts (prior shift), the trust shrink and which labelled rows have the lowest
+# posterior of their label (the flagged share). rule_stats() gathers them in passes over the parts (each a
+# few numbers, or one histogram); decide_part() then decides any part on its own with them.
+
+FLAG_BINS = 4096
+
+#: one part of a collection for the rule: (labels (n,) class index, -1 = none; probs (n, C)), in collection
+#: order; a RuleParts callable gives a fresh pass over all parts each time it is called.
+RulePart = tuple[np.ndarray, np.ndarray]
+RuleParts = Callable[[], Iterable[RulePart]]
+
+
+@dataclass(frozen=True)
+class RuleStats:
+    """The collection statistics of the verdict rule (:func:`rule_stats`)."""
+
+    calibrated: bool
+    temperature: float
+    labelled: int
+    joint: np.ndarray | None = None  # the joint the posterior uses (bounded when asked); None: no labelled row
+    prior_divisor: np.ndarray | None = None  # train_prior of the prior shift (given, or the label counts)
+    flag_noise: float = 0.0  # 1 - trace of the collection's own joint
+    lam: float = 1.0  # trust shrink
+    weaker: bool = True  # the network is not estimated stronger than the labels (by trust_margin)
+    flag_bin: int = -1  # labelled rows whose posterior support falls in a lower bin are flagged
+    flag_ties: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # + these global rows in it
+    au_weight: float = 0.5  # the AU view's weight the parts are combined with (:func:`au_view_weight_for`)
+
+
+def _flag_bin(support: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(np.asarray(support) * FLAG_BINS), 0, FLAG_BINS - 1).astype(np.int64)
+
+
+def _calibrated(probs: np.ndarray, stats: RuleStats) -> np.ndarray:
+    return apply_temperature(probs, stats.temperature) if stats.calibrated else probs
+
+
+def _posterior(labels: np.ndarray, probs: np.ndarray, stats: RuleStats, cfg: RelabelConfig,
+               joint: np.ndarray | None = None) -> np.ndarray:
+    c = probs.shape[1]
+    j = stats.joint if joint is None else joint
+    return bayes_posterior(labels, probs, j if j is not None else np.eye(c) / c, class_prior=cfg.class_prior,
+                           train_prior=stats.prior_divisor)
+
+
+def rule_stats(parts: RuleParts, cfg: RelabelConfig, label_accuracy: float | None = None,
+               model_accuracy: float | None = None, reference_noise: np.ndarray | None = None) -> RuleStats:
+    """The collection statistics :func:`decide_part` needs, from passes over `parts` (arguments as
+    :func:`decide`). Memory: a few (C, C) and (C,) arrays, a histogram of FLAG_BINS counts and the rows
+    tied in one bin of it."""
+    c, n_lab, lab_counts, nll = 0, 0, None, np.zeros(len(TEMPERATURE_GRID))
+    for labels, probs in parts():
+        labels = np.asarray(labels, dtype=np.int64)
+        lab = labels >= 0
+        c = probs.shape[1]
+        n_lab += int(lab.sum())
+        cnt = np.bincount(labels[lab], minlength=c)
+        lab_counts = cnt if lab_counts is None else lab_counts + cnt
+        if cfg.calibrate and lab.any():
+            nll = nll + temperature_nll_sums(probs[lab], labels[lab])
+    calibrated = bool(cfg.calibrate and n_lab >= 50)
+    temperature = pick_temperature(nll, n_lab) if calibrated else 1.0
+    stats = RuleStats(calibrated, temperature, n_lab)
+    if cfg.rule != "bayes":
+        return stats
+
+    def labelled_parts():
+        for labels, probs in parts():
+            labels = np.asarray(labels, dtype=np.int64)
+            lab = labels >= 0
+            if lab.any():
+                yield labels[lab], _calibrated(probs[lab], stats)
+
+    joint = None
+    flag_noise = 0.0
+    if n_lab:
+        sums, counts = np.zeros(c), np.zeros(c)
+        for labels, probs in labelled_parts():
+            s, k = joint_threshold_sums(labels, probs)
+            sums, counts = sums + s, counts + k
+        thr = joint_thresholds(sums, counts)
+        cj = np.zeros((c, c))
+        for labels, probs in labelled_parts():
+            cj = cj + joint_counts(labels, probs, thr)
+        joint = joint_from_counts(cj, counts)
+        flag_noise = 1.0 - float(np.trace(joint))
+        if reference_noise is not None and cfg.collection_noise == "bounded":
+            joint = bounded_joint(joint, reference_noise)
+    if cfg.train_prior is not None:
+        divisor = np.asarray(cfg.train_prior, dtype=np.float64)
+    elif n_lab:
+        divisor = lab_counts.astype(np.float64)
+    else:
+        divisor = (np.eye(c) / c).sum(axis=0)
+    weaker = model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy + cfg.trust_margin
+    audited = cfg.class_prior is not None
+    lam = (trust_shrink(joint, label_accuracy)
+           if (cfg.trust == "auto" and joint is not None and weaker and not audited) else 1.0)
+    stats = RuleStats(calibrated, temperature, n_lab, joint, divisor, flag_noise, lam, weaker)
+    k = round(flag_noise * n_lab) if cfg.bayes_flag_below is None else 0
+    if k <= 0:
+        return stats
+
+    def supports():  # (support of the given label, global row) of the labelled rows, part by part
+        off = 0
+        for labels, probs in parts():
+            labels = np.asarray(labels, dtype=np.int64)
+            lab = np.flatnonzero(labels >= 0)
+            if len(lab):
+                post = _posterior(labels[lab], _calibrated(probs[lab], stats), stats, cfg)
+                yield post[np.arange(len(lab)), labels[lab]], off + lab
+            off += len(labels)
+
+    hist = np.zeros(FLAG_BINS, np.int64)
+    for sup, _ in supports():
+        hist += np.bincount(_flag_bin(sup), minlength=FLAG_BINS)
+    cum = np.cumsum(hist)
+    b = int(np.searchsorted(cum, k))  # the bin holding the k-th lowest support
+    need = k - (int(cum[b - 1]) if b > 0 else 0)
+    vals, rows = [], []
+    for sup, pos in supports():
+        inb = _flag_bin(sup) == b
+        vals.append(sup[inb])
+        rows.append(pos[inb])
+    vals_, rows_ = np.concatenate(vals), np.concatenate(rows)
+    ties = np.sort(rows_[np.lexsort((rows_, vals_))[:need]])  # lowest support first, then collection order
+    return RuleStats(calibrated, temperature, n_lab, joint, divisor, flag_noise, lam, weaker, b, ties)
 
 
 def decide(
@@ -423,15 +669,24 @@ def decide(
     the labels' the joint is used as estimated (a model stronger than the labels may relabel by it; chosen
     on train rows, benchmarks/results/quality_small.md). reference_noise: with `collection_noise` bounded, the
     noise matrix that caps the collection's own (:func:`bounded_joint`; relabel-collection passes the model's
-    training data's). Returns a :class:`Decision`.
+    training data's). Returns a :class:`Decision`. The same as :func:`rule_stats` over this one part, then
+    :func:`decide_part` (a large collection: rule_stats over its parts, then decide_part per part).
     """
-    n, c = probs.shape
+    labels = np.asarray(labels, dtype=np.int64)
+    stats = rule_stats(lambda: [(labels, probs)], cfg, label_accuracy, model_accuracy, reference_noise)
+    return decide_part(labels, probs, alpha, sem_dist, cfg, stats)
+
+
+def decide_part(labels: np.ndarray, probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
+                cfg: RelabelConfig, stats: RuleStats, offset: int = 0) -> Decision:
+    """:func:`decide` on one part of a collection whose statistics are `stats` (:func:`rule_stats`);
+    `offset`: the part's first row in the collection (rows tied for the last flag are taken in collection
+    order)."""
+    n = probs.shape[0]
     labels = np.asarray(labels, dtype=np.int64)
     labelled = labels >= 0
-    temperature = 1.0
-    if cfg.calibrate and labelled.sum() >= 50:
-        temperature = calibrate_temperature(probs[labelled], labels[labelled])
-        probs = apply_temperature(probs, temperature)
+    temperature = stats.temperature
+    probs = _calibrated(probs, stats)
     y = np.where(labelled, labels, 0)
     rows = np.arange(n)
     sugg = probs.argmax(axis=1)
@@ -450,12 +705,9 @@ def decide(
     low_a = np.zeros(n, bool) if alpha is None else (np.asarray(alpha) < cfg.low_alpha)
     model_sugg = sugg
     lam = 1.0
+    joint = stats.joint
     if cfg.rule == "bayes":
-        joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else None
-        flag_noise = 1.0 - float(np.trace(joint)) if joint is not None else 0.0
-        if joint is not None and reference_noise is not None and cfg.collection_noise == "bounded":
-            joint = bounded_joint(joint, reference_noise)
-        post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior, train_prior=cfg.train_prior)
+        post = _posterior(labels, probs, stats, cfg)
         best = post.argmax(axis=1)
         second = np.argsort(-post, axis=1)[:, 1]
         support = np.where(labelled, post[rows, y], np.nan)
@@ -463,22 +715,21 @@ def decide(
             low_conf = labelled & (support < cfg.bayes_flag_below)
         else:
             low_conf = np.zeros(n, bool)
-            k = int(round(flag_noise * labelled.sum()))
-            if k > 0:
-                low_conf[np.flatnonzero(labelled)[np.argsort(support[labelled], kind="stable")[:k]]] = True
+            if stats.flag_bin >= 0:
+                bins = np.full(n, FLAG_BINS)
+                bins[labelled] = _flag_bin(support[labelled])
+                tie = (bins == stats.flag_bin) & np.isin(offset + rows, stats.flag_ties)
+                low_conf = labelled & ((bins < stats.flag_bin) | tie)
         confident = labelled & (best != y) & (post[rows, best] - support >= cfg.bayes_relabel_margin)
         flagged = low_conf | confident
-        weaker = (model_accuracy is None or label_accuracy is None
-                  or model_accuracy < label_accuracy + cfg.trust_margin)
+        weaker = stats.weaker
         # With an audit's class prior the audit is the reference evidence: the label-free caution (shrink,
         # floor) is not applied. On the FER2013 valid split a 100-face audit gave +8.4 points with the plain
         # rule and +0.7 with the floor (benchmarks/results/oof_rules_valid_alone.json).
         audited = cfg.class_prior is not None
-        lam = (trust_shrink(joint, label_accuracy)
-               if (cfg.trust == "auto" and joint is not None and weaker and not audited) else 1.0)
+        lam = stats.lam
         if lam < 1.0:  # the flags stay; which flagged samples are relabelled follows the shrunk posterior
-            post_t = bayes_posterior(labels, probs, shrink_joint(joint, lam), class_prior=cfg.class_prior,
-                                     train_prior=cfg.train_prior)
+            post_t = _posterior(labels, probs, stats, cfg, joint=shrink_joint(joint, lam))
             confident = labelled & (best != y) & (post_t[rows, best] - post_t[rows, y] >= cfg.bayes_relabel_margin)
             confident &= post_t[rows, best] > post_t[rows, y]
         else:

@@ -3,7 +3,7 @@
 The curate pipeline is `ingest -> faces -> aus -> au_graph -> train -> dataset_issues -> relabel
 -> export`. Each stage is a library function `run_<stage>(store, run, config, progress=True) ->
 dict`, registered here by a plain import with its config class, its input/output tables and (image
-stages) its shard plan. This module also builds the stages' pydantic configs from one YAML/JSON
+stages and score) its shard plan. This module also builds the stages' pydantic configs from one YAML/JSON
 file, with one :class:`~ferclean.noise.RelabelConfig` (the `relabel:` section) for every stage that
 judges labels. Whether a stage can be skipped is :mod:`ferclean.stage_cache`'s job; the flows in
 `flows/` only orchestrate.
@@ -34,6 +34,7 @@ from ferclean.ingest.core import run_ingest
 from ferclean.noise import RelabelConfig
 from ferclean.relabel import run_relabel
 from ferclean.score import ScoreConfig, run_score
+from ferclean.score_shards import shard_work as score_shard_work
 from ferclean.stage_spec import ShardWork, StageSpec
 from ferclean.train.config import TrainConfig
 from ferclean.train.stage import run_train
@@ -61,7 +62,8 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in CURATE_STAGES)
 #: relabel-collection: a trained model applied to a new collection (no training).
 RELABEL_COLLECTION_STAGES: tuple[StageSpec, ...] = (
     *CURATE_STAGES[:3],
-    StageSpec("score", run_score, ScoreConfig, ("samples", "faces", "aus"), ("predictions", "relabels")),
+    StageSpec("score", run_score, ScoreConfig, ("samples", "faces", "aus"), ("predictions", "relabels"),
+              shard_plan=score_shard_work),
 )
 
 #: Named pipelines (the flows pass the name so subflows can rebuild specs from plain parameters).

@@ -48,15 +48,17 @@ def _first_per_sample(t: pa.Table) -> pa.Table:
     return t.take(pa.array(keep, pa.int64()))
 
 
-def primary_faces(store: Any, columns: Sequence[str] | None = None) -> pa.Table:
-    """One `faces` row per sample that has one: its primary face (columns + sample_id, face_index)."""
+def primary_faces(store: Any, columns: Sequence[str] | None = None, where: Any = None) -> pa.Table:
+    """One `faces` row per sample that has one: its primary face (columns + sample_id, face_index).
+    `where`: an optional row filter (a pyarrow dataset expression, e.g. on sample_id)."""
     dset, cols, empty = _open(store, "faces", columns)
     if empty is not None:
         return empty
     if "is_primary" in dset.schema.names:
-        t = dset.to_table(columns=cols, filter=pc.field("is_primary"))
+        flt = pc.field("is_primary") if where is None else pc.field("is_primary") & where
+        t = dset.to_table(columns=cols, filter=flt)
     else:
-        t = dset.to_table(columns=cols)
+        t = dset.to_table(columns=cols, filter=where)
     return _first_per_sample(t)
 
 
@@ -81,26 +83,28 @@ def iter_primary_faces(store: Any, columns: Sequence[str], batch_size: int = 409
             yield t if "is_primary" in (_with_key(columns, names) or names) else t.drop_columns(["is_primary"])
 
 
-def primary_keys(store: Any) -> pa.Table:
+def primary_keys(store: Any, where: Any = None) -> pa.Table:
     """(sample_id, face_index int16) of every sample's primary face; empty when `faces` is empty."""
-    t = primary_faces(store, ["sample_id", "face_index"])
+    t = primary_faces(store, ["sample_id", "face_index"], where)
     return t.select(list(KEY)).cast(pa.schema([("sample_id", pa.string()), ("face_index", pa.int16())]))
 
 
-def primary_aus(store: Any, columns: Sequence[str] | None = None) -> pa.Table:
+def primary_aus(store: Any, columns: Sequence[str] | None = None, where: Any = None) -> pa.Table:
     """One `aus` row per sample: the row of its primary face (columns + sample_id, face_index).
 
-    With an empty `faces` table, face 0 is taken (an aus table imported on its own).
+    With an empty `faces` table, face 0 is taken (an aus table imported on its own). `where`: an optional
+    row filter on sample_id (applied to both tables).
     """
     dset, cols, empty = _open(store, "aus", columns)
     if empty is not None:
         return empty
     if "face_index" not in dset.schema.names:  # one aus row per sample already
-        return _first_per_sample(dset.to_table(columns=cols))
+        return _first_per_sample(dset.to_table(columns=cols, filter=where))
     if store.count("faces") == 0:
-        return _first_per_sample(dset.to_table(columns=cols, filter=pc.field("face_index") == 0))
-    a = dset.to_table(columns=cols)
-    keys = pa.chunked_array(_key_strings(primary_keys(store))).combine_chunks()
+        flt = pc.field("face_index") == 0
+        return _first_per_sample(dset.to_table(columns=cols, filter=flt if where is None else flt & where))
+    a = dset.to_table(columns=cols, filter=where)
+    keys = pa.chunked_array(_key_strings(primary_keys(store, where))).combine_chunks()
     return _first_per_sample(a.filter(pc.is_in(_key_strings(a), value_set=keys)))
 
 

@@ -8,8 +8,8 @@ reads the store (predictions, the AU view's probabilities, the primary faces' qu
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     QUALITY_FLAGS,
     Decision,
     RelabelConfig,
+    RuleStats,
+    add_counts,
     apply_face_rules,
     apply_issue_rules,
     apply_temperature,
@@ -35,12 +37,18 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     calibrate_temperature,
     confident_joint,
     decide,
+    decide_part,
     final_labels,
     label_accuracy_given_model,
     noise_matrix,
     prior_from_counts,
+    rule_accuracies,
+    rule_stats,
+    trust_from_sums,
     trust_summary,
+    trust_sums,
     view_accuracies,
+    view_counts,
 )
 from ferclean.primary import primary_sample_map
 
@@ -105,6 +113,7 @@ class Verdicts:
                  final: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None):
         self.classes, self.labels, self.d, self.action, self.final = list(classes), labels, d, action, final
         self.alpha, self.sem_dist = alpha, sem_dist
+        self.trust_sums: dict[str, float] | None = None  # ferclean.noise.trust_sums of the rule's own verdicts
 
     def rows(self, start: int, stop: int, sample_ids: Sequence[str], label_names: Sequence[str | None],
              run_id: str, method: str) -> pa.Table:
@@ -154,23 +163,54 @@ def verdicts(sample_ids: Sequence[str], label_names: Sequence[str | None], class
              model_accuracy: float | None = None, labels: np.ndarray | None = None,
              reference_noise: Any = None) -> Verdicts:
     """The verdict rule over N scored samples (arguments as :func:`verdict_rows`; `labels`: the class
-    indices of `label_names` when the caller has them, -1 = none)."""
+    indices of `label_names` when the caller has them, -1 = none). The one-part case of
+    :func:`ferclean.noise.rule_stats` + :func:`part_verdicts`."""
     if labels is None:
-        idx = {c: i for i, c in enumerate(classes)}
-        labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
+        labels = label_indices(label_names, classes)
     labels = np.asarray(labels, dtype=np.int64)
-    acc = view_accuracies(labels, probs, au_probs) if cfg.trust == "auto" and cfg.rule == "bayes" else None
-    if acc is None and model_accuracy is not None and cfg.trust == "auto" and cfg.rule == "bayes":
-        acc = label_accuracy_given_model(labels, probs, model_accuracy)
-    au_weight = au_view_weight_for(cfg, acc)
-    d = decide(labels, combine(probs, au_probs, au_weight), alpha, sem_dist, cfg,
-               label_accuracy=acc["label_accuracy"] if acc else None,
-               model_accuracy=acc["model_accuracy"] if acc else None,
-               reference_noise=None if reference_noise is None else np.asarray(reference_noise, dtype=np.float64))
+    stats, acc = collection_rule_stats(lambda: [(labels, probs, au_probs)], cfg, model_accuracy, reference_noise)
+    v = part_verdicts(sample_ids, classes, labels, combine(probs, au_probs, stats.au_weight), au_probs, alpha,
+                      sem_dist, has_face, quality, cfg, stats, issues=issues, review_reason=review_reason)
     if trust is not None:
-        trust.update(trust_summary(d, labels, acc))
+        trust.update(trust_from_sums(v.trust_sums, v.d.shrink, acc))
         if au_probs is not None:
-            trust["au_view_weight"] = au_weight
+            trust["au_view_weight"] = stats.au_weight
+    return v
+
+
+def label_indices(label_names: Sequence[str | None], classes: Sequence[str]) -> np.ndarray:
+    """Class index of each given label (-1: none, or not one of `classes`)."""
+    idx = {c: i for i, c in enumerate(classes)}
+    return np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
+
+
+def collection_rule_stats(parts: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]]],
+                          cfg: RelabelConfig, model_accuracy: float | None = None,
+                          reference_noise: Any = None) -> tuple[RuleStats, dict[str, Any] | None]:
+    """The verdict rule's collection statistics and the trust estimates (:func:`ferclean.noise.rule_accuracies`)
+    from passes over a collection's parts: `parts()` gives each part's (labels, the network's probabilities,
+    the AU view's or None) in collection order. Decide each part with :func:`part_verdicts`."""
+    counts = None
+    for labels, probs, au_probs in parts():
+        counts = add_counts(counts, view_counts(labels, probs, au_probs))
+    acc = rule_accuracies(counts, cfg, model_accuracy)
+    w = au_view_weight_for(cfg, acc)  # the AU view counts more where the network is the weakest view
+    stats = rule_stats(lambda: ((lab, combine(p, a, w)) for lab, p, a in parts()), cfg,
+                       label_accuracy=acc["label_accuracy"] if acc else None,
+                       model_accuracy=acc["model_accuracy"] if acc else None,
+                       reference_noise=None if reference_noise is None else np.asarray(reference_noise, dtype=np.float64))
+    return dataclasses.replace(stats, au_weight=w), acc
+
+
+def part_verdicts(sample_ids: Sequence[str], classes: Sequence[str], labels: np.ndarray, combined: np.ndarray,
+                  au_probs: np.ndarray | None, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
+                  has_face: np.ndarray, quality: Sequence[Sequence[str] | None], cfg: RelabelConfig,
+                  stats: RuleStats, offset: int = 0, issues: dict[str, list[str]] | None = None,
+                  review_reason: str | None = None) -> Verdicts:
+    """The verdicts of one part of a collection (rows offset.. of it) whose rule statistics are `stats`;
+    `combined`: the network's probabilities combined with the AU view's (:func:`ferclean.au_view.combine`)."""
+    d = decide_part(labels, combined, alpha, sem_dist, cfg, stats, offset)
+    sums = trust_sums(d, labels)  # of the rule's own verdicts (before the guard and the face rules)
     if review_reason is not None:
         for i in np.flatnonzero((d.action == "relabel") & (labels >= 0)):
             d.action[i] = "review"
@@ -182,7 +222,9 @@ def verdicts(sample_ids: Sequence[str], label_names: Sequence[str | None], class
     action = apply_face_rules(d.action, d.reasons, has_face, quality, cfg)
     if issues:
         action = apply_issue_rules(action, d.reasons, sample_ids, issues, cfg)
-    return Verdicts(classes, labels, d, action, final_labels(labels, action, d.suggested), alpha, sem_dist)
+    v = Verdicts(classes, labels, d, action, final_labels(labels, action, d.suggested), alpha, sem_dist)
+    v.trust_sums = sums
+    return v
 
 
 def audit_class_prior(store: Any, classes: Sequence[str], min_n: int = 100) -> tuple[list[float] | None, int]:
@@ -346,90 +388,87 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
                      threads: int | None = 1, infer_batch: int = INFER_BATCH, embedding_sample: int = 20_000) -> dict[str, Any]:
     """Apply a saved model to samples (optionally one collection) without training.
 
-    Writes `predictions` rows (method = the model's method and the AU view's, fold = -1; part keys
-    `score-<collection>-<method>-<batch>`) and one `relabels` row per scored sample with the verdict rule.
+    Writes `predictions` rows (method = the model's method and the AU view's, fold = -1; one part per score
+    shard, key `score-<collection>-<shard key>`) and one `relabels` row per scored sample with the verdict rule.
 
-    Streams: samples, primary faces and AUs are read `batch_size` rows at a time
-    (:func:`ferclean.score_inputs.iter_score_batches`), scored and written part by part; what stays in
-    memory for the whole collection are the compact per-row numbers the verdict rule needs together
-    (probabilities, alpha and semantic distances as float32, AU-view probabilities as float64, the label
-    index: about 130 bytes a row) and a uniform sample of `embedding_sample` embeddings for the domain-shift
-    guard's spread (exact up to that many rows). threads: torch threads for inference (None = leave
-    torch's setting) and infer_batch (images per forward pass): :func:`ferclean.inference.inference_settings`.
+    Scoring runs per shard (:mod:`ferclean.score_shards`: `batch_size` samples a shard, resumable; the flows
+    map the shards on their task runner first, so here only the missing ones are scored, in this process).
+    The verdicts are then decided from the shards' compact files in passes (:func:`ferclean.noise.rule_stats`
+    gathers the collection statistics, :func:`part_verdicts` decides each part and its `relabels` rows are
+    appended): what stays in memory for the whole collection is those statistics (a few class-by-class
+    arrays, a histogram, the max probability of each row for the domain-shift guard's median: 4 bytes a
+    row). The guard's embedding spread is exact over every row (`embedding_sample` is no longer used).
+    threads: torch threads for inference (None = leave torch's setting) and infer_batch (images per forward
+    pass): :func:`ferclean.inference.inference_settings`.
     """
-    from ferclean.inference import inference_settings
-    from ferclean.score_inputs import iter_score_batches
-    from ferclean.train.data import decode_crops
-    from ferclean.train.model_io import load_model, score
-    from ferclean.train.stage import prediction_table
+    from ferclean.domain_shift import add_sums, profile_from_sums, profile_sums
+    from ferclean.noise import add_trust_sums
+    from ferclean.score_shards import iter_compact, run_score_shards, score_plan
 
     model_dir = ModelDir(model_dir).require()
-    model = load_model(model_dir)
-    classes = model.classes
-    method = model.meta["method"]
-    size = int(model.meta["input_size"])
-    saved_view = model_dir.load_au_view()
-    view, view_names = saved_view if saved_view is not None else (None, None)
-    base = f"score-{collection or 'all'}"
-    written: dict[str, list[str]] = {method: [], AU_VIEW_METHOD: []}
-    acc = _ScoreAccumulator(embedding_sample)
-    au_absent = "absent (the model folder has no AU view)" if view is None else None
-    with inference_settings(model, threads):
-        for b, batch in enumerate(iter_score_batches(store, collection, view_names, batch_size)):
-            probs, alpha, sem, emb = score(model, decode_crops(batch.crops, size), batch_size=infer_batch)
-            key = f"{base}-{method}-{b:05d}"
-            store.write_part("predictions", key, prediction_table(run.run_id, batch.sample_ids, method, -1, classes,
-                                                                  probs, alpha, sem))
-            written[method].append(key)
-            au_probs = None
-            if view is not None and batch.au is not None:
-                rows = np.flatnonzero(~np.isnan(batch.au).any(axis=1))
-                au_probs = np.full((len(batch.sample_ids), len(classes)), np.nan)
-                if len(rows):
-                    au_probs[rows] = view.predict_proba(batch.au[rows])
-                    key = f"{base}-{AU_VIEW_METHOD}-{b:05d}"
-                    store.write_part("predictions", key, prediction_table(
-                        run.run_id, [batch.sample_ids[i] for i in rows], AU_VIEW_METHOD, -1, classes, au_probs[rows],
-                        None, None))
-                    written[AU_VIEW_METHOD].append(key)
-            elif view is not None:
-                au_absent = "absent (run the aus stage on the collection first)"
-            acc.add(batch, classes, probs, alpha, sem, au_probs, emb)
-    for m, keys in written.items():
-        _remove_stale_parts(store, f"{base}-{m}", keys)
-    if not acc.n:
-        return {"rows": 0}
-    data = acc.finish(au_absent is None and view is not None)
-    au_probs = data["au_probs"]
-    au_view = _au_view_summary(au_probs, config.au_view_weight) if au_probs is not None else au_absent
+    meta = model_dir.meta()
+    classes, method = list(meta["classes"]), meta["method"]
+    shards, job = score_plan(store, model_dir.path, collection, batch_size, run.run_id, threads, infer_batch)
+    shard_summary = run_score_shards(store, shards, job, collection)
+    has_view = model_dir.au_view_path.is_file()
+    n, with_au, au_known = 0, has_view, 0
+    prof = emb = None
+    for info, _ in iter_compact(store, shards, []):
+        with_au = with_au and info["au"]
+        n += info["rows"]
+        emb = add_sums(emb, info["emb"])
+    if not n:
+        return {"rows": 0, "shards": shard_summary}
+    au_absent = None if with_au else ("absent (the model folder has no AU view)" if not has_view
+                                       else "absent (run the aus stage on the collection first)")
+
+    def parts(columns: Sequence[str]):
+        for info, part in iter_compact(store, shards, columns):
+            if not with_au:
+                part["au"] = None
+            yield info, part
+
+    for _, part in parts(["label", "probs", "au"]):
+        prof = add_sums(prof, profile_sums(part["probs"], part["label"], part["au"]))
+        if part["au"] is not None:
+            au_known += int((~np.isnan(part["au"]).any(axis=1)).sum())
+    au_view = (f"weight {config.au_view_weight}, {au_known} samples" if config.au_view_weight > 0
+               else "reasons only (au_view_weight 0)") if with_au else au_absent
     config, prior_source = with_audit_prior(store, config, classes)
-    if config.train_prior is None and model.meta.get("train_label_prior"):
-        config = config.model_copy(update={"train_prior": list(model.meta["train_label_prior"])})
-    probs = data["probs"]
-    shift = collection_shift(model.meta, probs, _LabelNames(data["labels"], classes), classes, au_probs, config,
-                             data["embedding_sample"])
-    trust: dict[str, Any] = {}
-    v = verdicts(data["sample_ids"], data["label_names"], classes, probs.astype(np.float64), data["alpha"],
-                 data["sem"], np.ones(acc.n, bool), data["quality"], config, au_probs=au_probs, trust=trust,
-                 review_reason="domain_shift" if shift["shifted"] and config.domain_shift_guard else None,
-                 model_accuracy=(model.meta.get("confidence_profile") or {}).get("model_accuracy"),
-                 labels=data["labels"], reference_noise=model.meta.get("label_noise"))
-    sids, labs = data["sample_ids"], data["label_names"]
-    for s in range(0, acc.n, batch_size):
-        e = min(s + batch_size, acc.n)
-        store.append("relabels", v.rows(s, e, sids[s:e].to_pylist(), labs[s:e].to_pylist(), run.run_id, method),
-                     run.run_id)
-    acts, n_act = np.unique(v.action.astype(str), return_counts=True)
-    actions = {str(a): int(k) for a, k in zip(acts, n_act, strict=True)}
+    if config.train_prior is None and meta.get("train_label_prior"):
+        config = config.model_copy(update={"train_prior": list(meta["train_label_prior"])})
+    shift = shift_from_profile(meta, profile_from_sums(prof, emb, meta.get("confidence_profile")), config)
+    stats, acc = collection_rule_stats(lambda: ((p["label"], p["probs"], p["au"]) for _, p in parts(["label", "probs", "au"])),
+                                       config, (meta.get("confidence_profile") or {}).get("model_accuracy"),
+                                       meta.get("label_noise"))
+    weight = stats.au_weight
+    review_reason = "domain_shift" if shift["shifted"] and config.domain_shift_guard else None
+    actions: dict[str, int] = {}
+    sums = None
+    offset = 0
+    for _, p in parts(["sample_id", "label_original", "label", "probs", "au", "alpha", "sem", "quality"]):
+        k = len(p["label"])
+        v = part_verdicts(p["sample_id"], classes, p["label"], combine(p["probs"], p["au"], weight), p["au"],
+                          p["alpha"], p["sem"], np.ones(k, bool), p["quality"], config, stats, offset,
+                          review_reason=review_reason)
+        store.append("relabels", v.rows(0, k, p["sample_id"], p["label_original"], run.run_id, method), run.run_id)
+        sums = add_trust_sums(sums, v.trust_sums)
+        for a, c in zip(*np.unique(v.action.astype(str), return_counts=True), strict=True):
+            actions[str(a)] = actions.get(str(a), 0) + int(c)
+        offset += k
+    actions = dict(sorted(actions.items()))
     for a, k in actions.items():
         run.counts[f"relabel.{a}"] += k
+    trust = trust_from_sums(sums, stats.lam if config.rule == "bayes" else 1.0, acc)
+    if with_au:
+        trust["au_view_weight"] = stats.au_weight
     record_trust(run, trust)
     run.counts["relabel.domain_shift"] = int(shift["shifted"])
     shift["action"] = ("relabels sent to review (reason domain_shift)" if shift["shifted"] and config.domain_shift_guard
                        else "none")
-    return {"rows": acc.n, "actions": actions, "method": method,
+    return {"rows": n, "actions": actions, "method": method,
             "class_prior": prior_source, "au_view": au_view, "trust": trust, "domain_shift": shift,
-            "collection_noise": _collection_noise_summary(config, model.meta)}
+            "collection_noise": _collection_noise_summary(config, meta), "shards": shard_summary}
 
 
 def _collection_noise_summary(config: RelabelConfig, meta: dict[str, Any]) -> str:
@@ -442,115 +481,25 @@ def _collection_noise_summary(config: RelabelConfig, meta: dict[str, Any]) -> st
     return "the collection's own, capped at the model's training-data noise (model.json label_noise)"
 
 
-class _LabelNames(Sequence):
-    """Class names of label indices (None for -1), without materialising a list (for collection_shift)."""
-
-    def __init__(self, labels: np.ndarray, classes: Sequence[str]):
-        self.labels, self.classes = labels, list(classes)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        lab = int(self.labels[i])
-        return self.classes[lab] if lab >= 0 else None
-
-
-class _ScoreAccumulator:
-    """The compact per-row numbers of a streamed score (float32; label index int8), the ids and given labels
-    as Arrow arrays, quality flags only where there are some, and a uniform reservoir sample of embeddings."""
-
-    def __init__(self, embedding_sample: int, seed: int = 0):
-        self.n = 0
-        self.k = embedding_sample
-        self.rng = np.random.default_rng(seed)
-        self.parts: dict[str, list] = {k: [] for k in ("probs", "alpha", "sem", "au", "labels", "sids", "labs")}
-        self.flags: dict[int, list[str]] = {}
-        self.emb: np.ndarray | None = None
-
-    def add(self, batch: Any, classes: Sequence[str], probs: np.ndarray, alpha: np.ndarray | None,
-            sem: np.ndarray | None, au_probs: np.ndarray | None, emb: np.ndarray) -> None:
-        idx = {c: i for i, c in enumerate(classes)}
-        p = self.parts
-        p["probs"].append(np.asarray(probs, np.float32))
-        p["alpha"].append(None if alpha is None else np.asarray(alpha, np.float32))
-        p["sem"].append(None if sem is None else np.asarray(sem, np.float32))
-        p["au"].append(None if au_probs is None else np.asarray(au_probs, np.float64))
-        p["labels"].append(np.array([idx.get(lab, -1) if lab is not None else -1 for lab in batch.label_names], np.int8))
-        p["sids"].append(pa.array(batch.sample_ids, pa.string()))
-        p["labs"].append(pa.array(batch.label_names, pa.string()))
-        for i, f in enumerate(batch.quality):
-            if f:
-                self.flags[self.n + i] = list(f)
-        self._sample_embeddings(np.asarray(emb, np.float32))
-        self.n += len(probs)
-
-    def _sample_embeddings(self, emb: np.ndarray) -> None:
-        """Reservoir sampling (algorithm R, vectorised per batch): every row seen is kept with chance k / n."""
-        if self.emb is None:
-            self.emb = np.zeros((0, emb.shape[1]), np.float32)
-        room = max(self.k - len(self.emb), 0)
-        if room:
-            self.emb = np.concatenate([self.emb, emb[:room]])
-        rest = emb[room:]
-        if len(rest):
-            seen = self.n + room + np.arange(len(rest))  # 0-based index of each row in the stream
-            slot = (self.rng.random(len(rest)) * (seen + 1)).astype(np.int64)
-            keep = slot < self.k
-            self.emb[slot[keep]] = rest[keep]  # in stream order: a later row wins a slot, as in algorithm R
-
-    def finish(self, with_au: bool) -> dict[str, Any]:
-        p = self.parts
-        cat = lambda xs: None if any(x is None for x in xs) else np.concatenate(xs)
-        au = None
-        if with_au and any(x is not None for x in p["au"]):
-            c = p["probs"][0].shape[1]
-            au = np.concatenate([x if x is not None else np.full((len(pr), c), np.nan)
-                                 for x, pr in zip(p["au"], p["probs"], strict=True)])
-        return {"probs": np.concatenate(p["probs"]), "alpha": cat(p["alpha"]), "sem": cat(p["sem"]),
-                "au_probs": au, "labels": np.concatenate(p["labels"]).astype(np.int64),
-                "sample_ids": pa.chunked_array(p["sids"], pa.string()),
-                "label_names": pa.chunked_array(p["labs"], pa.string()),
-                "quality": _SparseFlags(self.flags, self.n), "embedding_sample": self.emb}
-
-
-class _SparseFlags(Sequence):
-    """Per-row quality flags stored only for rows that have some ([] elsewhere)."""
-
-    def __init__(self, flags: dict[int, list[str]], n: int):
-        self.flags, self.n = flags, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        i = int(i)
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return self.flags.get(i % self.n, [])
-
-
-def _remove_stale_parts(store: Any, base: str, keep: Sequence[str]) -> None:
-    """Delete `predictions` parts named `base` or `base-<batch>` that this run did not write (an earlier
-    score of the same collection with more batches, or the single part of older versions)."""
-    pattern = re.compile(re.escape(base) + r"(-\d{5})?")
-    for key in store.part_keys("predictions") - set(keep):
-        if pattern.fullmatch(key):
-            store.part_path("predictions", key).unlink(missing_ok=True)
-
-
 def collection_shift(meta: dict[str, Any], probs: np.ndarray, label_names: Sequence[str | None],
                      classes: Sequence[str], au_probs: np.ndarray | None, config: RelabelConfig,
                      embeddings: np.ndarray | None = None) -> dict[str, Any]:
     """:func:`ferclean.domain_shift.shift_report` of a scored collection against model.json's profile."""
-    from ferclean.domain_shift import confidence_profile, shift_report
+    from ferclean.domain_shift import confidence_profile
 
-    idx = {c: i for i, c in enumerate(classes)}
-    labels = np.array([idx.get(lab, -1) if lab is not None else -1 for lab in label_names], dtype=np.int64)
-    ref = meta.get("confidence_profile")
-    current = confidence_profile(probs, labels, au_probs, embeddings, reference=ref)
-    report = shift_report(ref, current, config.shift_max_confidence_drop, config.shift_max_mix_gap,
-                          config.shift_max_au_agreement_drop, config.shift_max_embedding_spread)
+    current = confidence_profile(probs, label_indices(label_names, classes), au_probs, embeddings,
+                                 reference=meta.get("confidence_profile"))
+    return shift_from_profile(meta, current, config)
+
+
+def shift_from_profile(meta: dict[str, Any], current: dict[str, Any], config: RelabelConfig) -> dict[str, Any]:
+    """:func:`ferclean.domain_shift.shift_report` of a collection's profile (e.g. from
+    :func:`ferclean.domain_shift.profile_from_sums`) against model.json's."""
+    from ferclean.domain_shift import shift_report
+
+    report = shift_report(meta.get("confidence_profile"), current, config.shift_max_confidence_drop,
+                          config.shift_max_mix_gap, config.shift_max_au_agreement_drop,
+                          config.shift_max_embedding_spread)
     current.pop("emb_mean", None)
     current.pop("emb_std", None)
     report["collection"] = current

@@ -20,13 +20,14 @@ class ScoreConfig(BaseModel):
     relabel: RelabelConfig = Field(
         default_factory=RelabelConfig, description="the verdict rule (thresholds); filled from the config file's "
         "`relabel:` section")
-    batch_size: int = Field(8192, ge=1, description="samples read, scored and written per part (memory is flat in "
-                            "the collection's size beyond the verdict rule's ~130 bytes a row)")
+    batch_size: int = Field(8192, ge=1, description="samples a score shard reads, scores and writes as one part "
+                            "(the flows map the shards on their task runner; memory is flat in the collection's size "
+                            "beyond 4 bytes a row for the domain-shift guard's median)")
     threads: int | None = Field(1, ge=1, description="torch threads for inference (None = torch's default). One "
                                 "thread was 2.8x cheaper in CPU time than two on a shared 2-core machine")
     infer_batch: int = Field(128, ge=1, description="images per forward pass")
-    embedding_sample: int = Field(20_000, ge=1, description="embeddings kept (a uniform sample) for the domain-shift "
-                                  "guard's spread")
+    embedding_sample: int = Field(20_000, ge=1, description="no longer used: the domain-shift guard's embedding "
+                                  "spread is exact over every row (kept so older config files still validate)")
 
 
 def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True) -> dict:

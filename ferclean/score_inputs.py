@@ -138,3 +138,40 @@ def _small_tables(store: Any, collection: str | None, au_cols: list[str] | None,
         au = np.array([au_map.get(r[0], nan) for r in chunk]).reshape(len(chunk), -1) if au_cols else None
         yield ScoreBatch([r[0] for r in chunk], [labels[r[0]] for r in chunk], [r[1] for r in chunk],
                          [list(r[2] or []) for r in chunk], au)
+
+
+def sample_filter(sample_ids: Sequence[str]) -> Any:
+    """A dataset filter for these sample ids: a range test first (lets Parquet statistics skip the parts
+    and row groups outside it, e.g. faces parts of other shards), then membership."""
+    ids = sorted(sample_ids)
+    f = pc.field("sample_id")
+    return (f >= ids[0]) & (f <= ids[-1]) & f.isin(pa.array(ids, pa.string()))
+
+
+def shard_score_batch(store: Any, sample_ids: Sequence[str], au_names: Sequence[str] | None) -> ScoreBatch:
+    """The scoreable samples among `sample_ids` (a primary face with a crop) as one batch in sample_id order:
+    what one score shard reads (the same rows :func:`iter_score_batches` gives for them)."""
+    empty = ScoreBatch([], [], [], [], None)
+    faces = _schema_names(store, "faces")
+    if not sample_ids or not faces or "crop_png" not in faces:
+        return empty
+    where = sample_filter(sample_ids)
+    s = store.read("samples", columns=["sample_id", "label_original"], filter=where)
+    labels = dict(zip(s["sample_id"].to_pylist(), s["label_original"].to_pylist(), strict=True))
+    cols = ["crop_png"] + (["quality_flags"] if "quality_flags" in faces else [])
+    f = primary_faces(store, cols, where)
+    f = f.filter(pc.is_valid(f["crop_png"]))
+    f = f.filter(pc.is_in(f["sample_id"], value_set=pa.array(list(labels), pa.string()))).sort_by("sample_id")
+    ids = f["sample_id"].to_pylist()
+    au_cols = usable_au_columns(store, au_names) if au_names else None
+    au = None
+    if au_cols:
+        a = primary_aus(store, au_cols, where)
+        vals = np.column_stack([a.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in au_cols])
+        pos = {sid: i for i, sid in enumerate(a["sample_id"].to_pylist())}
+        au = np.full((len(ids), len(au_cols)), np.nan)
+        for r, sid in enumerate(ids):
+            if sid in pos:
+                au[r] = vals[pos[sid]]
+    flags = f["quality_flags"].to_pylist() if "quality_flags" in faces else [None] * len(ids)
+    return ScoreBatch(ids, [labels[i] for i in ids], f["crop_png"].to_pylist(), [list(x or []) for x in flags], au)

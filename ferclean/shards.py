@@ -147,15 +147,21 @@ def plan_shards(
     shard_size: int = 2048,
     table: str = "samples",
     where: ds.Expression | None = None,
+    content_columns: Sequence[str] = (),
 ) -> list[Shard]:
     """Split `table` (sorted by sample_id) into content+config keyed shards, keeping the earlier
-    plan's shards where their samples are unchanged (see :func:`incremental_plan`)."""
+    plan's shards where their samples are unchanged (see :func:`incremental_plan`).
+    `content_columns`: further `samples` columns that count as a sample's content (e.g. the given label,
+    for a stage whose output depends on it)."""
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
     ids = store.read(table, columns=["sample_id"], filter=where).group_by(["sample_id"]).aggregate([])
     # A sample's content is its image's hash (also for a stage reading another table, e.g. aus
     # over faces: a replaced image must be recomputed there too).
-    sha = store.read("samples", columns=["sample_id", "content_sha256"])
+    sha = store.read("samples", columns=["sample_id", "content_sha256", *content_columns])
+    if content_columns:
+        vals = [pc.fill_null(pc.cast(sha[c], pa.string()), "\x00") for c in ("content_sha256", *content_columns)]
+        sha = pa.table({"sample_id": sha["sample_id"], "content_sha256": pc.binary_join_element_wise(*vals, "|")})
     ids = ids.join(sha, "sample_id", join_type="left outer").sort_by("sample_id")
     current = list(zip(ids.column("sample_id").to_pylist(),
                        pc.fill_null(ids.column("content_sha256"), "").to_pylist(), strict=True))

@@ -1,8 +1,8 @@
 """What a pipeline stage is, for the registry (ferclean.pipeline), the stage cache and the flows.
 
 A stage is a library function `run(store, run, config, progress=True) -> dict` with its pydantic
-config class, the tables (or `OUT/<folder>/`) it reads and writes, and, for an image stage, a
-`shard_plan(store, config, run_id) -> ShardWork | None` that the flows map per shard.
+config class, the tables (or `OUT/<folder>/`) it reads and writes, and, for an image stage or the score
+stage, a `shard_plan(store, config, run_id) -> ShardWork | None` that the flows map per shard.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ferclean.shards import Shard, ShardFn
 
 @dataclass(frozen=True)
 class ShardWork:
-    """What the flows map over for an image stage: `fn(store, shard, job)` writes `out_table`."""
+    """What the flows map over for a sharded stage: `fn(store, shard, job)` returns `out_table`'s part."""
 
     out_table: str
     fn: ShardFn

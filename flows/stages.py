@@ -6,7 +6,7 @@ No maths here: every task calls a ferclean library function.
   object for rejects and counts) through the library's stage cache
   (:class:`ferclean.stage_cache.StageCache`: skipped when its manifest says nothing changed), and
   publishes the stage's Markdown artifact.
-- For an image stage, :func:`shards_flow` first maps :func:`shard_task` over the stage's shards
+- For an image stage (and the score stage), :func:`shards_flow` first maps :func:`shard_task` over the stage's shards
   on the chosen task runner (threads, processes, or Dask), each shard a task with retries and
   exponential back-off, so one bad shard retries alone and finished shards are never redone
   (their parts exist). The stage function then runs once to finish the stage (every shard is
@@ -103,7 +103,9 @@ def shards_flow(
     use its own task runner). Raises when any shard still fails after its retries."""
     logger = get_run_logger()
     spec = pipeline.get_spec(stage, pipeline.STAGE_SETS[stages])
-    cfg = pipeline.build_configs([spec], {stage: config}, all_stages=pipeline.STAGE_SETS[stages])[stage]
+    # the stage's own config as dumped by the parent flow (validated there already; a stage whose config
+    # embeds the run's verdict rule, e.g. score's `relabel`, carries it along)
+    cfg = spec.config_cls.model_validate(config) if spec.config_cls is not None else None
     store = Store(out)
     work = spec.shard_plan(store, cfg, run_id) if spec.shard_plan is not None else None
     if work is None:  # e.g. a non-sharded backend: the stage function does all the work

@@ -21,7 +21,7 @@ def test_the_real_graph_has_function_level_edges():
     # a sanity check that the graph below is not empty or blind to lazy imports
     mods = module_files()
     assert "ferclean.views" in imports_of("ferclean.catalog", mods["ferclean.catalog"], mods)
-    assert "ferclean.train.stage" in imports_of("ferclean.relabel", mods["ferclean.relabel"], mods)  # inside a function
+    assert "ferclean.train.stage" in imports_of("ferclean.score_shards", mods["ferclean.score_shards"], mods)  # inside a function
 
 
 def test_no_import_cycles():

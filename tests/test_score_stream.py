@@ -1,5 +1,5 @@
 """The score stage streams (issue 16): batch size changes nothing in its outputs; stale parts go; the
-embedding sample of the domain-shift guard is a uniform reservoir sample."""
+domain-shift guard's profile from the parts' sums equals the whole collection's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ferclean.relabel import RelabelConfig, _ScoreAccumulator, score_collection
+from ferclean.relabel import RelabelConfig, score_collection
 from ferclean.runs import open_run
 from ferclean.score_inputs import iter_score_batches
 
@@ -70,9 +70,11 @@ def test_batch_size_changes_nothing_and_stale_parts_are_removed(tmp_path):
                 assert list(a[k]) == list(b[k]), k
             else:
                 assert a[k] == b[k], k
-    # the second (one-batch) run replaced the first run's 9 parts per method: no duplicate rows left
-    assert sorted(k for k in store.part_keys("predictions") if k.startswith("score-")) == [
-        "score-all-au_view-00000", "score-all-ce-00000"]
+    # the second (one-shard) run replaced the first run's 9 parts: no duplicate rows left
+    assert out["tiny"]["shards"]["shards"] == 9 and out["whole"]["shards"]["shards"] == 1
+    keys = sorted(k for k in store.part_keys("predictions") if k.startswith("score-"))
+    assert len(keys) == 1 and keys[0].startswith("score-all-")
+    assert [p.stem for p in (store.root / "stages" / "score.parts").glob("*.parquet")] == keys
     every = store.read("predictions").to_pandas()
     scored = every[every.run_id.isin(list(runs.values()))]
     assert (scored.run_id == runs["whole"]).all() and len(scored) == 116
@@ -94,19 +96,67 @@ def test_batches_carry_the_primary_faces_aus_and_the_collection_filter(tmp_path)
     assert all(b.au is None for b in iter_score_batches(store, None, ["AU01", "AU99"], batch_size=16))
 
 
-def _feed(n: int, k: int, seed: int, batch: int = 7) -> np.ndarray:
-    acc = _ScoreAccumulator(k, seed=seed)
-    for s in range(0, n, batch):
-        e = min(s + batch, n)
-        acc._sample_embeddings(np.arange(s, e, dtype=np.float32)[:, None])
-        acc.n = e
-    return acc.emb[:, 0]
+def test_profile_from_part_sums_equals_the_whole_collections():
+    from ferclean.domain_shift import (
+        add_sums,
+        confidence_profile,
+        embedding_sums,
+        profile_from_sums,
+        profile_sums,
+    )
+
+    rng = np.random.default_rng(1)
+    n, c = 300, 5
+    probs, labels = rng.dirichlet(np.ones(c), n), rng.integers(-1, c, n)
+    au = rng.dirichlet(np.ones(c), n)
+    au[::7] = np.nan
+    emb = rng.normal(1, 2, (n, 6)).astype(np.float32)
+    train = confidence_profile(probs, labels, au, rng.normal(0, 1, (400, 6)))
+    for ref in (train, None):
+        s = e = None
+        for a in range(0, n, 70):
+            sl = slice(a, a + 70)
+            s = add_sums(s, profile_sums(probs[sl], labels[sl], au[sl]))
+            e = add_sums(e, embedding_sums(emb[sl], ref))
+        whole, parts = confidence_profile(probs, labels, au, emb, reference=ref), profile_from_sums(s, e, ref)
+        assert set(whole) == set(parts)
+        for k, v in whole.items():
+            assert v == pytest.approx(parts[k], abs=2e-4), k
 
 
-def test_embedding_reservoir_is_every_row_when_small_and_uniform_when_large():
-    assert _feed(15, 20, seed=0).tolist() == list(range(15))
-    picks = [_feed(200, 10, seed=s) for s in range(300)]
-    assert all(len(set(p.tolist())) == 10 for p in picks)  # distinct rows, always k of them
-    share = np.bincount(np.concatenate(picks).astype(int), minlength=200) / 300
-    # each row is kept with chance k / n = 0.05; the first and the last 100 rows alike
-    assert share[:100].mean() == pytest.approx(0.05, abs=0.01) and share[100:].mean() == pytest.approx(0.05, abs=0.01)
+def test_score_shards_resume_and_follow_label_changes(tmp_path):
+    from ferclean.model_dir import ModelDir
+    from ferclean.score_shards import compact_dir
+
+    store, ids = _trained_store(tmp_path, n=40)
+    md = ModelDir.of_run(store.root)
+    cfg = RelabelConfig(trust="off")
+
+    def score(**kw):
+        with open_run(store, "relabel-collection", {}) as run:
+            return score_collection(store, run, md, cfg, batch_size=16, **kw)
+
+    def score_keys():
+        return {k for k in store.part_keys("predictions") if k.startswith("score-")}
+
+    first = score()
+    assert first["shards"] == {"shards": 3, "skipped": 0, "rows": 76}  # 40 samples, 38 with a face, 2 methods
+    keys = score_keys()
+    again = score()
+    assert again["shards"]["skipped"] == 3 and again["actions"] == first["actions"] and score_keys() == keys
+    next(iter(sorted(compact_dir(store).glob("*.parquet")))).unlink()  # a lost compact file: that shard again
+    assert score()["shards"]["skipped"] == 2 and score_keys() == keys
+    s = store.read("samples")
+    labels = s["label_original"].to_pylist()
+    labels[20] = next(c for c in md.meta()["classes"] if c != labels[20])
+    store.write_part("samples", "all", s.set_column(s.schema.get_field_index("label_original"), "label_original",
+                                                    pa.array(labels, pa.string())))
+    # a changed label (as a changed image): the rest of its shard and the changed sample get new shards (an
+    # incremental plan, ferclean.shards), both scored; the other two are kept; the old part is removed
+    changed = score()
+    assert changed["shards"] == {"shards": 4, "skipped": 2, "rows": 2 * 16}  # 15 + 1 samples, 2 methods
+    assert len(score_keys()) == 4 and len(score_keys() & keys) == 2
+    assert len(list(compact_dir(store).glob("*.parquet"))) == 4
+    rows = store.read("relabels").to_pandas()
+    latest = rows[rows.run_id == rows.run_id.iloc[-1]].set_index("sample_id")
+    assert latest.loc[ids[20], "label_original"] == labels[20]
