@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from ferclean.contracts import load_contract
 from ferclean.faces import (
     FacesConfig,
     analyze_image,
@@ -146,6 +147,9 @@ ALL_PATHS = ["dlib", "dlib_padded", "dlib_rotated(-30)", "dlib_rotated(30)", "dl
              "mmod_rotated(30)", "mmod_large"]
 
 
+DETECTOR_PATHS = set(next(c for c in load_contract("faces").columns if c.name == "detector").allowed)
+
+
 def test_second_chances_run_cheapest_first_and_stop_at_the_first_face():
     work = np.full((350, 300), 120, np.uint8)  # padded copy 584 px: larger than mmod_max_side (400)
     cfg = FacesConfig()
@@ -157,6 +161,7 @@ def test_second_chances_run_cheapest_first_and_stop_at_the_first_face():
         dets, name, view, tried, calls = _find(work, cfg, {k: 1.0})
         assert tried == ALL_PATHS[: k + 1] and len(dets) == 1
         assert name == path.split("(")[0] and view.image.shape[:2] == calls[k]
+        assert name in DETECTOR_PATHS  # the faces contract takes every path (mmod_rotated / mmod_large did not)
         c = apply_affine(np.array([[150.0, 175.0]]), view.to_view)[0]  # every view keeps the image centred
         assert c == pytest.approx([view.image.shape[1] / 2, view.image.shape[0] / 2], abs=1.0)
 
