@@ -43,13 +43,14 @@ def main() -> None:
     ap.add_argument("--method", default="ulcag")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     df = pd.read_csv(a.root / "labels.csv")
     df = df[df["split"] == a.split] if "split" in df.columns else df
     if a.limit:
         df = df.head(a.limit)
-    cfg0 = TrainConfig(checkpoint=False, **({"epochs": a.epochs} if a.epochs else {}))
+    cfg0 = TrainConfig(checkpoint=False, seed=a.seed, **({"epochs": a.epochs} if a.epochs else {}))
     x = decode_crops([a.root / p for p in df["image_path"]], cfg0.input_size)
     y = np.array([FER7.index(str(v).lower()) for v in df["label"]])
     labels = [str(v).lower() for v in df["label"]]
