@@ -24,7 +24,9 @@ from ferclean.dataset_issues.face_space import (
     rotated_hog_score,
 )
 from ferclean.dataset_issues.neighbors import near_pairs_banded
+from ferclean.dataset_issues.nonface import quality_evidence
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
+from ferclean.dataset_issues.samples import SampleIndex, SampleTable
 from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
 from ferclean.store import Store
@@ -38,8 +40,8 @@ def _stable_unit(sample_ids: Sequence[str]) -> np.ndarray:
     return np.array([int(hashlib.blake2b(s.encode(), digest_size=8).hexdigest(), 16) / 2**64 for s in sample_ids])
 
 
-def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
-                        paths: Sequence[str], progress: bool) -> dict[str, np.ndarray]:
+def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: DatasetIssuesConfig,
+                        progress: bool) -> dict[str, np.ndarray]:
     """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
 
     Rows no detector looked at (fastlm) first get dlib's HOG test of the faces stage (~2 ms each,
@@ -57,13 +59,16 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
     if len(unchecked) and cfg.detect_unchecked:
         detector = hog_detector()
-        for i in track(unchecked, "face detection", total=len(unchecked), enabled=progress):
-            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                continue
-            found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
-            sig.no_detection[i] = 0.0 if found else 1.0
-            sig.detected[i] = found
+        # the paths a chunk at a time (Python strings of one chunk, not of every row)
+        chunks = list(iter_chunks(len(unchecked), cfg.hash_batch))
+        for sl in track(chunks, "face detection", total=len(chunks), enabled=progress):
+            for i, path in zip(unchecked[sl], samples.path_list(unchecked[sl]), strict=True):
+                img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                if img is None:
+                    continue
+                found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
+                sig.no_detection[i] = 0.0 if found else 1.0
+                sig.detected[i] = found
     undetected = sig.has_face_row & ~sig.detected
     if undetected.sum() < 2:
         return out
@@ -75,7 +80,7 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
         """(sample rows, crop vectors) of the decodable primary crops `pick` selects, batch by batch."""
         for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
             sids = t.column("sample_id").to_pylist()
-            rows = np.array([pos.get(x, -1) for x in sids])
+            rows = samples.index.rows(t.column("sample_id"))
             want = np.flatnonzero((rows >= 0) & pick(np.maximum(rows, 0), sids))
             if not len(want):
                 continue
@@ -99,24 +104,26 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
         return out
     out["dffs"][idx] = np.concatenate([d for _, d in todo])
     # the same on the whole image, independent of where the landmark fit put the eyes
-    img_fit, ok_fit = image_vectors([paths[i] for i in fit_rows], cfg.face_space_side)
+    img_fit, ok_fit = image_vectors(samples.path_list(fit_rows), cfg.face_space_side)
     dffs_image = np.full(n, np.nan)
     if ok_fit.sum() >= 2:
         image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
         for sl in iter_chunks(len(idx), cfg.hash_batch):
-            img_todo, ok_todo = image_vectors([paths[i] for i in idx[sl]], cfg.face_space_side)
+            img_todo, ok_todo = image_vectors(samples.path_list(idx[sl]), cfg.face_space_side)
             dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
     out["dffs_image"] = dffs_image
-    n_check = int(round(cfg.hog_check_fraction * len(idx)))
+    n_check = round(cfg.hog_check_fraction * len(idx))
     if n_check:
         detector = hog_detector()
         prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
         suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
-        for i in track(suspects, "face check", total=len(suspects), enabled=progress):
-            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                continue
-            out["hog"][i] = rotated_hog_score(img, detector)
+        chunks = list(iter_chunks(len(suspects), cfg.hash_batch))
+        for sl in track(chunks, "face check", total=len(chunks), enabled=progress):
+            for i, path in zip(suspects[sl], samples.path_list(suspects[sl]), strict=True):
+                img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                if img is None:
+                    continue
+                out["hog"][i] = rotated_hog_score(img, detector)
     # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
     out["appearance"][idx] = 0.0
     checked = idx[~np.isnan(out["hog"][idx])]
@@ -139,7 +146,9 @@ class Signals:
         self.no_detection = np.full(n, np.nan)
         self.detected = np.zeros(n, bool)  # a face detector confirmed the primary face
         self.has_face_row = np.zeros(n, bool)
-        self.flags: list[list[str] | None] = [None] * n
+        # quality evidence of the primary face's flags (nonface.quality_evidence; NaN = no face row): one
+        # float a sample instead of the earlier list of flags per sample
+        self.quality = np.full(n, np.nan)
         self.embedding: EmbeddingBlocks | None = None  # model embeddings, on disk block by block
 
 
@@ -153,7 +162,7 @@ def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssue
     sig.hash_from_crop[idx] = ok & from_crop
 
 
-def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
+def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: DatasetIssuesConfig,
                         embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
     """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings.
 
@@ -166,20 +175,20 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
     blocks = EmbeddingBlocks(store.root) if embed is not None else None
     for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
-        sids = t.column("sample_id").to_pylist()
-        rows = [pos.get(s, -1) for s in sids]
-        keep = [k for k, r in enumerate(rows) if r >= 0]
+        rows = index.rows(t.column("sample_id"))
+        keep = np.flatnonzero(rows >= 0).tolist()
         if not keep:
             continue
-        idx = np.array([rows[k] for k in keep])
+        idx = rows[keep]
         det = t.column("detector").to_pylist()
         flags = t.column("quality_flags").to_pylist()
-        for k, r in zip(keep, idx, strict=True):
+        quality = quality_evidence([list(flags[k] or []) for k in keep])
+        for k, r, q in zip(keep, idx.tolist(), quality.tolist(), strict=True):
             # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
             sig.no_detection[r] = 1.0 if det[k] == "full_frame" else (np.nan if det[k] == NO_DETECTOR else 0.0)
             sig.detected[r] = det[k] not in ("full_frame", NO_DETECTOR)
             sig.has_face_row[r] = True
-            sig.flags[r] = list(flags[k] or [])
+            sig.quality[r] = q
         if want_crops:
             crops = t.column("crop_png").to_pylist()
             crops = [crops[k] for k in keep]
@@ -205,7 +214,7 @@ def phash_edges(sig: Signals, cfg: DatasetIssuesConfig) -> tuple[np.ndarray, np.
     edges = [same, rep[pairs]]
     sims = [np.ones(len(same)), 1.0 - dist / HASH_BITS]
     methods = ["phash"] * (len(same) + len(pairs))
-    stats = {"distinct_hashes": int(len(uniq)), "candidates": stats["candidates"], "phash_pairs": int(len(pairs))}
+    stats = {"distinct_hashes": len(uniq), "candidates": stats["candidates"], "phash_pairs": len(pairs)}
     if cfg.mirror and len(ok):
         muniq, mfirst = np.unique(sig.mirror[ok], return_index=True)
         both = np.concatenate([uniq, muniq])
@@ -234,7 +243,7 @@ def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, metho
         info["min_similarity"] = min(info["min_similarity"], s)
         info["methods"].add(m)
         if m.startswith("phash"):
-            d = int(round((1.0 - s) * HASH_BITS))
+            d = round((1.0 - s) * HASH_BITS)
             info["max_hamming"] = d if info["max_hamming"] is None else max(info["max_hamming"], d)
     for info in out.values():
         info["methods"] = sorted(info["methods"])

@@ -20,8 +20,6 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ferclean.contracts import load_contract
 from ferclean.dataset_issues.config import DatasetIssuesConfig
@@ -29,6 +27,7 @@ from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
 from ferclean.dataset_issues.embeddings import load_embedder
 from ferclean.dataset_issues.issues import issues_table
 from ferclean.dataset_issues.phash import iter_chunks
+from ferclean.dataset_issues.samples import read_samples
 from ferclean.dataset_issues.signals import Signals, gather_face_signals, store_hashes
 from ferclean.model_dir import ModelDir
 from ferclean.progress import track
@@ -47,14 +46,6 @@ def _rejects_allow() -> bool:
     return (stages is None or STAGE in stages) and (reasons is None or UNREADABLE in reasons)
 
 
-def _shared_strings(column: pa.ChunkedArray) -> list[str | None]:
-    """A low-cardinality string column as a list whose equal values are one Python object (8 bytes a row
-    instead of ~60 for a string object per row)."""
-    enc = column.combine_chunks().dictionary_encode()
-    values = enc.dictionary.to_pylist() + [None]
-    return [values[i] for i in pc.fill_null(enc.indices, len(values) - 1).to_numpy(zero_copy_only=False)]
-
-
 def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | None = None,
                        progress: bool = True) -> dict[str, Any]:
     """Find dataset-level issues and write the `dataset_issues` table (replacing earlier output).
@@ -63,39 +54,32 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     """
     cfg = config or DatasetIssuesConfig()
     t0 = time.perf_counter()
-    samples = store.read("samples", columns=["sample_id", "source_path", "content_sha256", "split",
-                                              "label_original", "width", "height"])
-    n = samples.num_rows
-    sids = samples.column("sample_id").to_pylist()
-    pos = {s: i for i, s in enumerate(sids)}
+    samples = read_samples(store)  # Arrow arrays and codes, no Python object per sample
+    n = samples.n
     sig = Signals(n)
     timings: dict[str, float] = {}
 
     model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
     embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
-    has_faces = gather_face_signals(store, pos, sig, cfg, embed)
+    has_faces = gather_face_signals(store, samples.index, sig, cfg, embed)
     timings["faces_s"] = time.perf_counter() - t0
 
     # pHash of the image files for every sample not hashed from a crop
     t = time.perf_counter()
     todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
-    paths = samples.column("source_path").to_pylist()
     chunks = list(iter_chunks(len(todo), cfg.hash_batch))
     for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
         idx = todo[sl]
-        store_hashes(sig, idx, [paths[i] for i in idx], cfg, from_crop=False)
-    unreadable = [sids[i] for i in todo[~sig.hashed[todo]]]
+        store_hashes(sig, idx, samples.path_list(idx), cfg, from_crop=False)
+    bad = todo[~sig.hashed[todo]]
+    unreadable = samples.id_list(bad)
     run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
     if _rejects_allow():
-        for sid in unreadable:
-            run.reject(sid, STAGE, UNREADABLE, f"cannot decode {paths[pos[sid]]}")
+        for sid, path in zip(unreadable, samples.path_list(bad), strict=True):
+            run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
     timings["hash_s"] = time.perf_counter() - t
 
-    ctx = IssueContext(store, cfg, sids, _shared_strings(samples.column("split")),
-                       _shared_strings(samples.column("label_original")), samples.column("content_sha256").to_pylist(),
-                       pc.multiply(samples.column("width").cast(pa.int64()),
-                                   samples.column("height").cast(pa.int64())).to_numpy(),
-                       paths, sig, has_faces, progress, pos=pos)
+    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress)
     rows: list[dict] = []
     found: dict[str, int] = {}
     for manager in ISSUE_MANAGERS:
