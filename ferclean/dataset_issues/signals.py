@@ -25,6 +25,7 @@ from ferclean.dataset_issues.face_space import (
 )
 from ferclean.dataset_issues.neighbors import near_pairs_banded
 from ferclean.dataset_issues.nonface import quality_evidence
+from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
 from ferclean.dataset_issues.samples import SampleIndex, SampleTable
 from ferclean.primary import iter_primary_faces
@@ -41,7 +42,7 @@ def _stable_unit(sample_ids: Sequence[str]) -> np.ndarray:
 
 
 def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: DatasetIssuesConfig,
-                        progress: bool) -> dict[str, np.ndarray]:
+                        progress: bool, clock: PhaseClock | None = None) -> dict[str, np.ndarray]:
     """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
 
     Rows no detector looked at (fastlm) first get dlib's HOG test of the faces stage (~2 ms each,
@@ -50,25 +51,27 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
     `face_space_fit_n` detected crops (all crops when fewer than 200 were detected), then DFFS of
     every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
     check on their source image. Returns arrays of length n: appearance (NaN = not scored),
-    dffs, hog (NaN where not computed).
+    dffs, hog (NaN where not computed). clock: times face_space_detect / _fit / _dffs / _image / _hog.
     """
+    clock = clock or PhaseClock()
     n = len(sig.phash)
     out = {k: np.full(n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
     if not cfg.face_space:
         return out
     unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
     if len(unchecked) and cfg.detect_unchecked:
-        detector = hog_detector()
-        # the paths a chunk at a time (Python strings of one chunk, not of every row)
-        chunks = list(iter_chunks(len(unchecked), cfg.hash_batch))
-        for sl in track(chunks, "face detection", total=len(chunks), enabled=progress):
-            for i, path in zip(unchecked[sl], samples.path_list(unchecked[sl]), strict=True):
-                img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-                if img is None:
-                    continue
-                found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
-                sig.no_detection[i] = 0.0 if found else 1.0
-                sig.detected[i] = found
+        with clock.phase("face_space_detect"):
+            detector = hog_detector()
+            # the paths a chunk at a time (Python strings of one chunk, not of every row)
+            chunks = list(iter_chunks(len(unchecked), cfg.hash_batch))
+            for sl in track(chunks, "face detection", total=len(chunks), enabled=progress):
+                for i, path in zip(unchecked[sl], samples.path_list(unchecked[sl]), strict=True):
+                    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                    if img is None:
+                        continue
+                    found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
+                    sig.no_detection[i] = 0.0 if found else 1.0
+                    sig.detected[i] = found
     undetected = sig.has_face_row & ~sig.detected
     if undetected.sum() < 2:
         return out
@@ -89,41 +92,45 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
 
     # two streaming passes, memory bounded by the fit sample: the earlier single pass kept a 24x24 vector
     # of every undetected crop (2.3 KB a row; all crops of a fastlm collection) and of its image
-    fit_rows, fit_vecs = [], []
-    for r, v in picked(lambda rows, sids: fit_pool[rows] & (_stable_unit(sids) < share)):
-        fit_rows.append(r)
-        fit_vecs.append(v)
-    fit_rows = np.concatenate(fit_rows) if fit_rows else np.zeros(0, np.int64)
-    if len(fit_rows) < 2:
-        return out
-    space = FaceSpace(cfg.face_space_k).fit(np.concatenate(fit_vecs))
-    del fit_vecs
-    todo = [(r, space.dffs(v)) for r, v in picked(lambda rows, sids: undetected[rows])]
-    idx = np.concatenate([r for r, _ in todo]) if todo else np.zeros(0, np.int64)
+    with clock.phase("face_space_fit"):
+        fit_rows, fit_vecs = [], []
+        for r, v in picked(lambda rows, sids: fit_pool[rows] & (_stable_unit(sids) < share)):
+            fit_rows.append(r)
+            fit_vecs.append(v)
+        fit_rows = np.concatenate(fit_rows) if fit_rows else np.zeros(0, np.int64)
+        if len(fit_rows) < 2:
+            return out
+        space = FaceSpace(cfg.face_space_k).fit(np.concatenate(fit_vecs))
+        del fit_vecs
+    with clock.phase("face_space_dffs"):
+        todo = [(r, space.dffs(v)) for r, v in picked(lambda rows, sids: undetected[rows])]
+        idx = np.concatenate([r for r, _ in todo]) if todo else np.zeros(0, np.int64)
     if len(idx) < 2:
         return out
     out["dffs"][idx] = np.concatenate([d for _, d in todo])
     # the same on the whole image, independent of where the landmark fit put the eyes
-    img_fit, ok_fit = image_vectors(samples.path_list(fit_rows), cfg.face_space_side)
-    dffs_image = np.full(n, np.nan)
-    if ok_fit.sum() >= 2:
-        image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
-        for sl in iter_chunks(len(idx), cfg.hash_batch):
-            img_todo, ok_todo = image_vectors(samples.path_list(idx[sl]), cfg.face_space_side)
-            dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
+    with clock.phase("face_space_image"):
+        img_fit, ok_fit = image_vectors(samples.path_list(fit_rows), cfg.face_space_side)
+        dffs_image = np.full(n, np.nan)
+        if ok_fit.sum() >= 2:
+            image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
+            for sl in iter_chunks(len(idx), cfg.hash_batch):
+                img_todo, ok_todo = image_vectors(samples.path_list(idx[sl]), cfg.face_space_side)
+                dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
     out["dffs_image"] = dffs_image
     n_check = round(cfg.hog_check_fraction * len(idx))
     if n_check:
-        detector = hog_detector()
-        prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
-        suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
-        chunks = list(iter_chunks(len(suspects), cfg.hash_batch))
-        for sl in track(chunks, "face check", total=len(chunks), enabled=progress):
-            for i, path in zip(suspects[sl], samples.path_list(suspects[sl]), strict=True):
-                img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-                if img is None:
-                    continue
-                out["hog"][i] = rotated_hog_score(img, detector)
+        with clock.phase("face_space_hog"):
+            detector = hog_detector()
+            prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
+            suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
+            chunks = list(iter_chunks(len(suspects), cfg.hash_batch))
+            for sl in track(chunks, "face check", total=len(chunks), enabled=progress):
+                for i, path in zip(suspects[sl], samples.path_list(suspects[sl]), strict=True):
+                    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                    if img is None:
+                        continue
+                    out["hog"][i] = rotated_hog_score(img, detector)
     # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
     out["appearance"][idx] = 0.0
     checked = idx[~np.isnan(out["hog"][idx])]

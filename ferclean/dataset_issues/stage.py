@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
 from ferclean.dataset_issues.embeddings import load_embedder
 from ferclean.dataset_issues.issues import issues_table
+from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import iter_chunks
 from ferclean.dataset_issues.samples import read_samples
 from ferclean.dataset_issues.signals import Signals, gather_face_signals, store_hashes
@@ -46,6 +48,19 @@ def _rejects_allow() -> bool:
     return (stages is None or STAGE in stages) and (reasons is None or UNREADABLE in reasons)
 
 
+def _clocked(embed: Callable[[Sequence[bytes]], np.ndarray] | None,
+             clock: PhaseClock) -> Callable[[Sequence[bytes]], np.ndarray] | None:
+    """`embed` with its calls timed as the phase "embed"."""
+    if embed is None:
+        return None
+
+    def timed(crops: Sequence[bytes]) -> np.ndarray:
+        with clock.phase("embed"):
+            return embed(crops)
+
+    return timed
+
+
 def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | None = None,
                        progress: bool = True) -> dict[str, Any]:
     """Find dataset-level issues and write the `dataset_issues` table (replacing earlier output).
@@ -53,38 +68,43 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     Returns a summary: counts of clusters / issues per type and timings (seconds).
     """
     cfg = config or DatasetIssuesConfig()
+    clock = PhaseClock(run.dir / "dataset_issues_phases.json")
     t0 = time.perf_counter()
-    samples = read_samples(store)  # Arrow arrays and codes, no Python object per sample
+    with clock.phase("read_samples"):
+        samples = read_samples(store)  # Arrow arrays and codes, no Python object per sample
     n = samples.n
     sig = Signals(n)
     timings: dict[str, float] = {}
 
-    model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
-    embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
-    has_faces = gather_face_signals(store, samples.index, sig, cfg, embed)
+    with clock.phase("faces"):
+        model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
+        embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
+        has_faces = gather_face_signals(store, samples.index, sig, cfg, _clocked(embed, clock))
     timings["faces_s"] = time.perf_counter() - t0
 
     # pHash of the image files for every sample not hashed from a crop
     t = time.perf_counter()
-    todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
-    chunks = list(iter_chunks(len(todo), cfg.hash_batch))
-    for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
-        idx = todo[sl]
-        store_hashes(sig, idx, samples.path_list(idx), cfg, from_crop=False)
-    bad = todo[~sig.hashed[todo]]
-    unreadable = samples.id_list(bad)
-    run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
-    if _rejects_allow():
-        for sid, path in zip(unreadable, samples.path_list(bad), strict=True):
-            run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
+    with clock.phase("hash_images"):
+        todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
+        chunks = list(iter_chunks(len(todo), cfg.hash_batch))
+        for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
+            idx = todo[sl]
+            store_hashes(sig, idx, samples.path_list(idx), cfg, from_crop=False)
+        bad = todo[~sig.hashed[todo]]
+        unreadable = samples.id_list(bad)
+        run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
+        if _rejects_allow():
+            for sid, path in zip(unreadable, samples.path_list(bad), strict=True):
+                run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
     timings["hash_s"] = time.perf_counter() - t
 
-    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress)
+    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock)
     rows: list[dict] = []
     found: dict[str, int] = {}
     for manager in ISSUE_MANAGERS:
         t = time.perf_counter()
-        new = manager().find(ctx)
+        with clock.phase(manager.name):
+            new = manager().find(ctx)
         rows += new
         found[manager.name] = len(new)
         timings[f"{manager.name}_s"] = time.perf_counter() - t
@@ -109,6 +129,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         **{f"issues.{k}": types.count(k) for k in sorted(set(types))},
         **{f"phash.{k}": v for k, v in hstats.items()},
         **{k: round(v, 3) for k, v in timings.items()},
+        "phases": clock.as_dict(),  # wall / CPU per phase (faces includes embed; not_a_face its face_space_*)
     }
     for k, v in summary.items():
         if isinstance(v, int | bool) and not isinstance(v, bool):

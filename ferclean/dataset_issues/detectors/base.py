@@ -8,7 +8,7 @@ by :class:`IssueContext`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -27,6 +27,7 @@ from ferclean.dataset_issues.embeddings import (
     robust_z,
 )
 from ferclean.dataset_issues.nonface import embedding_evidence
+from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.samples import SampleTable
 from ferclean.dataset_issues.signals import (
     Signals,
@@ -65,6 +66,7 @@ class IssueContext:
     sig: Signals
     has_faces: bool
     progress: bool = False
+    clock: PhaseClock = field(default_factory=PhaseClock)  # wall / CPU per phase (the stage writes it out)
 
     def __post_init__(self) -> None:
         # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
@@ -117,6 +119,10 @@ class IssueContext:
         emb_ok = self.embedded
         if self.sig.embedding is None or len(emb_ok) < 3:
             return None
+        with self.clock.phase("embedding_stats"):
+            return self._embedding_stats(emb_ok)
+
+    def _embedding_stats(self, emb_ok: np.ndarray) -> EmbeddingStats:
         # label index in the sorted class names, -1 for no label
         values = self.samples.label_values
         classes = sorted(values)
@@ -139,7 +145,7 @@ class IssueContext:
         """Appearance evidence of the undetected primary crops (NaN without a faces table)."""
         if not self.has_faces:
             return {k: np.full(self.n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
-        return face_space_evidence(self.store, self.samples, self.sig, self.cfg, self.progress)
+        return face_space_evidence(self.store, self.samples, self.sig, self.cfg, self.progress, self.clock)
 
 
 class IssueManager:
