@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from ferclean.store import Store
 
 COLUMNS = ("sample_id", "source_path", "content_sha256", "split", "label_original", "width", "height")
-_HASH_CHUNK = 65_536
+_HASH_CHUNK = 16_384
 
 
 def id_keys(ids: pa.Array | Sequence[str]) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 from ferclean.dataset_issues.clusters import (
     ClusterReport,
     analyze_clusters,
+    clustered_rows,
     group_pairs,
     union_clusters,
 )
@@ -104,7 +105,7 @@ class IssueContext:
             methods += ["embedding"] * len(ep)
         cluster = union_clusters(n, edges)
         # the analysis sees only the rows in clusters of >= 2 (their Python strings; not every sample's)
-        members = np.flatnonzero(np.bincount(cluster, minlength=1)[cluster] >= 2) if n else np.zeros(0, np.int64)
+        members = clustered_rows(cluster)
         sm = self.samples
         ids = sm.id_list(members)
         reports = analyze_clusters(cluster[members], ids, sm.split_list(members), sm.label_list(members),
