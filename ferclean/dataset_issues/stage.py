@@ -27,6 +27,7 @@ from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
 from ferclean.dataset_issues.embeddings import load_embedder
 from ferclean.dataset_issues.issues import issues_table
+from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import iter_chunks
 from ferclean.dataset_issues.samples import read_samples
@@ -80,6 +81,8 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
         embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
         has_faces = gather_face_signals(store, samples.index, sig, cfg, _clocked(embed, clock))
+        del embed  # the model and torch's freed activation buffers: handed back before the later phases
+        release_unused()
     timings["faces_s"] = time.perf_counter() - t0
 
     # pHash of the image files for every sample not hashed from a crop
