@@ -162,3 +162,64 @@ def test_phase_clock_accumulates_and_writes(tmp_path):
         raise ValueError  # a failing phase is still recorded
     data = json.loads((tmp_path / "p.json").read_text())
     assert set(data["wall_s"]) == {"a", "b"} and data["cpu_s"]["a"] >= 0 and data["peak_rss_mb_at_end"]["a"] > 0
+
+
+def face_row(sid: str, crop: bytes, detector: str, flags: list[str]) -> dict:
+    """A contract-complete primary `faces` row."""
+    return {
+        "run_id": "faces", "sample_id": sid, "face_index": 0, "is_primary": True, "n_faces": 1,
+        "detector": detector, "score": None if detector == "full_frame" else 1.0,
+        "bbox": [0.0, 0.0, 48.0, 48.0], "landmarks5": [0.0] * 10, "landmarks68": [0.0] * 136,
+        "align_matrix": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0], "crop_size": 48, "crop_png": crop,
+        "landmarks68_crop": [0.0] * 136, "yaw": 0.0, "pitch": 0.0, "roll": 0.0, "blur": 100.0,
+        "brightness": 120.0, "contrast": 40.0, "face_px": 48.0, "quality_flags": flags,
+    }
+
+
+def test_face_signals_computed_per_part_and_merged_in_any_order_equal_the_streamed_pass(tmp_path):
+    """The per-image face signals are a per-part function (what a task runner could map over faces parts);
+    merging the parts' results in any order gives the stage's signals."""
+    import io
+
+    from ferclean.dataset_issues.embeddings import EmbeddingBlocks
+    from ferclean.dataset_issues.signals import (
+        Signals,
+        face_part_signals,
+        gather_face_signals,
+        merge_face_part,
+    )
+
+    store = Store(tmp_path / "out")
+    write_in_parts(store, sample_rows(10), 2)
+    detectors = ["dlib", "fastlm", "full_frame"]
+    flag_sets = [[], ["tiny"], ["blurry", "extreme_pose"], ["tiny", "blurry", "extreme_pose"]]
+    faces = []
+    for i in [*range(9), 42]:  # sample 9 has no face row; id000042 is not a sample
+        buf = io.BytesIO()
+        Image.fromarray(smooth(i)).save(buf, format="PNG")
+        faces.append(face_row(f"id{i:06d}", buf.getvalue(), detectors[i % 3], flag_sets[i % 4]))
+    for k, chunk in enumerate([faces[:4], faces[4:7], faces[7:]]):
+        store.write_part("faces", f"f{k}", pa.Table.from_pylist(chunk))
+    cfg = DatasetIssuesConfig(hash_source="auto")
+
+    def embed(crops):
+        return np.stack([np.frombuffer(c[-64:], np.uint8).astype(np.float32)[:8] for c in crops])
+
+    index = S.read_samples(store).index
+    streamed = Signals(10)
+    assert gather_face_signals(store, index, streamed, cfg, embed)
+    cols = ["sample_id", "detector", "quality_flags", "crop_png"]
+    parts = [face_part_signals(pa.Table.from_pylist([{c: f[c] for c in cols} for f in chunk]), cfg, embed)
+             for chunk in (faces[:4], faces[4:7], faces[7:])]
+    mapped = Signals(10)
+    mapped.no_detection[:] = 1.0
+    blocks = EmbeddingBlocks(tmp_path)
+    for part in reversed(parts):
+        merge_face_part(mapped, index, part, blocks)
+    for name in ("phash", "mirror", "pixel_std", "hashed", "hash_from_crop", "no_detection", "detected",
+                 "has_face_row", "quality"):
+        np.testing.assert_array_equal(getattr(mapped, name), getattr(streamed, name), err_msg=name)
+    np.testing.assert_array_equal(blocks.dense(10), streamed.embedding.dense(10))
+    assert not streamed.has_face_row[9] and streamed.no_detection[9] == 1.0
+    assert np.isnan(streamed.no_detection[1]) and streamed.detected[0] and not streamed.detected[2]
+    assert streamed.quality.tolist()[:3] == [0.0, 1 / 3, 2 / 3] and streamed.hash_from_crop[:9].all()

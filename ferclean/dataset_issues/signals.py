@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -161,7 +162,12 @@ class Signals:
 
 
 def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssuesConfig, from_crop: bool) -> None:
-    h, std, _, m, ok = hash_images(sources, mirror=cfg.mirror)
+    assign_hashes(sig, idx, hash_images(sources, mirror=cfg.mirror), from_crop)
+
+
+def assign_hashes(sig: Signals, idx: np.ndarray, hashed: tuple, from_crop: bool) -> None:
+    """Write a :func:`ferclean.dataset_issues.phash.hash_images` result into the rows `idx` of `sig`."""
+    h, std, _, m, ok = hashed
     sig.phash[idx] = h
     sig.pixel_std[idx] = np.where(ok, std, np.nan)
     if m is not None:
@@ -170,9 +176,64 @@ def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssue
     sig.hash_from_crop[idx] = ok & from_crop
 
 
+@dataclass
+class FacePartSignals:
+    """The per-image signals of one batch (or one part) of primary faces, aligned with `sample_ids`: what a task
+    runner could compute per faces part on any worker and send back (a few dozen bytes a face plus its
+    embedding); :func:`merge_face_part` puts them into the whole collection's :class:`Signals`."""
+
+    sample_ids: pa.Array
+    no_detection: np.ndarray  # 1 full_frame, NaN fastlm (nothing detected it), 0 a detector found the face
+    detected: np.ndarray  # bool
+    quality: np.ndarray  # nonface.quality_evidence of the quality flags
+    hashes: tuple | None  # hash_images(crops) when the crops are hashed
+    embedding: np.ndarray | None  # (k, d) float32 when a model embeds them
+
+
+def face_part_signals(t: pa.Table, cfg: DatasetIssuesConfig,
+                      embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> FacePartSignals:
+    """Per-image signals of a table of primary faces (sample_id, detector, quality_flags[, crop_png]); needs
+    nothing of the rest of the collection."""
+    det = t.column("detector").to_pylist()
+    flags = t.column("quality_flags").to_pylist()
+    # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
+    no_detection = np.array([1.0 if d == "full_frame" else (np.nan if d == NO_DETECTOR else 0.0) for d in det],
+                            np.float64)
+    detected = np.array([d not in ("full_frame", NO_DETECTOR) for d in det], bool)
+    quality = quality_evidence([list(f or []) for f in flags])
+    hashes = emb = None
+    if "crop_png" in t.column_names and (cfg.hash_source in ("auto", "crop") or embed is not None):
+        crops = t.column("crop_png").to_pylist()
+        release_unused(heap=False)  # the batch's decoded Arrow buffers, before the model's pass
+        if cfg.hash_source in ("auto", "crop"):
+            hashes = hash_images(crops, mirror=cfg.mirror)
+        if embed is not None:
+            emb = embed(crops)
+            release_unused()  # torch's freed activations (peak 1,116 -> 1,053 MB over four batches of the 1M OUT)
+    return FacePartSignals(t.column("sample_id").combine_chunks(), no_detection, detected, quality, hashes, emb)
+
+
+def merge_face_part(sig: Signals, index: SampleIndex, part: FacePartSignals, blocks: EmbeddingBlocks | None) -> None:
+    """Put one part's signals into the rows of its samples (faces of ids that are not samples are skipped)."""
+    rows = index.rows(part.sample_ids)
+    keep = np.flatnonzero(rows >= 0)
+    if not len(keep):
+        return
+    idx = rows[keep]
+    sig.no_detection[idx] = part.no_detection[keep]
+    sig.detected[idx] = part.detected[keep]
+    sig.has_face_row[idx] = True
+    sig.quality[idx] = part.quality[keep]
+    if part.hashes is not None:
+        assign_hashes(sig, idx, tuple(None if x is None else x[keep] for x in part.hashes), from_crop=True)
+    if blocks is not None and part.embedding is not None:
+        blocks.add(idx, part.embedding[keep])
+
+
 def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: DatasetIssuesConfig,
                         embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
-    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings.
+    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings
+    (:func:`face_part_signals` per batch, then :func:`merge_face_part`).
 
     Returns True when the faces table has rows. Memory: one batch of crops at a time.
     """
@@ -183,32 +244,7 @@ def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: Dat
     cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
     blocks = EmbeddingBlocks(store.root) if embed is not None else None
     for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
-        rows = index.rows(t.column("sample_id"))
-        keep = np.flatnonzero(rows >= 0).tolist()
-        if not keep:
-            continue
-        idx = rows[keep]
-        det = t.column("detector").to_pylist()
-        flags = t.column("quality_flags").to_pylist()
-        quality = quality_evidence([list(flags[k] or []) for k in keep])
-        for k, r, q in zip(keep, idx.tolist(), quality.tolist(), strict=True):
-            # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
-            sig.no_detection[r] = 1.0 if det[k] == "full_frame" else (np.nan if det[k] == NO_DETECTOR else 0.0)
-            sig.detected[r] = det[k] not in ("full_frame", NO_DETECTOR)
-            sig.has_face_row[r] = True
-            sig.quality[r] = q
-        if want_crops:
-            crops = t.column("crop_png").to_pylist()
-            crops = [crops[k] for k in keep]
-            # freed memory back to the OS around the model's pass: the batch's Arrow buffers before it, torch's
-            # activations after it (peak 1,116 -> 1,053 MB over four 4,096-crop batches of the 1M OUT)
-            del t
-            release_unused(heap=False)
-            if cfg.hash_source in ("auto", "crop"):
-                store_hashes(sig, idx, crops, cfg, from_crop=True)
-            if blocks is not None:
-                blocks.add(idx, embed(crops))
-                release_unused()
+        merge_face_part(sig, index, face_part_signals(t, cfg, embed), blocks)
     if blocks is not None and blocks.dim:
         sig.embedding = blocks
     return True
