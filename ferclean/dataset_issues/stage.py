@@ -10,7 +10,10 @@ Every signal beyond the samples table is optional:
 
 The stage gathers the per-sample signals once (ferclean.dataset_issues.signals), then runs each
 detector of ferclean.dataset_issues.detectors.ISSUE_MANAGERS (one class per issue type, same
-`find(ctx)` method) and writes their rows.
+`find(ctx)` method) and writes their rows. The samples are held as Arrow arrays and integer codes with
+a hashed sample_id -> row index (ferclean.dataset_issues.samples; no Python object per sample), and the
+wall / CPU seconds and peak RSS of each phase go to OUT/runs/<run_id>/dataset_issues_phases.json as the
+search goes (ferclean.dataset_issues.phases).
 """
 
 from __future__ import annotations
