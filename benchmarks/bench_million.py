@@ -165,6 +165,7 @@ store = Store(sys.argv[1])
 t = time.perf_counter()
 with open_run(store, "dataset-issues", {}) as run:
     s = run_dataset_issues(store, run, DatasetIssuesConfig(model_dir=sys.argv[2]), progress=False)
+s.pop("phases", None)  # in OUT/runs/<run_id>/dataset_issues_phases.json; the log tail parsed here is short
 print("SUMMARY", json.dumps({"wall_s": time.perf_counter() - t, "summary": s}, default=str))
 """
 
@@ -221,9 +222,13 @@ def issues_only(n: int, work: Path, model: Path) -> dict:
                      progress=work / f"progress_{n}_issues_rerun.json")
     line = next((x for x in r["log_tail"].splitlines() if x.startswith("SUMMARY ")), None)
     summary = json.loads(line[8:])["summary"] if line else {}
+    phases = max((work / f"out_{n}" / "runs").glob("*/dataset_issues_phases.json"), key=lambda p: p.stat().st_mtime,
+                 default=None)
     res = {"n": n, "date": datetime.now().isoformat(timespec="seconds"), "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
            "cpu_ms_per_image": round(r["cpu_s"] / n * 1000, 2), "peak_rss_mb": r["peak_rss_mb"],
            "parts_s": {k: v for k, v in summary.items() if k.endswith("_s")},
+           # wall / CPU seconds and peak RSS at the end of each phase (ferclean.dataset_issues.phases)
+           "phases": json.loads(phases.read_text()) if phases else {},
            "command": f"dataset-issue search alone (ISSUES_SNIPPET) on the kept OUT of the {n:,} run"}
     path = RESULTS / "million_issues_rerun.json"
     rows = json.loads(path.read_text()) if path.exists() else []

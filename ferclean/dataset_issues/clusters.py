@@ -43,6 +43,15 @@ def group_pairs(keys: np.ndarray) -> np.ndarray:
     return edges[~first].astype(np.int64)
 
 
+def clustered_rows(cluster: np.ndarray) -> np.ndarray:
+    """Rows (ascending) whose cluster label has >= 2 members: the only rows :func:`analyze_clusters` reports
+    on, so it can be given just these rows (`cluster[rows]` and their per-sample values) for the same reports."""
+    cluster = np.asarray(cluster, np.int64)
+    if not len(cluster):
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.bincount(cluster)[cluster] >= 2)
+
+
 def cluster_id_for(sample_ids: Sequence[str]) -> str:
     """Stable id of a cluster: 'dup-' + 16 hex of SHA-1 over its sorted member ids."""
     blob = "\n".join(sorted(sample_ids)).encode()

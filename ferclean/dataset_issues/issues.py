@@ -91,7 +91,7 @@ def issue_reasons(rows: Iterable[Mapping]) -> dict[str, list[str]]:
     return {sid: sorted(v) for sid, v in sorted(out.items())}
 
 
-def sample_issue_reasons(store) -> dict[str, list[str]]:  # noqa: ANN001  (ferclean.store.Store)
+def sample_issue_reasons(store) -> dict[str, list[str]]:  # store: ferclean.store.Store
     """:func:`issue_reasons` over the store's `dataset_issues` table ({} when it is absent)."""
     table = store.read("dataset_issues", columns=["issue_type", "sample_ids", "details"])
     return issue_reasons(table.to_pylist())

@@ -56,7 +56,10 @@ def near_pairs_banded(
     if n_bands < max_dist + 1:
         raise ValueError("n_bands must be >= max_dist + 1 for exact recall")
     layout = band_layout(n_bands)
-    all_bands = [band_values(h, s, w) for s, w in layout]
+    # each band in the narrowest unsigned type that holds it (16 bits for the 5 bands of max_dist 4: at 1M hashes
+    # plus their mirrors, 20 MB of bands instead of 80 MB)
+    all_bands = [band_values(h, s, w).astype(np.uint16 if w <= 16 else np.uint32 if w <= 32 else np.uint64)
+                 for s, w in layout]
     found_i, found_j, found_d = [], [], []
     candidates = 0
     for b, vals in enumerate(all_bands):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -23,8 +24,12 @@ from ferclean.dataset_issues.face_space import (
     image_vectors,
     rotated_hog_score,
 )
+from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.neighbors import near_pairs_banded
+from ferclean.dataset_issues.nonface import quality_evidence
+from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
+from ferclean.dataset_issues.samples import SampleIndex, SampleTable
 from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
 from ferclean.store import Store
@@ -38,8 +43,8 @@ def _stable_unit(sample_ids: Sequence[str]) -> np.ndarray:
     return np.array([int(hashlib.blake2b(s.encode(), digest_size=8).hexdigest(), 16) / 2**64 for s in sample_ids])
 
 
-def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
-                        paths: Sequence[str], progress: bool) -> dict[str, np.ndarray]:
+def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: DatasetIssuesConfig,
+                        progress: bool, clock: PhaseClock | None = None) -> dict[str, np.ndarray]:
     """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
 
     Rows no detector looked at (fastlm) first get dlib's HOG test of the faces stage (~2 ms each,
@@ -48,22 +53,27 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     `face_space_fit_n` detected crops (all crops when fewer than 200 were detected), then DFFS of
     every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
     check on their source image. Returns arrays of length n: appearance (NaN = not scored),
-    dffs, hog (NaN where not computed).
+    dffs, hog (NaN where not computed). clock: times face_space_detect / _fit / _dffs / _image / _hog.
     """
+    clock = clock or PhaseClock()
     n = len(sig.phash)
     out = {k: np.full(n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
     if not cfg.face_space:
         return out
     unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
     if len(unchecked) and cfg.detect_unchecked:
-        detector = hog_detector()
-        for i in track(unchecked, "face detection", total=len(unchecked), enabled=progress):
-            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                continue
-            found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
-            sig.no_detection[i] = 0.0 if found else 1.0
-            sig.detected[i] = found
+        with clock.phase("face_space_detect"):
+            detector = hog_detector()
+            # the paths a chunk at a time (Python strings of one chunk, not of every row)
+            chunks = list(iter_chunks(len(unchecked), cfg.hash_batch))
+            for sl in track(chunks, "face detection", total=len(chunks), enabled=progress):
+                for i, path in zip(unchecked[sl], samples.path_list(unchecked[sl]), strict=True):
+                    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                    if img is None:
+                        continue
+                    found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
+                    sig.no_detection[i] = 0.0 if found else 1.0
+                    sig.detected[i] = found
     undetected = sig.has_face_row & ~sig.detected
     if undetected.sum() < 2:
         return out
@@ -75,7 +85,7 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
         """(sample rows, crop vectors) of the decodable primary crops `pick` selects, batch by batch."""
         for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
             sids = t.column("sample_id").to_pylist()
-            rows = np.array([pos.get(x, -1) for x in sids])
+            rows = samples.index.rows(t.column("sample_id"))
             want = np.flatnonzero((rows >= 0) & pick(np.maximum(rows, 0), sids))
             if not len(want):
                 continue
@@ -84,39 +94,45 @@ def face_space_evidence(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
 
     # two streaming passes, memory bounded by the fit sample: the earlier single pass kept a 24x24 vector
     # of every undetected crop (2.3 KB a row; all crops of a fastlm collection) and of its image
-    fit_rows, fit_vecs = [], []
-    for r, v in picked(lambda rows, sids: fit_pool[rows] & (_stable_unit(sids) < share)):
-        fit_rows.append(r)
-        fit_vecs.append(v)
-    fit_rows = np.concatenate(fit_rows) if fit_rows else np.zeros(0, np.int64)
-    if len(fit_rows) < 2:
-        return out
-    space = FaceSpace(cfg.face_space_k).fit(np.concatenate(fit_vecs))
-    del fit_vecs
-    todo = [(r, space.dffs(v)) for r, v in picked(lambda rows, sids: undetected[rows])]
-    idx = np.concatenate([r for r, _ in todo]) if todo else np.zeros(0, np.int64)
+    with clock.phase("face_space_fit"):
+        fit_rows, fit_vecs = [], []
+        for r, v in picked(lambda rows, sids: fit_pool[rows] & (_stable_unit(sids) < share)):
+            fit_rows.append(r)
+            fit_vecs.append(v)
+        fit_rows = np.concatenate(fit_rows) if fit_rows else np.zeros(0, np.int64)
+        if len(fit_rows) < 2:
+            return out
+        space = FaceSpace(cfg.face_space_k).fit(np.concatenate(fit_vecs))
+        del fit_vecs
+    with clock.phase("face_space_dffs"):
+        todo = [(r, space.dffs(v)) for r, v in picked(lambda rows, sids: undetected[rows])]
+        idx = np.concatenate([r for r, _ in todo]) if todo else np.zeros(0, np.int64)
     if len(idx) < 2:
         return out
     out["dffs"][idx] = np.concatenate([d for _, d in todo])
     # the same on the whole image, independent of where the landmark fit put the eyes
-    img_fit, ok_fit = image_vectors([paths[i] for i in fit_rows], cfg.face_space_side)
-    dffs_image = np.full(n, np.nan)
-    if ok_fit.sum() >= 2:
-        image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
-        for sl in iter_chunks(len(idx), cfg.hash_batch):
-            img_todo, ok_todo = image_vectors([paths[i] for i in idx[sl]], cfg.face_space_side)
-            dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
+    with clock.phase("face_space_image"):
+        img_fit, ok_fit = image_vectors(samples.path_list(fit_rows), cfg.face_space_side)
+        dffs_image = np.full(n, np.nan)
+        if ok_fit.sum() >= 2:
+            image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
+            for sl in iter_chunks(len(idx), cfg.hash_batch):
+                img_todo, ok_todo = image_vectors(samples.path_list(idx[sl]), cfg.face_space_side)
+                dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
     out["dffs_image"] = dffs_image
-    n_check = int(round(cfg.hog_check_fraction * len(idx)))
+    n_check = round(cfg.hog_check_fraction * len(idx))
     if n_check:
-        detector = hog_detector()
-        prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
-        suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
-        for i in track(suspects, "face check", total=len(suspects), enabled=progress):
-            img = cv2.imread(paths[i], cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                continue
-            out["hog"][i] = rotated_hog_score(img, detector)
+        with clock.phase("face_space_hog"):
+            detector = hog_detector()
+            prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
+            suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
+            chunks = list(iter_chunks(len(suspects), cfg.hash_batch))
+            for sl in track(chunks, "face check", total=len(chunks), enabled=progress):
+                for i, path in zip(suspects[sl], samples.path_list(suspects[sl]), strict=True):
+                    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                    if img is None:
+                        continue
+                    out["hog"][i] = rotated_hog_score(img, detector)
     # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
     out["appearance"][idx] = 0.0
     checked = idx[~np.isnan(out["hog"][idx])]
@@ -139,12 +155,19 @@ class Signals:
         self.no_detection = np.full(n, np.nan)
         self.detected = np.zeros(n, bool)  # a face detector confirmed the primary face
         self.has_face_row = np.zeros(n, bool)
-        self.flags: list[list[str] | None] = [None] * n
+        # quality evidence of the primary face's flags (nonface.quality_evidence; NaN = no face row): one
+        # float a sample instead of the earlier list of flags per sample
+        self.quality = np.full(n, np.nan)
         self.embedding: EmbeddingBlocks | None = None  # model embeddings, on disk block by block
 
 
 def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssuesConfig, from_crop: bool) -> None:
-    h, std, _, m, ok = hash_images(sources, mirror=cfg.mirror)
+    assign_hashes(sig, idx, hash_images(sources, mirror=cfg.mirror), from_crop)
+
+
+def assign_hashes(sig: Signals, idx: np.ndarray, hashed: tuple, from_crop: bool) -> None:
+    """Write a :func:`ferclean.dataset_issues.phash.hash_images` result into the rows `idx` of `sig`."""
+    h, std, _, m, ok = hashed
     sig.phash[idx] = h
     sig.pixel_std[idx] = np.where(ok, std, np.nan)
     if m is not None:
@@ -153,9 +176,64 @@ def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssue
     sig.hash_from_crop[idx] = ok & from_crop
 
 
-def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: DatasetIssuesConfig,
+@dataclass
+class FacePartSignals:
+    """The per-image signals of one batch (or one part) of primary faces, aligned with `sample_ids`: what a task
+    runner could compute per faces part on any worker and send back (a few dozen bytes a face plus its
+    embedding); :func:`merge_face_part` puts them into the whole collection's :class:`Signals`."""
+
+    sample_ids: pa.Array
+    no_detection: np.ndarray  # 1 full_frame, NaN fastlm (nothing detected it), 0 a detector found the face
+    detected: np.ndarray  # bool
+    quality: np.ndarray  # nonface.quality_evidence of the quality flags
+    hashes: tuple | None  # hash_images(crops) when the crops are hashed
+    embedding: np.ndarray | None  # (k, d) float32 when a model embeds them
+
+
+def face_part_signals(t: pa.Table, cfg: DatasetIssuesConfig,
+                      embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> FacePartSignals:
+    """Per-image signals of a table of primary faces (sample_id, detector, quality_flags[, crop_png]); needs
+    nothing of the rest of the collection."""
+    det = t.column("detector").to_pylist()
+    flags = t.column("quality_flags").to_pylist()
+    # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
+    no_detection = np.array([1.0 if d == "full_frame" else (np.nan if d == NO_DETECTOR else 0.0) for d in det],
+                            np.float64)
+    detected = np.array([d not in ("full_frame", NO_DETECTOR) for d in det], bool)
+    quality = quality_evidence([list(f or []) for f in flags])
+    hashes = emb = None
+    if "crop_png" in t.column_names and (cfg.hash_source in ("auto", "crop") or embed is not None):
+        crops = t.column("crop_png").to_pylist()
+        release_unused(heap=False)  # the batch's decoded Arrow buffers, before the model's pass
+        if cfg.hash_source in ("auto", "crop"):
+            hashes = hash_images(crops, mirror=cfg.mirror)
+        if embed is not None:
+            emb = embed(crops)
+            release_unused()  # torch's freed activations (peak 1,116 -> 1,053 MB over four batches of the 1M OUT)
+    return FacePartSignals(t.column("sample_id").combine_chunks(), no_detection, detected, quality, hashes, emb)
+
+
+def merge_face_part(sig: Signals, index: SampleIndex, part: FacePartSignals, blocks: EmbeddingBlocks | None) -> None:
+    """Put one part's signals into the rows of its samples (faces of ids that are not samples are skipped)."""
+    rows = index.rows(part.sample_ids)
+    keep = np.flatnonzero(rows >= 0)
+    if not len(keep):
+        return
+    idx = rows[keep]
+    sig.no_detection[idx] = part.no_detection[keep]
+    sig.detected[idx] = part.detected[keep]
+    sig.has_face_row[idx] = True
+    sig.quality[idx] = part.quality[keep]
+    if part.hashes is not None:
+        assign_hashes(sig, idx, tuple(None if x is None else x[keep] for x in part.hashes), from_crop=True)
+    if blocks is not None and part.embedding is not None:
+        blocks.add(idx, part.embedding[keep])
+
+
+def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: DatasetIssuesConfig,
                         embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
-    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings.
+    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings
+    (:func:`face_part_signals` per batch, then :func:`merge_face_part`).
 
     Returns True when the faces table has rows. Memory: one batch of crops at a time.
     """
@@ -166,27 +244,7 @@ def gather_face_signals(store: Store, pos: dict[str, int], sig: Signals, cfg: Da
     cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
     blocks = EmbeddingBlocks(store.root) if embed is not None else None
     for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
-        sids = t.column("sample_id").to_pylist()
-        rows = [pos.get(s, -1) for s in sids]
-        keep = [k for k, r in enumerate(rows) if r >= 0]
-        if not keep:
-            continue
-        idx = np.array([rows[k] for k in keep])
-        det = t.column("detector").to_pylist()
-        flags = t.column("quality_flags").to_pylist()
-        for k, r in zip(keep, idx, strict=True):
-            # fastlm rows: no detector ran; the rotated HOG check of face_space decides for the suspects
-            sig.no_detection[r] = 1.0 if det[k] == "full_frame" else (np.nan if det[k] == NO_DETECTOR else 0.0)
-            sig.detected[r] = det[k] not in ("full_frame", NO_DETECTOR)
-            sig.has_face_row[r] = True
-            sig.flags[r] = list(flags[k] or [])
-        if want_crops:
-            crops = t.column("crop_png").to_pylist()
-            crops = [crops[k] for k in keep]
-            if cfg.hash_source in ("auto", "crop"):
-                store_hashes(sig, idx, crops, cfg, from_crop=True)
-            if blocks is not None:
-                blocks.add(idx, embed(crops))
+        merge_face_part(sig, index, face_part_signals(t, cfg, embed), blocks)
     if blocks is not None and blocks.dim:
         sig.embedding = blocks
     return True
@@ -205,7 +263,7 @@ def phash_edges(sig: Signals, cfg: DatasetIssuesConfig) -> tuple[np.ndarray, np.
     edges = [same, rep[pairs]]
     sims = [np.ones(len(same)), 1.0 - dist / HASH_BITS]
     methods = ["phash"] * (len(same) + len(pairs))
-    stats = {"distinct_hashes": int(len(uniq)), "candidates": stats["candidates"], "phash_pairs": int(len(pairs))}
+    stats = {"distinct_hashes": len(uniq), "candidates": stats["candidates"], "phash_pairs": len(pairs)}
     if cfg.mirror and len(ok):
         muniq, mfirst = np.unique(sig.mirror[ok], return_index=True)
         both = np.concatenate([uniq, muniq])
@@ -234,7 +292,7 @@ def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, metho
         info["min_similarity"] = min(info["min_similarity"], s)
         info["methods"].add(m)
         if m.startswith("phash"):
-            d = int(round((1.0 - s) * HASH_BITS))
+            d = round((1.0 - s) * HASH_BITS)
             info["max_hamming"] = d if info["max_hamming"] is None else max(info["max_hamming"], d)
     for info in out.values():
         info["methods"] = sorted(info["methods"])

@@ -10,25 +10,30 @@ Every signal beyond the samples table is optional:
 
 The stage gathers the per-sample signals once (ferclean.dataset_issues.signals), then runs each
 detector of ferclean.dataset_issues.detectors.ISSUE_MANAGERS (one class per issue type, same
-`find(ctx)` method) and writes their rows.
+`find(ctx)` method) and writes their rows. The samples are held as Arrow arrays and integer codes with
+a hashed sample_id -> row index (ferclean.dataset_issues.samples; no Python object per sample), and the
+wall / CPU seconds and peak RSS of each phase go to OUT/runs/<run_id>/dataset_issues_phases.json as the
+search goes (ferclean.dataset_issues.phases).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ferclean.contracts import load_contract
 from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
 from ferclean.dataset_issues.embeddings import load_embedder
 from ferclean.dataset_issues.issues import issues_table
+from ferclean.dataset_issues.memory import release_unused
+from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import iter_chunks
+from ferclean.dataset_issues.samples import read_samples
 from ferclean.dataset_issues.signals import Signals, gather_face_signals, store_hashes
 from ferclean.model_dir import ModelDir
 from ferclean.progress import track
@@ -47,12 +52,17 @@ def _rejects_allow() -> bool:
     return (stages is None or STAGE in stages) and (reasons is None or UNREADABLE in reasons)
 
 
-def _shared_strings(column: pa.ChunkedArray) -> list[str | None]:
-    """A low-cardinality string column as a list whose equal values are one Python object (8 bytes a row
-    instead of ~60 for a string object per row)."""
-    enc = column.combine_chunks().dictionary_encode()
-    values = enc.dictionary.to_pylist() + [None]
-    return [values[i] for i in pc.fill_null(enc.indices, len(values) - 1).to_numpy(zero_copy_only=False)]
+def _clocked(embed: Callable[[Sequence[bytes]], np.ndarray] | None,
+             clock: PhaseClock) -> Callable[[Sequence[bytes]], np.ndarray] | None:
+    """`embed` with its calls timed as the phase "embed"."""
+    if embed is None:
+        return None
+
+    def timed(crops: Sequence[bytes]) -> np.ndarray:
+        with clock.phase("embed"):
+            return embed(crops)
+
+    return timed
 
 
 def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | None = None,
@@ -62,45 +72,45 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     Returns a summary: counts of clusters / issues per type and timings (seconds).
     """
     cfg = config or DatasetIssuesConfig()
+    clock = PhaseClock(run.dir / "dataset_issues_phases.json")
     t0 = time.perf_counter()
-    samples = store.read("samples", columns=["sample_id", "source_path", "content_sha256", "split",
-                                              "label_original", "width", "height"])
-    n = samples.num_rows
-    sids = samples.column("sample_id").to_pylist()
-    pos = {s: i for i, s in enumerate(sids)}
+    with clock.phase("read_samples"):
+        samples = read_samples(store)  # Arrow arrays and codes, no Python object per sample
+    n = samples.n
     sig = Signals(n)
     timings: dict[str, float] = {}
 
-    model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
-    embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
-    has_faces = gather_face_signals(store, pos, sig, cfg, embed)
+    with clock.phase("faces"):
+        model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
+        embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
+        has_faces = gather_face_signals(store, samples.index, sig, cfg, _clocked(embed, clock))
+        del embed  # the model and torch's freed activation buffers: handed back before the later phases
+        release_unused()
     timings["faces_s"] = time.perf_counter() - t0
 
     # pHash of the image files for every sample not hashed from a crop
     t = time.perf_counter()
-    todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
-    paths = samples.column("source_path").to_pylist()
-    chunks = list(iter_chunks(len(todo), cfg.hash_batch))
-    for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
-        idx = todo[sl]
-        store_hashes(sig, idx, [paths[i] for i in idx], cfg, from_crop=False)
-    unreadable = [sids[i] for i in todo[~sig.hashed[todo]]]
-    run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
-    if _rejects_allow():
-        for sid in unreadable:
-            run.reject(sid, STAGE, UNREADABLE, f"cannot decode {paths[pos[sid]]}")
+    with clock.phase("hash_images"):
+        todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
+        chunks = list(iter_chunks(len(todo), cfg.hash_batch))
+        for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
+            idx = todo[sl]
+            store_hashes(sig, idx, samples.path_list(idx), cfg, from_crop=False)
+        bad = todo[~sig.hashed[todo]]
+        unreadable = samples.id_list(bad)
+        run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
+        if _rejects_allow():
+            for sid, path in zip(unreadable, samples.path_list(bad), strict=True):
+                run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
     timings["hash_s"] = time.perf_counter() - t
 
-    ctx = IssueContext(store, cfg, sids, _shared_strings(samples.column("split")),
-                       _shared_strings(samples.column("label_original")), samples.column("content_sha256").to_pylist(),
-                       pc.multiply(samples.column("width").cast(pa.int64()),
-                                   samples.column("height").cast(pa.int64())).to_numpy(),
-                       paths, sig, has_faces, progress, pos=pos)
+    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock)
     rows: list[dict] = []
     found: dict[str, int] = {}
     for manager in ISSUE_MANAGERS:
         t = time.perf_counter()
-        new = manager().find(ctx)
+        with clock.phase(manager.name):
+            new = manager().find(ctx)
         rows += new
         found[manager.name] = len(new)
         timings[f"{manager.name}_s"] = time.perf_counter() - t
@@ -125,6 +135,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         **{f"issues.{k}": types.count(k) for k in sorted(set(types))},
         **{f"phash.{k}": v for k, v in hstats.items()},
         **{k: round(v, 3) for k, v in timings.items()},
+        "phases": clock.as_dict(),  # wall / CPU per phase (faces includes embed; not_a_face its face_space_*)
     }
     for k, v in summary.items():
         if isinstance(v, int | bool) and not isinstance(v, bool):

@@ -8,16 +8,16 @@ by :class:`IssueContext`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
-import pyarrow as pa
 
 from ferclean.dataset_issues.clusters import (
     ClusterReport,
     analyze_clusters,
+    clustered_rows,
     group_pairs,
     union_clusters,
 )
@@ -28,6 +28,8 @@ from ferclean.dataset_issues.embeddings import (
     robust_z,
 )
 from ferclean.dataset_issues.nonface import embedding_evidence
+from ferclean.dataset_issues.phases import PhaseClock
+from ferclean.dataset_issues.samples import SampleTable
 from ferclean.dataset_issues.signals import (
     Signals,
     edge_summary,
@@ -61,26 +63,19 @@ class IssueContext:
 
     store: Store
     cfg: DatasetIssuesConfig
-    sample_ids: list[str]
-    splits: list[str | None]
-    labels: list[str | None]
-    shas: list[str]
-    areas: list[int]
-    paths: list[str]
+    samples: SampleTable
     sig: Signals
     has_faces: bool
     progress: bool = False
-    pos: dict[str, int] | None = None  # sample_id -> row; built here when the caller has none
+    clock: PhaseClock = field(default_factory=PhaseClock)  # wall / CPU per phase (the stage writes it out)
 
     def __post_init__(self) -> None:
-        if self.pos is None:
-            self.pos = {s: i for i, s in enumerate(self.sample_ids)}
         # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
         self.emb_centre = self.sig.embedding.mean() if self.sig.embedding is not None else None
 
     @property
     def n(self) -> int:
-        return len(self.sample_ids)
+        return self.samples.n
 
     @cached_property
     def embedded(self) -> np.ndarray:
@@ -96,7 +91,7 @@ class IssueContext:
         cfg, sig, n = self.cfg, self.sig, self.n
         # identical bytes: group by the sha's dictionary code (a hash table; the earlier fixed-width unicode
         # array cost 256 bytes a row and a string sort)
-        sha_codes = pa.array(self.shas, pa.string()).dictionary_encode().indices.to_numpy(zero_copy_only=False)
+        sha_codes = self.samples.sha_codes()
         sha_edges = group_pairs(sha_codes) if n else np.zeros((0, 2), np.int64)
         edges, sims, methods, hstats = phash_edges(sig, cfg)
         edges = np.concatenate([sha_edges, edges])
@@ -109,8 +104,14 @@ class IssueContext:
             sims = np.concatenate([sims, es])
             methods += ["embedding"] * len(ep)
         cluster = union_clusters(n, edges)
-        reports = analyze_clusters(cluster, self.sample_ids, self.splits, self.labels, self.shas, self.areas)
-        cid_of = {int(cluster[self.pos[r.members[0]]]): r.cluster_id for r in reports}
+        # the analysis sees only the rows in clusters of >= 2 (their Python strings; not every sample's)
+        members = clustered_rows(cluster)
+        sm = self.samples
+        ids = sm.id_list(members)
+        reports = analyze_clusters(cluster[members], ids, sm.split_list(members), sm.label_list(members),
+                                   sm.sha_list(members), sm.areas[members])
+        row_of = dict(zip(ids, members.tolist(), strict=True))
+        cid_of = {int(cluster[row_of[r.members[0]]]): r.cluster_id for r in reports}
         return Clusters(reports, edge_summary(cluster, edges, sims, methods, cid_of), hstats)
 
     @cached_property
@@ -119,9 +120,15 @@ class IssueContext:
         emb_ok = self.embedded
         if self.sig.embedding is None or len(emb_ok) < 3:
             return None
-        classes = sorted({x for x in self.labels if x is not None})
-        code = {c: i for i, c in enumerate(classes)}
-        label_of = np.array([code.get(x, -1) if x is not None else -1 for x in self.labels], np.int64)
+        with self.clock.phase("embedding_stats"):
+            return self._embedding_stats(emb_ok)
+
+    def _embedding_stats(self, emb_ok: np.ndarray) -> EmbeddingStats:
+        # label index in the sorted class names, -1 for no label
+        values = self.samples.label_values
+        classes = sorted(values)
+        to_sorted = np.array([classes.index(v) for v in values] + [-1], np.int64)
+        label_of = to_sorted[self.samples.label_codes]  # code -1 -> the appended -1
         rows, own, nearest = centroid_distances_blocked(self.sig.embedding.blocks, label_of, max(1, len(classes)),
                                                         self.emb_centre)
         cidx = label_of[rows]
@@ -139,7 +146,7 @@ class IssueContext:
         """Appearance evidence of the undetected primary crops (NaN without a faces table)."""
         if not self.has_faces:
             return {k: np.full(self.n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
-        return face_space_evidence(self.store, self.pos, self.sig, self.cfg, self.paths, self.progress)
+        return face_space_evidence(self.store, self.samples, self.sig, self.cfg, self.progress, self.clock)
 
 
 class IssueManager:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ferclean.dataset_issues.detectors.base import IssueContext, IssueManager
 from ferclean.dataset_issues.issues import sample_issue_rows
-from ferclean.dataset_issues.nonface import blank_evidence, nonface_score, quality_evidence
+from ferclean.dataset_issues.nonface import blank_evidence, nonface_score
 
 
 class NotAFace(IssueManager):
@@ -18,7 +18,7 @@ class NotAFace(IssueManager):
         cfg, sig = ctx.cfg, ctx.sig
         fs = ctx.face_space  # first: it settles the detection evidence of rows no detector looked at
         blank = blank_evidence(sig.pixel_std, cfg.blank_std_lo, cfg.blank_std_hi)
-        quality = quality_evidence(sig.flags)
+        quality = sig.quality
         stats = ctx.embedding_stats
         emb_far = stats.far if stats is not None else np.full(ctx.n, np.nan)
         nf = nonface_score(blank, sig.no_detection, quality, emb_far,
@@ -29,7 +29,7 @@ class NotAFace(IssueManager):
             return None if np.isnan(x[i]) else round(float(x[i]), 4)
 
         return sample_issue_rows(
-            "not_a_face", [ctx.sample_ids[i] for i in flagged], nf[flagged].tolist(),
+            "not_a_face", ctx.samples.id_list(flagged), nf[flagged].tolist(),
             [{"blank": comp(blank, i), "no_detection": comp(sig.no_detection, i), "quality": comp(quality, i),
               "embedding": comp(emb_far, i), "appearance": comp(fs["appearance"], i), "dffs": comp(fs["dffs"], i),
               "dffs_image": comp(fs["dffs_image"], i),

@@ -18,7 +18,8 @@ class Outliers(IssueManager):
         if stats is None:
             return []
         out = np.flatnonzero(np.nan_to_num(stats.z_own, nan=-np.inf) > ctx.cfg.outlier_z)
+        labels = ctx.samples.label_list(out)
         return sample_issue_rows(
-            "outlier", [ctx.sample_ids[i] for i in out], [stats.own[i] / 2 for i in out],
-            [{"label": ctx.labels[i], "centroid_distance": round(float(stats.own[i]), 5),
-              "robust_z": round(float(stats.z_own[i]), 3)} for i in out])
+            "outlier", ctx.samples.id_list(out), [stats.own[i] / 2 for i in out],
+            [{"label": lab, "centroid_distance": round(float(stats.own[i]), 5),
+              "robust_z": round(float(stats.z_own[i]), 3)} for i, lab in zip(out, labels, strict=True)])
