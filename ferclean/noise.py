@@ -42,14 +42,15 @@ relabel by). `rule = "threshold"` keeps steps 1-3 above.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from ferclean.flags import QUALITY_FLAGS
+
 
 class RelabelConfig(BaseModel):
     """Thresholds of the verdict rule (see module docstring).
@@ -188,6 +189,31 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61))
+
+
+def temperature_nll_sums(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray = TEMPERATURE_GRID) -> np.ndarray:
+    """Per temperature of `grid`, the summed NLL of the given labels under p^(1/T) (renormalised) over these
+    rows (labels >= 0); sums of several parts add up to the collection's (:func:`pick_temperature`)."""
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    rows = np.arange(len(labels))
+    out = np.zeros(len(grid))
+    for i, t in enumerate(grid):
+        z = logp / t
+        out[i] = np.sum(np.logaddexp.reduce(z, axis=1) - z[rows, labels])
+    return out
+
+
+def pick_temperature(nll_sums: np.ndarray, n: int, grid: np.ndarray = TEMPERATURE_GRID) -> float:
+    """The grid temperature of least mean NLL (the first on ties) from :func:`temperature_nll_sums`."""
+    best_t, best = 1.0, np.inf
+    for t, total in zip(grid, nll_sums, strict=True):
+        nll = float(total / n)
+        if nll < best:
+            best_t, best = float(t), nll
+    return best_t
+
+
 def calibrate_temperature(probs: np.ndarray, labels: np.ndarray,
                           grid: np.ndarray | None = None) -> float:
     """Temperature T minimising the NLL of the given labels under p^(1/T) (renormalised).
@@ -195,16 +221,8 @@ def calibrate_temperature(probs: np.ndarray, labels: np.ndarray,
     probs: (N, C); labels: (N,) class indices (>= 0). Uses only the given (noisy) labels, never a
     reference, so out-of-fold probabilities of different methods end up on one scale.
     """
-    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61)) if grid is None else grid
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-    rows = np.arange(len(labels))
-    best_t, best = 1.0, np.inf
-    for t in grid:
-        z = logp / t
-        nll = float((np.logaddexp.reduce(z, axis=1) - z[rows, labels]).mean())
-        if nll < best:
-            best_t, best = float(t), nll
-    return best_t
+    grid = TEMPERATURE_GRID if grid is None else grid
+    return pick_temperature(temperature_nll_sums(probs, labels, grid), len(labels), grid)
 
 
 def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
@@ -215,24 +233,49 @@ def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def joint_threshold_sums(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """sums[j] = sum of p_j over these rows labelled j (labels >= 0): the numerators of the confident
+    joint's per-class thresholds (:func:`joint_thresholds`); parts add up."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.array([probs[labels == j, j].sum() for j in range(probs.shape[1])], dtype=np.float64)
+
+
+def joint_thresholds(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """t_j = mean p_j over the samples labelled j (1.0 for a class nobody has)."""
+    return np.array([sums[j] / counts[j] if counts[j] else 1.0 for j in range(len(counts))])
+
+
+def joint_counts(labels: np.ndarray, probs: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """Unnormalised confident joint C[given i, true j] of these rows (labels >= 0) at thresholds `thr`;
+    parts add up (:func:`joint_from_counts`)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    c = probs.shape[1]
+    ok = probs >= thr - 1e-6
+    any_ok = ok.any(axis=1)
+    guess = np.where(ok, probs, -1.0).argmax(axis=1)
+    cj = np.zeros((c, c))
+    np.add.at(cj, (labels[any_ok], guess[any_ok]), 1.0)
+    return cj
+
+
+def joint_from_counts(cj: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The calibrated joint (sums to 1): rows of `cj` rescaled to the given label `counts`."""
+    cj = cj / np.clip(cj.sum(axis=1, keepdims=True), 1e-12, None) * np.asarray(counts, np.float64)[:, None]
+    return cj / max(float(cj.sum()), 1e-12)
+
+
 def confident_joint(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Calibrated confident joint J[given i, true j] (sums to 1), as cleanlab's `estimate_joint`.
 
     labels: (N,) class index >= 0; probs: (N, C) out-of-sample probabilities. Per-class threshold t_j =
     mean p_j over samples labelled j; a sample counts for the true class j with p_j >= t_j (the most
     probable one when several pass); rows are rescaled to the given label counts. No reference labels.
+    (The same maths part by part: :func:`collection_stats`.)
     """
     labels = np.asarray(labels, dtype=np.int64)
-    n, c = probs.shape
-    counts = np.bincount(labels, minlength=c).astype(np.float64)
-    thr = np.array([probs[labels == j, j].mean() if counts[j] else 1.0 for j in range(c)])
-    ok = probs >= thr - 1e-6
-    any_ok = ok.any(axis=1)
-    guess = np.where(ok, probs, -1.0).argmax(axis=1)
-    cj = np.zeros((c, c))
-    np.add.at(cj, (labels[any_ok], guess[any_ok]), 1.0)
-    cj = cj / np.clip(cj.sum(axis=1, keepdims=True), 1e-12, None) * counts[:, None]
-    return cj / max(float(cj.sum()), 1e-12)
+    counts = np.bincount(labels, minlength=probs.shape[1]).astype(np.float64)
+    thr = joint_thresholds(joint_threshold_sums(labels, probs), counts)
+    return joint_from_counts(joint_counts(labels, probs, thr), counts)
 
 
 def noise_matrix(joint: np.ndarray) -> np.ndarray:
@@ -260,7 +303,7 @@ def bayes_posterior(labels: np.ndarray, probs: np.ndarray, joint: np.ndarray | N
     """
     labels = np.asarray(labels, dtype=np.int64)
     labelled = labels >= 0
-    n, c = probs.shape
+    c = probs.shape[1]
     if joint is None:
         joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else np.eye(c) / c
     logp = np.log(np.clip(probs, 1e-12, 1.0))
@@ -382,6 +425,115 @@ def trust_summary(d: Decision, labels: np.ndarray, accuracies: dict[str, float] 
     return out
 
 
+Part = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]  # labels, probs, alpha, sem_dist
+Parts = Callable[[], Iterable[Part]]  # a fresh pass over the collection's parts, in the same order each time
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """What the verdict rule needs from the whole collection (:func:`collection_stats`); every part is
+    then decided on its own with them (:func:`decide_part`)."""
+
+    n: int
+    n_labelled: int
+    label_counts: np.ndarray  # (C,) labelled samples per given class
+    temperature: float
+    calibrated: bool  # apply the temperature (cfg.calibrate and >= 50 labelled samples)
+    joint: np.ndarray | None = None  # bayes: the confident joint (bounded when asked) the posterior uses
+    lam: float = 1.0  # bayes: trust shrink of the joint for relabels
+    weaker: bool = True  # bayes: the network is not clearly stronger than the labels (relabel floor applies)
+    flag_cut: tuple[float, int] | None = None  # bayes, k-lowest flags: (support v, rows equal to v that are flagged)
+
+
+def kth_smallest(values: Callable[[], Iterable[np.ndarray]], k: int) -> tuple[float, int]:
+    """(v, m) for the k-th smallest (1-based) of non-negative float64 values streamed in parts: v, and how
+    many values equal to v are among the k smallest. Exact, in two passes: a histogram of the top 16 bits
+    of the IEEE patterns (order-preserving for non-negative floats), then the values of the one bucket
+    holding rank k (memory: a part plus that bucket)."""
+    hist = np.zeros(1 << 16, np.int64)
+    for v in values():
+        hist += np.bincount((np.ascontiguousarray(v, np.float64) + 0.0).view(np.uint64) >> np.uint64(48),
+                            minlength=1 << 16)
+    cum = np.cumsum(hist)
+    b = int(np.searchsorted(cum, k))
+    below = int(cum[b - 1]) if b else 0
+    bucket = [x[(x.view(np.uint64) >> np.uint64(48)) == b]
+              for x in ((np.ascontiguousarray(v, np.float64) + 0.0) for v in values())]
+    chosen = np.sort(np.concatenate(bucket)) if bucket else np.zeros(0)
+    val = float(chosen[k - below - 1])
+    return val, k - below - int((chosen < val).sum())
+
+
+def _calibrated(probs: np.ndarray, stats: CollectionStats) -> np.ndarray:
+    return apply_temperature(probs, stats.temperature) if stats.calibrated else probs
+
+
+def _posterior(labels: np.ndarray, probs: np.ndarray, stats: CollectionStats, cfg: RelabelConfig,
+               joint: np.ndarray | None = None) -> np.ndarray:
+    """bayes_posterior of one part with the collection's joint and class counts (the prior shift's
+    divisor is the collection's labelled class shares, not the part's)."""
+    train_prior = cfg.train_prior
+    if train_prior is None and cfg.class_prior is not None and stats.n_labelled:
+        train_prior = stats.label_counts
+    return bayes_posterior(labels, probs, stats.joint if joint is None else joint, class_prior=cfg.class_prior,
+                           train_prior=train_prior)
+
+
+def collection_stats(parts: Parts, cfg: RelabelConfig, label_accuracy: float | None = None,
+                     model_accuracy: float | None = None, reference_noise: np.ndarray | None = None
+                     ) -> CollectionStats:
+    """The collection statistics of the verdict rule, streamed over `parts` (arguments as :func:`decide`):
+    pass 1 the labelled counts and the temperature's NLL sums; bayes rule: pass 2 the joint's thresholds,
+    pass 3 its counts; with k-lowest flags (bayes_flag_below None) two more passes find the support cut
+    (:func:`kth_smallest`). Memory: one part and C x C / 61-value sums."""
+    n = n_lab = 0
+    counts: np.ndarray | None = None
+    nll: np.ndarray | None = None
+    for labels, probs, _, _ in parts():
+        labels = np.asarray(labels, dtype=np.int64)
+        lab = labels >= 0
+        c = probs.shape[1]
+        counts = (np.zeros(c, np.int64) if counts is None else counts) + np.bincount(labels[lab], minlength=c)
+        n += len(labels)
+        n_lab += int(lab.sum())
+        if cfg.calibrate:
+            part = temperature_nll_sums(probs[lab], labels[lab])
+            nll = part if nll is None else nll + part
+    counts = np.zeros(0, np.int64) if counts is None else counts
+    calibrated = bool(cfg.calibrate and n_lab >= 50)
+    weaker = model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy + cfg.trust_margin
+    stats = CollectionStats(n, n_lab, counts, pick_temperature(nll, n_lab) if calibrated else 1.0, calibrated,
+                            weaker=weaker)
+    if cfg.rule != "bayes" or not n_lab:
+        return stats
+
+    def labelled_parts() -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        for labels, probs, _, _ in parts():
+            labels = np.asarray(labels, dtype=np.int64)
+            lab = labels >= 0
+            yield labels[lab], _calibrated(probs[lab], stats)
+
+    fcounts = counts.astype(np.float64)
+    sums = sum((joint_threshold_sums(y, p) for y, p in labelled_parts()), np.zeros(len(counts)))
+    thr = joint_thresholds(sums, fcounts)
+    cj = sum((joint_counts(y, p, thr) for y, p in labelled_parts()), np.zeros((len(counts), len(counts))))
+    joint = joint_from_counts(cj, fcounts)
+    flag_noise = 1.0 - float(np.trace(joint))
+    if reference_noise is not None and cfg.collection_noise == "bounded":
+        joint = bounded_joint(joint, reference_noise)
+    lam = (trust_shrink(joint, label_accuracy)
+           if (cfg.trust == "auto" and weaker and cfg.class_prior is None) else 1.0)
+    stats = replace(stats, joint=joint, lam=lam)
+    k = round(flag_noise * n_lab)
+    if cfg.bayes_flag_below is None and k > 0:
+        def supports() -> Iterable[np.ndarray]:
+            for y, p in labelled_parts():
+                yield _posterior(y, p, stats, cfg)[np.arange(len(y)), y]
+
+        stats = replace(stats, flag_cut=kth_smallest(supports, k))
+    return stats
+
+
 def decide(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -401,15 +553,35 @@ def decide(
     the labels' the joint is used as estimated (a model stronger than the labels may relabel by it; chosen
     on train rows, benchmarks/results/quality_small.md). reference_noise: with `collection_noise` bounded, the
     noise matrix that caps the collection's own (:func:`bounded_joint`; relabel-collection passes the model's
-    training data's). Returns a :class:`Decision`.
+    training data's). Returns a :class:`Decision`. The whole collection as one part of :func:`decide_parts`
+    (which decides a large collection part by part with the same result).
     """
-    n, c = probs.shape
+    return next(iter(decide_parts(lambda: [(labels, probs, alpha, sem_dist)], cfg, label_accuracy, model_accuracy,
+                                  reference_noise)))
+
+
+def decide_parts(parts: Parts, cfg: RelabelConfig, label_accuracy: float | None = None,
+                 model_accuracy: float | None = None, reference_noise: np.ndarray | None = None
+                 ) -> Iterator[Decision]:
+    """:func:`decide` part by part: the collection statistics first (:func:`collection_stats`, several
+    streamed passes over `parts`), then one :class:`Decision` per part, in order, equal to the rows of the
+    whole-collection decision (the k lowest supports are flagged with ties taken in row order, as the
+    whole-collection stable sort does). Memory: one part."""
+    stats = collection_stats(parts, cfg, label_accuracy, model_accuracy, reference_noise)
+    ties = [0]
+    for labels, probs, alpha, sem_dist in parts():
+        yield decide_part(labels, probs, alpha, sem_dist, cfg, stats, ties)
+
+
+def decide_part(labels: np.ndarray, probs: np.ndarray, alpha: np.ndarray | None, sem_dist: np.ndarray | None,
+                cfg: RelabelConfig, stats: CollectionStats, ties: list[int] | None = None) -> Decision:
+    """The verdicts of one part with the collection's statistics (the rule of the module docstring).
+    `ties`: a one-element counter of the rows at the k-lowest cut flagged in earlier parts (updated)."""
+    n = probs.shape[0]
     labels = np.asarray(labels, dtype=np.int64)
     labelled = labels >= 0
-    temperature = 1.0
-    if cfg.calibrate and labelled.sum() >= 50:
-        temperature = calibrate_temperature(probs[labelled], labels[labelled])
-        probs = apply_temperature(probs, temperature)
+    temperature = stats.temperature
+    probs = _calibrated(probs, stats)
     y = np.where(labelled, labels, 0)
     rows = np.arange(n)
     sugg = probs.argmax(axis=1)
@@ -428,35 +600,30 @@ def decide(
     low_a = np.zeros(n, bool) if alpha is None else (np.asarray(alpha) < cfg.low_alpha)
     model_sugg = sugg
     lam = 1.0
+    joint = stats.joint
     if cfg.rule == "bayes":
-        joint = confident_joint(labels[labelled], probs[labelled]) if labelled.any() else None
-        flag_noise = 1.0 - float(np.trace(joint)) if joint is not None else 0.0
-        if joint is not None and reference_noise is not None and cfg.collection_noise == "bounded":
-            joint = bounded_joint(joint, reference_noise)
-        post = bayes_posterior(labels, probs, joint, class_prior=cfg.class_prior, train_prior=cfg.train_prior)
+        post = _posterior(labels, probs, stats, cfg)
         best = post.argmax(axis=1)
         second = np.argsort(-post, axis=1)[:, 1]
         support = np.where(labelled, post[rows, y], np.nan)
         if cfg.bayes_flag_below is not None:
             low_conf = labelled & (support < cfg.bayes_flag_below)
+        elif stats.flag_cut is not None:
+            v, m = stats.flag_cut
+            at = np.flatnonzero(labelled & (support == v))
+            ties = [0] if ties is None else ties
+            low_conf = labelled & (support < v)
+            low_conf[at[: max(m - ties[0], 0)]] = True
+            ties[0] += len(at)
         else:
             low_conf = np.zeros(n, bool)
-            k = int(round(flag_noise * labelled.sum()))
-            if k > 0:
-                low_conf[np.flatnonzero(labelled)[np.argsort(support[labelled], kind="stable")[:k]]] = True
         confident = labelled & (best != y) & (post[rows, best] - support >= cfg.bayes_relabel_margin)
         flagged = low_conf | confident
-        weaker = (model_accuracy is None or label_accuracy is None
-                  or model_accuracy < label_accuracy + cfg.trust_margin)
-        # With an audit's class prior the audit is the reference evidence: the label-free caution (shrink,
-        # floor) is not applied. On the FER2013 valid split a 100-face audit gave +8.4 points with the plain
-        # rule and +0.7 with the floor (benchmarks/results/oof_rules_valid_alone.json).
+        weaker = stats.weaker
         audited = cfg.class_prior is not None
-        lam = (trust_shrink(joint, label_accuracy)
-               if (cfg.trust == "auto" and joint is not None and weaker and not audited) else 1.0)
+        lam = stats.lam if joint is not None else 1.0
         if lam < 1.0:  # the flags stay; which flagged samples are relabelled follows the shrunk posterior
-            post_t = bayes_posterior(labels, probs, shrink_joint(joint, lam), class_prior=cfg.class_prior,
-                                     train_prior=cfg.train_prior)
+            post_t = _posterior(labels, probs, stats, cfg, joint=shrink_joint(joint, lam))
             confident = labelled & (best != y) & (post_t[rows, best] - post_t[rows, y] >= cfg.bayes_relabel_margin)
             confident &= post_t[rows, best] > post_t[rows, y]
         else:
