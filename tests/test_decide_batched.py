@@ -112,3 +112,39 @@ def test_one_part_helpers_match_the_collection_functions():
     assert 0.2 <= t <= 5.0
     j = confident_joint(labels, probs)
     assert j.sum() == pytest.approx(1.0) and j.shape == (7, 7)
+
+
+@pytest.mark.parametrize("size", [64, 450, 10**6])
+def test_verdicts_by_part_equal_whole_collection_verdicts(size):
+    """The score stage's writer (ferclean.relabel.verdicts_by_part) gives the rows, trust summary and action
+    counts of the whole-collection `verdicts` (AU view, trust auto, domain-shift review reason, flags)."""
+    import pyarrow as pa
+
+    from ferclean.relabel import verdicts, verdicts_by_part
+
+    classes = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "angry"]
+    labels, probs, alpha, sem = random_case(n=900, seed=11)
+    rng = np.random.default_rng(2)
+    au = rng.dirichlet(np.ones(7), len(labels))
+    au[rng.random(len(labels)) < 0.1] = np.nan
+    names = [classes[y] if y >= 0 else None for y in labels]
+    ids = [f"s{i:05d}" for i in range(len(labels))]
+    quality = [["blurry"] if i % 37 == 0 else [] for i in range(len(labels))]
+    cfg = RelabelConfig()
+    probs32 = probs.astype(np.float32)
+    kw = {"au_probs": au, "review_reason": "domain_shift", "model_accuracy": 0.55, "labels": labels,
+          "reference_noise": (np.full((7, 7), 0.03) + np.eye(7) * 0.79).tolist()}
+    trust_whole: dict = {}
+    v = verdicts(ids, names, classes, probs32.astype(np.float64), alpha, sem, np.ones(len(labels), bool), quality,
+                 cfg, trust=trust_whole, **kw)
+    whole = v.rows(0, len(labels), ids, names, "r", "ulcag").drop_columns(["decided_at"])
+    trust_parts: dict = {}
+    actions: dict = {}
+    parts = list(verdicts_by_part(pa.array(ids), pa.array(names, pa.string()), classes, probs32, alpha, sem, quality,
+                                  cfg, "r", "ulcag", part_size=size, trust=trust_parts, actions=actions, **kw))
+    got = pa.concat_tables(parts).drop_columns(["decided_at"])
+    assert got.equals(whole)
+    assert trust_parts == trust_whole and trust_whole["relabels"] > 0 and "relabel_precision_est" in trust_whole
+    a, k = np.unique(v.action.astype(str), return_counts=True)
+    assert actions == dict(zip(a.tolist(), k.tolist(), strict=True))
+    assert "review" in actions and len(parts) == -(-len(labels) // size)
