@@ -83,7 +83,7 @@ def test_parts_equal_whole_collection(name, size):
 
 @pytest.mark.parametrize("size", [3, 250, 751])
 def test_tied_supports_at_the_cut_follow_row_order(size):
-    labels, probs, alpha, sem = random_case(n=1000, seed=5, ties=True)
+    labels, probs, _, _ = random_case(n=1000, seed=5, ties=True)
     whole = decide(labels, probs, None, None, RelabelConfig())
     parts = list(decide_parts(split((labels, probs, None, None), size), RelabelConfig()))
     assert_same(whole, parts)
