@@ -101,7 +101,7 @@ def shard_key(stage: str, cfg: str, members: Iterable[tuple[str, str]], index: i
 def _string(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """One plain (not dictionary-encoded) string array of an Arrow column."""
     if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
     return values.cast(pa.string()) if pa.types.is_dictionary(values.type) else values
 
 
@@ -131,8 +131,8 @@ def plan_from_tables(stage: str, cfg: str, current: pa.Table, previous: pa.Table
             order = np.argsort(codes, kind="stable")
             codes = codes[order]
             p_ids, p_sha = p_ids.take(pa.array(order)), p_sha.take(pa.array(order))
-        idx = pc.index_in(p_ids, value_set=cur_ids)
-        alive = pc.fill_null(pc.equal(cur_sha.take(idx), p_sha), False).to_numpy(zero_copy_only=False)
+        alive = pc.fill_null(pc.equal(cur_sha.take(pc.index_in(p_ids, value_set=cur_ids)), p_sha), False)
+        alive = alive.to_numpy(zero_copy_only=False)
         bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(codes)]
         keys = enc.dictionary.to_pylist()
         for s, e in itertools.pairwise(bounds):
@@ -189,7 +189,11 @@ def read_plan(store: Store, stage: str, cfg: str) -> pa.Table | None:
     path = plan_path(store, stage)
     if not path.is_file():
         return None
-    return pq.read_table(path, columns=["key", "sample_id", "content_sha256"], filters=[("config", "==", cfg)])
+    t = pq.read_table(path, columns=["key", "sample_id", "content_sha256", "config"], use_threads=False)
+    conf = t.column("config")
+    if not all(pa.types.is_dictionary(conf.type) and x.dictionary.to_pylist() == [cfg] for x in conf.chunks):
+        t = t.filter(pc.equal(conf.cast(pa.string()), cfg))  # a plan of another config, or the older format
+    return t.drop_columns(["config"])
 
 
 def write_plan(store: Store, stage: str, cfg: str, shards: Sequence[Shard], current: pa.Table) -> None:
@@ -213,7 +217,8 @@ def write_plan(store: Store, stage: str, cfg: str, shards: Sequence[Shard], curr
 def _read_by_part(store: Store, table: str, columns: list[str], where: ds.Expression | None = None) -> pa.Table:
     """Some columns of a whole table, read one part file at a time (a dataset scan's read-ahead and
     thread pool held ~0.4 GB more than the 90 MB result for 1 M sample ids and shas)."""
-    chunks = [pq.read_table(f, columns=columns, filters=where) for f in store.part_files(table)]
+    chunks = [pq.read_table(f, columns=columns, filters=where, use_threads=False, pre_buffer=False)
+              for f in store.part_files(table)]
     if not chunks:
         from ferclean.contracts import load_contract
 
