@@ -187,8 +187,10 @@ def face_counts(store: Store) -> dict:
 
 def contact_sheet(store: Store, path: Path, n: int = 64, seed: int = 0, cols: int = 8) -> int:
     """Tile `n` random primary aligned crops into a PNG at `path`; returns how many were drawn."""
+    if n == 0:  # (checked first: the read below holds every primary sample id)
+        return 0
     keys = store.read(STAGE, ["sample_id", "is_primary"], filter=pc.field("is_primary"))
-    if keys.num_rows == 0 or n == 0:
+    if keys.num_rows == 0:
         return 0
     rng = random.Random(seed)
     pick = rng.sample(keys.column("sample_id").to_pylist(), min(n, keys.num_rows))
