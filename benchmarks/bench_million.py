@@ -39,6 +39,7 @@ FER_DEFAULT = ROOT.parent / "shared" / "data" / "fer2013"
 RESULTS = ROOT / "benchmarks" / "results"
 FACES_CONFIG = {"landmarks": "fastlm", "shard_size": 4096, "contact_sheet_n": 0}
 TRAIN_CONFIG = {"epochs": 3, "width": 16, "folds": 2, "checkpoint": False}
+RELABEL_STAGES = ["ingest", "faces", "aus", "score"]
 
 
 def env() -> dict[str, str]:
@@ -47,10 +48,17 @@ def env() -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "FERCLEAN_NO_PROGRESS": "1"}
 
 
-def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
+def current_stage(stage_dir: Path, stages: list[str]) -> str:
+    """The first of `stages` without a stage manifest yet (OUT/stages/<stage>.json is written when it ends)."""
+    return next((s for s in stages if not (stage_dir / f"{s}.json").exists()), "after")
+
+
+def run_measured(cmd: list[str], progress: Path | None = None, stage_dir: Path | None = None) -> dict:
     """Run `cmd`; wall seconds, CPU seconds (user + sys of it and its reaped descendants) and peak RSS
     (MB, the largest sum over it and all its descendants, sampled every 0.2 s). With `progress`, the
-    peak so far is written there every 10 s (numbers survive a run stopped before it ends)."""
+    peak so far is written there every 10 s (numbers survive a run stopped before it ends). With
+    `stage_dir` (OUT/stages of relabel-collection) the peak is also kept per stage (`stage_peak_rss_mb`:
+    each sample counts for the first stage without a manifest yet)."""
     import resource
 
     import psutil
@@ -59,6 +67,7 @@ def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
+    by_stage: dict[str, int] = {}
     last = [t0]
     done = threading.Event()
 
@@ -78,10 +87,14 @@ def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
             except psutil.Error:
                 pass
             peak[0] = max(peak[0], total)
+            if stage_dir is not None:
+                st = current_stage(stage_dir, RELABEL_STAGES)
+                by_stage[st] = max(by_stage.get(st, 0), total)
             if progress is not None and time.perf_counter() - last[0] > 10:
                 last[0] = time.perf_counter()
                 progress.write_text(json.dumps({"cmd": cmd[3][:40], "elapsed_s": round(last[0] - t0, 1),
-                                                "peak_rss_mb": round(peak[0] / 2**20, 1)}))
+                                                "peak_rss_mb": round(peak[0] / 2**20, 1),
+                                                "stage_peak_rss_mb": {k: round(v / 2**20, 1) for k, v in by_stage.items()}}))
             done.wait(0.2)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -93,8 +106,11 @@ def run_measured(cmd: list[str], progress: Path | None = None) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{out[-4000:]}")
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    return {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu, 1),
-            "peak_rss_mb": round(peak[0] / 2**20, 1), "log_tail": out[-1500:]}
+    res = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(cpu, 1),
+           "peak_rss_mb": round(peak[0] / 2**20, 1), "log_tail": out[-1500:]}
+    if stage_dir is not None:
+        res["stage_peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in by_stage.items()}
+    return res
 
 
 def du_mb(path: Path) -> float:
@@ -189,11 +205,14 @@ def bench(n: int, args: argparse.Namespace, model: Path) -> dict:
     cfg.write_text(json.dumps({"faces": FACES_CONFIG}))
     rc = run_measured([sys.executable, "-m", "ferclean.cli", "relabel-collection", str(coll / "manifest.csv"),
                        "--model", str(model), "--out", str(out), "--config", str(cfg), "--workers", str(args.workers),
-                       "--no-progress"], progress=args.work / f"progress_{n}_relabel.json")
+                       "--no-progress"], progress=args.work / f"progress_{n}_relabel.json", stage_dir=out / "stages")
     stages = stage_times(out)
-    issues = run_measured([sys.executable, "-c", ISSUES_SNIPPET, str(out), str(model)],
-                          progress=args.work / f"progress_{n}_issues.json")
-    line = next((x for x in issues["log_tail"].splitlines() if x.startswith("SUMMARY ")), None)
+    issues = None
+    if not args.relabel_only:
+        issues = run_measured([sys.executable, "-c", ISSUES_SNIPPET, str(out), str(model)],
+                              progress=args.work / f"progress_{n}_issues.json")
+    line = None if issues is None else next((x for x in issues["log_tail"].splitlines() if x.startswith("SUMMARY ")),
+                                            None)
     issue_parts = {}
     if line:
         summary = json.loads(line[8:])
@@ -202,14 +221,16 @@ def bench(n: int, args: argparse.Namespace, model: Path) -> dict:
     res = {
         "n": n, "workers": args.workers, "cpus": os.cpu_count(), "date": datetime.now().isoformat(timespec="seconds"),
         "collection": gen, "relabel_collection": {k: v for k, v in rc.items() if k != "log_tail"},
-        "dataset_issues": {k: v for k, v in issues.items() if k != "log_tail"},
+        "dataset_issues": None if issues is None else {k: v for k, v in issues.items() if k != "log_tail"},
         "stage_s": stages,
         "dataset_issues_parts_s": issue_parts,
-        "cpu_s_per_image": {"relabel_collection": round(rc["cpu_s"] / n, 5), "dataset_issues": round(issues["cpu_s"] / n, 5)},
+        "cpu_s_per_image": {"relabel_collection": round(rc["cpu_s"] / n, 5),
+                            "dataset_issues": None if issues is None else round(issues["cpu_s"] / n, 5)},
         "images_per_s": {k: round(n / v, 1) for k, v in stages.items() if v > 0},
-        "end_to_end_images_per_s": round(n / (rc["wall_s"] + issues["wall_s"]), 1),
+        "end_to_end_images_per_s": round(n / (rc["wall_s"] + (issues["wall_s"] if issues else 0)), 1),
         "out_disk_mb": du_mb(out),
         "faces_config": FACES_CONFIG,
+        **({"code": args.code} if args.code else {}),
     }
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
@@ -248,17 +269,28 @@ def to_markdown(rows: list[dict]) -> str:
              + " | ".join(f"{s} s" for s in stages) + " |",
              "|" + "---|" * (8 + len(stages))]
     for r in sorted((r for r in rows if not r.get("partial")), key=lambda r: (r["date"], r["n"])):
-        rc, di = r["relabel_collection"], r["dataset_issues"]
+        rc = r["relabel_collection"]
+        di = r["dataset_issues"] or {"wall_s": "not run", "cpu_s": "", "peak_rss_mb": "-"}  # --relabel-only
         per = r.get("cpu_s_per_image")
+        per_di = f"{per['dataset_issues'] * 1000:.2f}" if per and per.get("dataset_issues") is not None else "-"
         lines.append(
             f"| {r['n']:,} | {r['date'][:16]} | {rc['wall_s']} / {rc.get('cpu_s', '')} | {di['wall_s']} / "
             f"{di.get('cpu_s', '')} | "
-            + (f"{per['relabel_collection'] * 1000:.2f} / {per['dataset_issues'] * 1000:.2f}" if per else "") + " | "
+            + (f"{per['relabel_collection'] * 1000:.2f} / {per_di}" if per else "") + " | "
             f"{rc['peak_rss_mb']} / {di['peak_rss_mb']} | {r['collection']['disk_mb']} | {r['out_disk_mb']} | "
             + " | ".join(str(r["stage_s"].get(s, "")) for s in stages) + " |")
     notes = [f"- {r['date'][:16]}, N = {r['n']:,}: {r['code']}" for r in rows if r.get("code")]
     if notes:
         lines += ["", "Code of each row:", *notes]
+    staged = [r for r in rows if r.get("relabel_collection", {}).get("stage_peak_rss_mb")]
+    if staged:
+        names = [*RELABEL_STAGES, "after"]
+        lines += ["", ("Peak RSS MB of the relabel-collection process tree by stage (sampled every 0.2 s; a sample "
+                       "counts for the first stage without a manifest yet):"), "",
+                  "| N | date | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
+        for r in sorted(staged, key=lambda r: (r["date"], r["n"])):
+            sp = r["relabel_collection"]["stage_peak_rss_mb"]
+            lines.append(f"| {r['n']:,} | {r['date'][:16]} | " + " | ".join(str(sp.get(k, "")) for k in names) + " |")
     for r in (r for r in rows if r.get("partial")):
         lines += ["", f"**Unfinished run, N = {r['n']:,}** ({r['note']}; measured at {r['measured_at']}):", "",
                   "```json", json.dumps({k: v for k, v in r.items() if k not in ("note", "partial")}, indent=1), "```"]
@@ -275,6 +307,9 @@ def main() -> None:
     ap.add_argument("--issues-only", action="store_true",
                     help="rerun only the dataset-issue search on each kept WORK/out_N (after a --keep run); "
                          "appends to benchmarks/results/million_issues_rerun.json")
+    ap.add_argument("--relabel-only", action="store_true",
+                    help="run relabel-collection only (no dataset-issue search after it)")
+    ap.add_argument("--code", default="", help="which code the rows measure (a note in million.md)")
     args = ap.parse_args()
     if not (args.fer_dir / "labels.csv").exists():
         sys.exit(f"FER2013 not found at {args.fer_dir} (../shared/data/fer2013)")

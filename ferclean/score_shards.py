@@ -94,7 +94,7 @@ def score_plan(store: Store, model_dir: str | Path, collection: str | None, batc
     raw = plan_shards(store, STAGE, cfg, shard_size=batch_size, table="samples", where=where,
                       content_columns=["label_original"])
     prefix = part_prefix(collection)
-    return [Shard(STAGE, s.index, prefix + s.key, s.sample_ids) for s in raw], job
+    return [Shard(STAGE, s.index, prefix + s.key, s.ids) for s in raw], job
 
 
 def shard_work(store: Store, config: Any, run_id: str) -> ShardWork:

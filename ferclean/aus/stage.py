@@ -13,9 +13,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from ferclean.aus.backends import GeometricBackend, aus_table, check_pyfeat, landmarks_array
+from ferclean.aus.backends import (
+    GeometricBackend,
+    aus_table,
+    check_pyfeat,
+    landmarks_array,
+)
 from ferclean.aus.geometric import (
     AU_RECIPES,
     GEOMETRIC_VERSION,
@@ -202,6 +208,25 @@ def shard_work(store: Store, config: AusConfig, run_id: str) -> ShardWork | None
     return ShardWork("aus", geometric_shard, job, shards)
 
 
+def presence_summary(store: Store) -> dict[str, Any]:
+    """faces, unscored (AU01_r null) and the presence rate per AU (mean of the non-null AUxx_c) of the
+    `aus` table, summed part by part (memory: one part, not the whole table)."""
+    n = unscored = 0
+    sums = dict.fromkeys(AU_NAMES, 0)
+    valid = dict.fromkeys(AU_NAMES, 0)
+    for path in store.part_files("aus"):
+        t = pq.read_table(path, columns=["AU01_r", *presence_columns()])
+        n += t.num_rows
+        unscored += t.column("AU01_r").null_count
+        for a in AU_NAMES:
+            col = t.column(f"{a}_c")
+            sums[a] += int(pc.sum(col).as_py() or 0)
+            valid[a] += len(col) - col.null_count
+    return {"faces": n, "unscored": unscored,
+            "presence_rate": {a: round(sums[a] / valid[a], 4) if n > unscored and valid[a] else None
+                              for a in AU_NAMES}}
+
+
 def run_aus(store: Store, run: Any, config: AusConfig, progress: bool = True) -> dict:
     """Score every face in `faces` and write table `aus` (key (sample_id, face_index)).
 
@@ -230,12 +255,7 @@ def run_aus(store: Store, run: Any, config: AusConfig, progress: bool = True) ->
         summary.update(done)
         summary.update({"reference_source": ref.source, "reference_path": str(ref_path),
                         "reference_faces": ref.n_neutral_value})
-    t = store.read("aus", columns=["AU01_r", *presence_columns()])
-    summary["faces"] = t.num_rows
-    summary["unscored"] = t.column("AU01_r").null_count
-    summary["presence_rate"] = {
-        a: round(float(np.nanmean(t.column(f"{a}_c").to_numpy(zero_copy_only=False).astype(float))), 4)
-        if t.num_rows > summary["unscored"] else None for a in AU_NAMES}
-    run.counts["aus.rows"] += t.num_rows
+    summary.update(presence_summary(store))
+    run.counts["aus.rows"] += summary["faces"]
     run.counts["aus.unscored"] += summary["unscored"]
     return summary

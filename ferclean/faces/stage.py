@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ferclean.contracts import load_contract
 from ferclean.decode import UnusableImage, read_image
@@ -159,16 +160,37 @@ def _shard_rejects(store: Store, shard: Shard) -> list[dict]:
         rejects = [r for r in json.loads(old.read_text()) if r["sample_id"] in keep]
         _write_json_atomic(p, rejects)
         return rejects
-    present = set(pc.unique(store.read(STAGE, ["sample_id"], pc.field("sample_id").isin(list(shard.sample_ids)))
+    present = set(pc.unique(store.read(STAGE, ["sample_id"], pc.field("sample_id").isin(shard.ids))
                             .column("sample_id")).to_pylist())
     return [{"sample_id": s, "reason": "no_face", "message": "no faces row (reject details lost)"}
             for s in shard.sample_ids if s not in present]
 
 
+def face_counts(store: Store) -> dict:
+    """Rows, primary faces, primary faces by detector and faces by quality flag of the `faces` table,
+    counted part by part (memory: one part's four small columns, not the whole table's)."""
+    det: dict[str, int] = {}
+    flags: dict[str, int] = {}
+    n = n_primary = 0
+    for path in store.part_files(STAGE):
+        t = pq.read_table(path, columns=["detector", "is_primary", "quality_flags"])
+        n += t.num_rows
+        prim = t.filter(pc.fill_null(t.column("is_primary"), False))
+        n_primary += prim.num_rows
+        for d in pc.value_counts(prim.column("detector")).to_pylist():
+            det[d["values"]] = det.get(d["values"], 0) + d["counts"]
+        for d in pc.value_counts(pc.list_flatten(t.column("quality_flags"))).to_pylist() if t.num_rows else []:
+            flags[d["values"]] = flags.get(d["values"], 0) + d["counts"]
+    # dict order: first appearance in part order, as value_counts over the whole table gave it
+    return {"faces": n, "primary": n_primary, "detectors": det, "quality_flags": flags}
+
+
 def contact_sheet(store: Store, path: Path, n: int = 64, seed: int = 0, cols: int = 8) -> int:
     """Tile `n` random primary aligned crops into a PNG at `path`; returns how many were drawn."""
+    if n == 0:  # (checked first: the read below holds every primary sample id)
+        return 0
     keys = store.read(STAGE, ["sample_id", "is_primary"], filter=pc.field("is_primary"))
-    if keys.num_rows == 0 or n == 0:
+    if keys.num_rows == 0:
         return 0
     rng = random.Random(seed)
     pick = rng.sample(keys.column("sample_id").to_pylist(), min(n, keys.num_rows))
@@ -241,30 +263,28 @@ def run_faces(store: Store, run: Run, config: FacesConfig | None = None, progres
             run.reject(r["sample_id"], STAGE, r["reason"], r["message"])
             reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
 
-    tab = store.read(STAGE, ["sample_id", "detector", "is_primary", "quality_flags"])
-    prim = tab.filter(pc.field("is_primary"))
-    det_counts = {d["values"]: d["counts"] for d in pc.value_counts(prim.column("detector")).to_pylist()}
-    n_img = sum(len(s.sample_ids) for s in shards)
-    flags = pc.value_counts(pc.list_flatten(tab.column("quality_flags"))).to_pylist() if tab.num_rows else []
+    counts = face_counts(store)
+    det_counts, n_faces, n_primary = counts["detectors"], counts["faces"], counts["primary"]
+    n_img = sum(s.size for s in shards)
     sheet = run.dir / "faces_contact_sheet.png"
     n_sheet = contact_sheet(store, sheet, config.contact_sheet_n, config.seed)
-    run.counts["faces.rows"] += tab.num_rows
-    run.counts["faces.images"] += prim.num_rows
+    run.counts["faces.rows"] += n_faces
+    run.counts["faces.images"] += n_primary
     for k, v in det_counts.items():
         run.counts[f"faces.detector.{k}"] += v
     n_rejected = sum(reasons.values())
     run.counts["faces.rejected"] += n_rejected
     return {
         "images": n_img,
-        "faces": tab.num_rows,
-        "images_with_face": prim.num_rows,
+        "faces": n_faces,
+        "images_with_face": n_primary,
         # images by the path that found their primary face (ferclean.faces.recall), and the rest by reason
         "by_detector": dict(sorted(det_counts.items(), key=lambda kv: -kv[1])),
         "images_rejected": n_rejected,
         "rejects_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "detector_counts": det_counts,
-        "detector_share": {k: v / max(prim.num_rows, 1) for k, v in det_counts.items()},
-        "quality_flags": {d["values"]: d["counts"] for d in flags},
+        "detector_share": {k: v / max(n_primary, 1) for k, v in det_counts.items()},
+        "quality_flags": counts["quality_flags"],
         "rejects": reasons,
         "shards": res["shards"],
         "skipped_shards": res["skipped"],
