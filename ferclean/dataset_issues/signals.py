@@ -63,17 +63,11 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
     unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
     if len(unchecked) and cfg.detect_unchecked:
         with clock.phase("face_space_detect"):
-            detector = hog_detector()
-            # the paths a chunk at a time (Python strings of one chunk, not of every row)
-            chunks = list(iter_chunks(len(unchecked), cfg.hash_batch))
-            for sl in track(chunks, "face detection", total=len(chunks), enabled=progress):
-                for i, path in zip(unchecked[sl], samples.path_list(unchecked[sl]), strict=True):
-                    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-                    if img is None:
-                        continue
-                    found = rotated_hog_score(img, detector, angles=(0.0,)) >= 0.0  # the faces stage's dlib test
-                    sig.no_detection[i] = 0.0 if found else 1.0
-                    sig.detected[i] = found
+            score = _hog_scores(unchecked, samples, cfg.hash_batch, "face detection", progress, angles=(0.0,))
+            read = ~np.isnan(score)  # the faces stage's dlib test: a face at score >= 0
+            found = score[read] >= 0.0
+            sig.no_detection[unchecked[read]] = np.where(found, 0.0, 1.0)
+            sig.detected[unchecked[read]] = found
     undetected = sig.has_face_row & ~sig.detected
     if undetected.sum() < 2:
         return out
@@ -123,16 +117,9 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
     n_check = round(cfg.hog_check_fraction * len(idx))
     if n_check:
         with clock.phase("face_space_hog"):
-            detector = hog_detector()
             prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
             suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
-            chunks = list(iter_chunks(len(suspects), cfg.hash_batch))
-            for sl in track(chunks, "face check", total=len(chunks), enabled=progress):
-                for i, path in zip(suspects[sl], samples.path_list(suspects[sl]), strict=True):
-                    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-                    if img is None:
-                        continue
-                    out["hog"][i] = rotated_hog_score(img, detector)
+            out["hog"][suspects] = _hog_scores(suspects, samples, cfg.hash_batch, "face check", progress)
     # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
     out["appearance"][idx] = 0.0
     checked = idx[~np.isnan(out["hog"][idx])]
@@ -297,4 +284,20 @@ def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, metho
     for info in out.values():
         info["methods"] = sorted(info["methods"])
         info["min_similarity"] = round(float(info["min_similarity"]), 6)
+    return out
+
+
+def _hog_scores(rows: np.ndarray, samples: SampleTable, chunk: int, label: str, progress: bool,
+                angles: tuple[float, ...] | None = None) -> np.ndarray:
+    """dlib HOG's best score (:func:`rotated_hog_score`) on each row's image file, NaN where it cannot be
+    read; the paths a chunk at a time (Python strings of one chunk, not of every row)."""
+    detector = hog_detector()
+    kw = {} if angles is None else {"angles": angles}
+    out = np.full(len(rows), np.nan)
+    chunks = list(iter_chunks(len(rows), chunk))
+    for sl in track(chunks, label, total=len(chunks), enabled=progress):
+        for j, path in zip(range(sl.start, sl.stop), samples.path_list(rows[sl]), strict=True):
+            img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+            if img is not None:
+                out[j] = rotated_hog_score(img, detector, **kw)
     return out
