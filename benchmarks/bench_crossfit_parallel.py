@@ -61,7 +61,7 @@ def main() -> None:
     import ferclean
     src = Path(ferclean.__file__).resolve().parents[1]
     commit = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    res = {"ferclean": str(src), "commit": commit, "n": len(y), "method": a.method, "config": cfg0.model_dump(include={"input_size", "width", "epochs", "folds", "batch_size"}),
+    res = {"ferclean": str(src), "commit": commit, "seed": a.seed, "n": len(y), "method": a.method, "config": cfg0.model_dump(include={"input_size", "width", "epochs", "folds", "batch_size"}),
            "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
     for w in a.workers:
         cfg = cfg0.model_copy(update={"fold_workers": w})
