@@ -466,8 +466,13 @@ def au_view_weight_for(cfg: RelabelConfig, accuracies: dict[str, float] | None) 
             or "au_view_accuracy" not in accuracies):
         return cfg.au_view_weight
     model, label, au = (accuracies["model_accuracy"], accuracies["label_accuracy"], accuracies["au_view_accuracy"])
-    weaker = model < label + cfg.trust_margin
-    return cfg.au_view_weight_weak if (weaker and au > model) else cfg.au_view_weight
+    return cfg.au_view_weight_weak if (network_weaker(cfg, model, label) and au > model) else cfg.au_view_weight
+
+
+def network_weaker(cfg: RelabelConfig, model_accuracy: float | None, label_accuracy: float | None) -> bool:
+    """Whether the network is not estimated stronger than the given labels by `trust_margin` (True without
+    estimates): where the trust shrink, the relabel floor and `au_view_weight_weak` apply."""
+    return model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy + cfg.trust_margin
 
 
 def trust_shrink(joint: np.ndarray, label_accuracy: float | None) -> float:
@@ -615,7 +620,7 @@ def rule_stats(parts: RuleParts, cfg: RelabelConfig, label_accuracy: float | Non
         divisor = lab_counts.astype(np.float64)
     else:
         divisor = (np.eye(c) / c).sum(axis=0)
-    weaker = model_accuracy is None or label_accuracy is None or model_accuracy < label_accuracy + cfg.trust_margin
+    weaker = network_weaker(cfg, model_accuracy, label_accuracy)
     audited = cfg.class_prior is not None
     lam = (trust_shrink(joint, label_accuracy)
            if (cfg.trust == "auto" and joint is not None and weaker and not audited) else 1.0)
