@@ -385,7 +385,7 @@ def _class_order(preds: pa.Table) -> list[str]:
 
 def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, config: RelabelConfig,
                      collection: str | None = None, progress: bool = True, *, batch_size: int = 8192,
-                     threads: int | None = 1, infer_batch: int = INFER_BATCH, embedding_sample: int = 20_000) -> dict[str, Any]:
+                     threads: int | None = 1, infer_batch: int = INFER_BATCH) -> dict[str, Any]:
     """Apply a saved model to samples (optionally one collection) without training.
 
     Writes `predictions` rows (method = the model's method and the AU view's, fold = -1; one part per score
@@ -397,7 +397,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     gathers the collection statistics, :func:`part_verdicts` decides each part and its `relabels` rows are
     appended): what stays in memory for the whole collection is those statistics (a few class-by-class
     arrays, a histogram, the max probability of each row for the domain-shift guard's median: 4 bytes a
-    row). The guard's embedding spread is exact over every row (`embedding_sample` is no longer used).
+    row). The guard's embedding spread is exact over every row.
     threads: torch threads for inference (None = leave torch's setting) and infer_batch (images per forward
     pass): :func:`ferclean.inference.inference_settings`.
     """

@@ -35,5 +35,4 @@ def run_score(store: Store, run: Any, config: ScoreConfig, progress: bool = True
     (:func:`ferclean.relabel.score_collection` with the stage signature)."""
     return score_collection(store, run, ModelDir(config.model_dir).require(), config.relabel,
                             collection=config.collection, progress=progress, batch_size=config.batch_size,
-                            threads=config.threads, infer_batch=config.infer_batch,
-                            embedding_sample=config.embedding_sample)
+                            threads=config.threads, infer_batch=config.infer_batch)
