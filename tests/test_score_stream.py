@@ -158,5 +158,6 @@ def test_score_shards_resume_and_follow_label_changes(tmp_path):
     assert len(score_keys()) == 4 and len(score_keys() & keys) == 2
     assert len(list(compact_dir(store).glob("*.parquet"))) == 4
     rows = store.read("relabels").to_pandas()
-    latest = rows[rows.run_id == rows.run_id.iloc[-1]].set_index("sample_id")
+    last_run = rows.sort_values("decided_at", kind="stable").run_id.iloc[-1]  # part files are not read in run order
+    latest = rows[rows.run_id == last_run].set_index("sample_id")
     assert latest.loc[ids[20], "label_original"] == labels[20]
