@@ -293,3 +293,36 @@ def test_a_weak_network_lets_the_stronger_au_view_choose_the_relabels():
     assert trust["au_view_weight"] == RelabelConfig().au_view_weight_weak
     assert fixed["au_view_weight"] == RelabelConfig().au_view_weight
     assert g_weak > g_fixed >= 0
+
+
+def test_labels_cleaner_than_the_shared_errors_suggest_get_the_two_view_estimate():
+    """relabel-collection on right labels (issue 17, other-domain photos): the network and the AU view share
+    errors (both learnt from the same kind of labels), so the three-view estimate reads their agreement as both
+    being right and puts the labels too low. With the model's training-time accuracy the two-view estimate sees
+    the labels agree with the network more than that accuracy explains; the labels get the larger estimate, and
+    fewer right labels are relabelled."""
+    from ferclean.noise import rule_accuracies, view_counts
+    from ferclean.relabel import verdicts
+
+    c, n = 5, 20000
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, c, n)
+    other = lambda: (truth + rng.integers(1, c, n)) % c  # noqa: E731
+    labels = np.where(rng.random(n) < 0.95, truth, other())
+    net = np.where(rng.random(n) < 0.65, truth, other())
+    au = np.where(net != truth, np.where(rng.random(n) < 0.6, net, other()),
+                  np.where(rng.random(n) < 0.6, truth, other()))  # copies the network's mistakes 60 % of the time
+    net_p, au_p = _onehot(net, c, 0.7), _onehot(au, c, 0.6)
+    cfg = RelabelConfig(calibrate=False)
+    k = view_counts(labels, net_p, au_p)
+    three = rule_accuracies(k, cfg)
+    both = rule_accuracies(k, cfg, model_accuracy=0.65)
+    assert three["label_accuracy"] < 0.85 and "label_estimate" not in three  # shared errors: labels look worse
+    assert both["label_accuracy"] == pytest.approx(0.95, abs=0.04) and both["label_estimate"] == "two views"
+    assert both["model_accuracy"] == three["model_accuracy"]
+    names = [str(i) for i in range(c)]
+    args = ([f"s{i}" for i in range(n)], [names[i] for i in labels], names, net_p, None, None, np.ones(n, bool),
+            [None] * n, cfg)
+    without = verdicts(*args, au_probs=au_p)
+    with_model = verdicts(*args, au_probs=au_p, model_accuracy=0.65)
+    assert (with_model.action == "relabel").sum() < 0.5 * (without.action == "relabel").sum()
