@@ -36,7 +36,7 @@ def _grad(eyes: tuple[float, float] = (1.0, 1.0), jaw: tuple[float, float] = (1.
     g = np.zeros((100, 100), np.float32)
     for (x, y), v in zip(((40, 40), (60, 40)), eyes, strict=True):
         g[y - 6 : y + 7, x - 6 : x + 7] = v
-    for idx, v in ((range(0, 8), jaw[0]), (range(9, 17), jaw[1])):
+    for idx, v in ((range(8), jaw[0]), (range(9, 17), jaw[1])):
         for x, y in np.round(LM[list(idx)]).astype(int):
             g[y - 3 : y + 4, x - 3 : x + 4] = v
     return g
