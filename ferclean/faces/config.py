@@ -13,7 +13,9 @@ class QualityThresholds(BaseModel):
     - `tiny`: face_px (sqrt of bbox width x height, original px) < `tiny_px`.
     - `blurry`: variance of the Laplacian of the aligned grayscale crop < `blur_min`.
     - `extreme_pose`: |yaw| > `max_abs_yaw_deg` or |pitch| > `max_abs_pitch_deg` (roll is undone
-      by the alignment, so it is not flagged).
+      by the alignment, so it is not flagged), or the 68-point fit cannot be trusted because the
+      face is turned beyond what the frontal model fits: found by dlib's MMOD passes and one side
+      of the fit on a flat area (side balance < `min_side_balance`; `ferclean.faces.turned`).
     - `multiple_faces`: more than one face in the image.
     - `full_frame`: no detection; the whole image was taken as the face box (pre-aligned mode, or
       the opt-in crop fallback of photos mode).
@@ -23,6 +25,12 @@ class QualityThresholds(BaseModel):
     blur_min: float = Field(30.0, ge=0, description="Laplacian variance (crop grey levels^2) below which a crop is blurry")
     max_abs_yaw_deg: float = Field(45.0, gt=0, description="degrees")
     max_abs_pitch_deg: float = Field(35.0, gt=0, description="degrees")
+    min_side_balance: float | None = Field(
+        0.15, ge=0, le=1, description="faces found by the MMOD passes: extreme_pose when the side balance of the "
+        "68-point fit (ferclean.faces.turned.side_balance: eye and jaw-contour detail, weaker side / stronger side, "
+        "multiplied) is below this (a profile's collapsed frontal fit puts one side on the cheek or background); "
+        "None = off. Chosen on the rendered mesh and the face-recall development set, seed 1 "
+        "(benchmarks/results/face_turned.md)")
 
 
 class FacesConfig(BaseModel):

@@ -6,18 +6,31 @@ the `faces` columns except run_id / sample_id.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
-from collections.abc import Callable
-
 from ferclean.faces.backends import Detection, FaceBackend
 from ferclean.faces.config import FacesConfig
-from ferclean.faces.geometry import apply_affine, landmarks5_from_68, similarity_transform, template5, warp_crop
+from ferclean.faces.geometry import (
+    apply_affine,
+    landmarks5_from_68,
+    similarity_transform,
+    template5,
+    warp_crop,
+)
 from ferclean.faces.png import encode_crop
 from ferclean.faces.pose import head_pose
 from ferclean.faces.quality import crop_stats, face_size_px, quality_flags
-from ferclean.faces.recall import IDENTITY, View, box_to_work, find_faces, looks_like_face_crop
+from ferclean.faces.recall import (
+    IDENTITY,
+    View,
+    box_to_work,
+    find_faces,
+    looks_like_face_crop,
+)
+from ferclean.faces.turned import found_by_mmod, side_balance
 
 
 def resolve_mode(config: FacesConfig, width: int, height: int) -> str:
@@ -110,10 +123,14 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig,
     tmpl = template5(size)
     records = []
     for i, det in enumerate(dets):
+        balance = float("nan")
         if full_lm is not None and det.bbox == whole:
             lm68 = full_lm / s
         else:
-            lm68 = view.to_work(backend.landmarks68(view.image, det.bbox)) / s
+            lm_view = backend.landmarks68(view.image, det.bbox)
+            if found_by_mmod(detector) and config.quality.min_side_balance is not None:
+                balance = side_balance(view.image, lm_view)  # in the view the points were fitted in
+            lm68 = view.to_work(lm_view) / s
         blended = fastlm68 is not None and mode == "prealigned" and i == primary
         if blended:
             from ferclean.faces.fastlm import blend_landmarks
@@ -143,7 +160,7 @@ def analyze_image(image: np.ndarray, backend: FaceBackend, config: FacesConfig,
             "blur": blur, "brightness": brightness, "contrast": contrast, "face_px": fpx,
             "quality_flags": quality_flags(
                 face_px=fpx, blur=blur, yaw=yaw, pitch=pitch, n_faces=n, detector=detector,
-                thresholds=config.quality,
+                thresholds=config.quality, side_balance=balance,
             ),
         })
     return records

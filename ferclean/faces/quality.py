@@ -9,6 +9,7 @@ import numpy as np
 
 from ferclean.faces.config import QualityThresholds
 from ferclean.faces.image import to_gray
+from ferclean.faces.turned import fit_beyond_frontal
 from ferclean.flags import QUALITY_FLAGS as FLAGS  # noqa: F401  (the one list, ferclean.flags; re-exported)
 
 
@@ -37,8 +38,13 @@ def quality_flags(
     n_faces: int,
     detector: str,
     thresholds: QualityThresholds,
+    side_balance: float = float("nan"),
 ) -> list[str]:
-    """Flags (a sublist of FLAGS, in FLAGS order) for one face; NaN angles raise no pose flag."""
+    """Flags (a sublist of FLAGS, in FLAGS order) for one face; NaN angles raise no pose flag.
+
+    `side_balance`: `ferclean.faces.turned.side_balance` of the face's fit (NaN = not measured);
+    with an MMOD `detector` it can raise extreme_pose on its own (a profile whose fit collapsed).
+    """
     flags = []
     if face_px < thresholds.tiny_px:
         flags.append("tiny")
@@ -46,7 +52,7 @@ def quality_flags(
         flags.append("blurry")
     if (not math.isnan(yaw) and abs(yaw) > thresholds.max_abs_yaw_deg) or (
         not math.isnan(pitch) and abs(pitch) > thresholds.max_abs_pitch_deg
-    ):
+    ) or fit_beyond_frontal(detector, side_balance, thresholds.min_side_balance):
         flags.append("extreme_pose")
     if n_faces > 1:
         flags.append("multiple_faces")
