@@ -217,26 +217,6 @@ def merge_face_part(sig: Signals, index: SampleIndex, part: FacePartSignals, blo
         blocks.add(idx, part.embedding[keep])
 
 
-def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: DatasetIssuesConfig,
-                        embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
-    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings
-    (:func:`face_part_signals` per batch, then :func:`merge_face_part`).
-
-    Returns True when the faces table has rows. Memory: one batch of crops at a time.
-    """
-    if store.count("faces") == 0:
-        return False
-    sig.no_detection[:] = 1.0  # no face row at all = no face found
-    want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
-    cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
-    blocks = EmbeddingBlocks(store.root) if embed is not None else None
-    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
-        merge_face_part(sig, index, face_part_signals(t, cfg, embed), blocks)
-    if blocks is not None and blocks.dim:
-        sig.embedding = blocks
-    return True
-
-
 def phash_edges(sig: Signals, cfg: DatasetIssuesConfig) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """Duplicate edges from pHashes: identical hashes, banded near pairs, mirrored pairs.
 
