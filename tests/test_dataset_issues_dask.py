@@ -187,3 +187,18 @@ def test_curate_on_dask_computes_the_dataset_issue_signals_on_the_cluster(tmp_pa
     assert summary["faces_used"] and summary["model_used"] and summary["face_parts"] >= 2
     assert summary["face_signals_pids"] and os.getpid() not in summary["face_signals_pids"]
     assert res["stages"]["train"]["summary"]["folds_trained_in"] == "dask LocalCluster of 2 worker processes"
+
+
+def test_undo_low_trim_threshold_only_where_dask_set_it(monkeypatch):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers; the per-part task gives glibc its usual thresholds
+    back there (and leaves a plain process alone)."""
+    import ctypes.util
+
+    from ferclean.dataset_issues.memory import LOW_TRIM_ENV, undo_low_trim_threshold
+
+    monkeypatch.delenv(LOW_TRIM_ENV, raising=False)
+    assert undo_low_trim_threshold.__wrapped__() is False
+    if not ctypes.util.find_library("c"):
+        pytest.skip("no C library to call mallopt in")
+    monkeypatch.setenv(LOW_TRIM_ENV, "65536")
+    assert undo_low_trim_threshold.__wrapped__() is True

@@ -31,6 +31,7 @@ import numpy as np
 
 from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.embeddings import EmbeddingBlocks, load_embedder
+from ferclean.dataset_issues.memory import undo_low_trim_threshold
 from ferclean.dataset_issues.samples import SampleIndex
 from ferclean.dataset_issues.signals import FacePartSignals, Signals, face_part_signals, merge_face_part
 from ferclean.model_dir import ModelDir
@@ -104,6 +105,7 @@ def face_part_task(root: str, part: str | None, cfg: DatasetIssuesConfig, model_
     """One task on a worker: the signals of the faces part `part` of the Store at `root`, embedded with the model
     at `model_dir` (None: no embeddings)."""
     w, c = time.perf_counter(), time.process_time()
+    undo_low_trim_threshold()  # a Dask worker's malloc setting tripled the embeddings' CPU (memory.py)
     embed = cached_embedder(model_dir, cfg.embed_batch) if model_dir else None
     batches = list(part_face_signals(Store(root), part, cfg, embed))
     return FacePartResult(part, batches, os.getpid(), time.perf_counter() - w, time.process_time() - c)
