@@ -62,7 +62,7 @@ with ctx:
 rows = [{k: v for k, v in r.items() if k != "run_id"} for r in store.read("dataset_issues").to_pylist()]
 digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 keep = ("samples", "hashed", "hashed_from_crop", "faces_used", "model_used", "clusters", "samples_in_clusters",
-        "outliers", "unreadable", "face_signals_in", "face_parts", "face_signals_worker_cpu_s",
+        "outliers", "unreadable", "per_image_work_in", "face_parts", "face_signals_worker_cpu_s",
         "face_signals_worker_wall_s")
 print("RESULT " + json.dumps({
     "search_wall_s": round(wall, 1), "stage_process_cpu_s": round(cpu, 1), "cluster_processes_cpu_s": round(ccpu, 1),

@@ -98,7 +98,7 @@ def _signals(store: Store, cfg: DatasetIssuesConfig, runner=None):
 
 
 def test_face_signals_on_a_local_cluster_equal_this_process_and_ran_in_its_workers(out_with_model, cluster_executor):
-    cfg = DatasetIssuesConfig(hash_source="auto", embed_batch=4, parts_in_flight=2)
+    cfg = DatasetIssuesConfig(hash_source="auto", embed_batch=4, tasks_in_flight=2)
     here, here_run = _signals(out_with_model, cfg)
     there, there_run = _signals(out_with_model, cfg, cluster_executor)
     for name in SIGNALS:
@@ -128,11 +128,11 @@ def test_stage_rows_on_a_local_cluster_equal_this_process(out_with_model, cluste
                       for r in out_with_model.read("dataset_issues").to_pylist()]
     assert rows["here"] == rows["cluster"]
     assert {r["issue_type"] for r in rows["here"]} >= {"exact_duplicate", "near_duplicate", "not_a_face"}
-    assert summaries["here"]["face_signals_in"] == "this process"
-    assert summaries["cluster"]["face_signals_in"] == "test cluster"
+    assert summaries["here"]["per_image_work_in"] == "this process"
+    assert summaries["cluster"]["per_image_work_in"] == "test cluster"
     assert summaries["cluster"]["model_used"] and summaries["here"]["model_used"]
     assert os.getpid() not in summaries["cluster"]["face_signals_pids"]
-    drop = {"face_signals_in", "face_signals_pids", "face_signals_worker_cpu_s", "face_signals_worker_wall_s", "phases"}
+    drop = {"per_image_work_in", "face_signals_pids", "face_signals_worker_cpu_s", "face_signals_worker_wall_s", "phases"}
     same = lambda s: {k: v for k, v in s.items() if k not in drop and not k.endswith("_s")}
     assert same(summaries["here"]) == same(summaries["cluster"])
 
@@ -143,7 +143,7 @@ def test_in_order_yields_in_submission_order_with_bounded_futures():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from ferclean.dataset_issues.face_parts import in_order
+    from ferclean.dataset_issues.task_map import in_order
 
     live, peak, lock = [0], [0], threading.Lock()
 
@@ -183,7 +183,7 @@ def test_curate_on_dask_computes_the_dataset_issue_signals_on_the_cluster(tmp_pa
     res = curate_flow(source=str(src), out=str(tmp_path / "out"), config_file=str(cfg), task_runner="dask",
                       workers=2, retries=0, retry_delay_s=0.0, until="dataset_issues")
     summary = res["stages"]["dataset_issues"]["summary"]
-    assert summary["face_signals_in"] == "dask LocalCluster of 2 worker processes"
+    assert summary["per_image_work_in"] == "dask LocalCluster of 2 worker processes"
     assert summary["faces_used"] and summary["model_used"] and summary["face_parts"] >= 2
     assert summary["face_signals_pids"] and os.getpid() not in summary["face_signals_pids"]
     assert res["stages"]["train"]["summary"]["folds_trained_in"] == "dask LocalCluster of 2 worker processes"

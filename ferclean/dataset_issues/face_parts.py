@@ -14,7 +14,7 @@ collection's :class:`~ferclean.dataset_issues.signals.Signals`:
 
 Either way the parts are merged in reading order (a result that comes early waits for the ones before it), so
 the output does not depend on the runner, and the batches are the same (`hash_batch` rows of one part), so
-neither do the embeddings. At most `parts_in_flight` results are submitted or waiting at a time (memory:
+neither do the embeddings. At most `tasks_in_flight` results are submitted or waiting at a time (memory:
 that many parts' signals; the embeddings go to disk through EmbeddingBlocks as they are merged).
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +30,9 @@ import numpy as np
 
 from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.embeddings import EmbeddingBlocks, load_embedder
-from ferclean.dataset_issues.memory import undo_low_trim_threshold
 from ferclean.dataset_issues.samples import SampleIndex
 from ferclean.dataset_issues.signals import FacePartSignals, Signals, face_part_signals, merge_face_part
+from ferclean.dataset_issues.task_map import map_tasks
 from ferclean.model_dir import ModelDir
 from ferclean.primary import iter_primary_faces, primary_face_parts
 from ferclean.stage_executor import StageExecutor
@@ -105,31 +104,9 @@ def face_part_task(root: str, part: str | None, cfg: DatasetIssuesConfig, model_
     """One task on a worker: the signals of the faces part `part` of the Store at `root`, embedded with the model
     at `model_dir` (None: no embeddings)."""
     w, c = time.perf_counter(), time.process_time()
-    undo_low_trim_threshold()  # a Dask worker's malloc setting tripled the embeddings' CPU (memory.py)
     embed = cached_embedder(model_dir, cfg.embed_batch) if model_dir else None
     batches = list(part_face_signals(Store(root), part, cfg, embed))
     return FacePartResult(part, batches, os.getpid(), time.perf_counter() - w, time.process_time() - c)
-
-
-def in_order(results: Callable[[int], Future], n: int, in_flight: int) -> Iterator[tuple[int, object]]:
-    """(i, result of future i) for i = 0..n-1 in that order, with at most `in_flight` futures submitted or
-    finished-but-waiting at a time (`results(i)` submits task i). Futures not yet read are cancelled on exit."""
-    pending: dict[int, Future] = {}
-    ready: dict[int, object] = {}
-    submitted = 0
-    try:
-        for i in range(n):
-            while i not in ready:
-                while submitted < n and len(pending) + len(ready) < max(1, in_flight):
-                    pending[submitted] = results(submitted)
-                    submitted += 1
-                done, _ = wait(list(pending.values()), return_when=FIRST_COMPLETED)
-                for j in [j for j, f in pending.items() if f in done]:
-                    ready[j] = pending.pop(j).result()
-            yield i, ready.pop(i)
-    finally:
-        for f in pending.values():
-            f.cancel()
 
 
 def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: DatasetIssuesConfig,
@@ -155,11 +132,9 @@ def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: Dat
                 merge_face_part(sig, index, batch, blocks)
         run.pids = [os.getpid()]
     else:
-        in_flight = cfg.parts_in_flight or 2 * runner.slots
-        submit = lambda i: runner.executor.submit(face_part_task, str(store.root), parts[i], cfg, model_dir)
         pids = set()
-        for _, res in in_order(submit, len(parts), in_flight):
-            assert isinstance(res, FacePartResult)
+        args = lambda i: (str(store.root), parts[i], cfg, model_dir)
+        for res in map_tasks(face_part_task, len(parts), args, runner, cfg.tasks_in_flight):
             for batch in res.batches:
                 merge_face_part(sig, index, batch, blocks)
             pids.add(res.pid)

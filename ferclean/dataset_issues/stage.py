@@ -35,9 +35,10 @@ from ferclean.dataset_issues.face_parts import gather_face_signals
 from ferclean.dataset_issues.issues import issues_table
 from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.phases import PhaseClock
-from ferclean.dataset_issues.phash import iter_chunks
+from ferclean.dataset_issues.phash import hash_images, iter_chunks
 from ferclean.dataset_issues.samples import read_samples
-from ferclean.dataset_issues.signals import Signals, store_hashes
+from ferclean.dataset_issues.signals import Signals, assign_hashes
+from ferclean.dataset_issues.task_map import map_tasks
 from ferclean.model_dir import ModelDir
 from ferclean.progress import track
 from ferclean.runs import Run
@@ -103,9 +104,11 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     with clock.phase("hash_images"):
         todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
         chunks = list(iter_chunks(len(todo), cfg.hash_batch))
-        for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
-            idx = todo[sl]
-            store_hashes(sig, idx, samples.path_list(idx), cfg, from_crop=False)
+        # a chunk of files a task: here, or on the runner's workers (the paths travel, the workers read the files)
+        hashed = map_tasks(hash_images, len(chunks), lambda i: (samples.path_list(todo[chunks[i]]), cfg.mirror),
+                           runner, cfg.tasks_in_flight)
+        for sl, h in track(zip(chunks, hashed, strict=True), "pHash images", total=len(chunks), enabled=progress):
+            assign_hashes(sig, todo[sl], h, from_crop=False)
         bad = todo[~sig.hashed[todo]]
         unreadable = samples.id_list(bad)
         run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
@@ -114,7 +117,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
                 run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
     timings["hash_s"] = time.perf_counter() - t
 
-    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock)
+    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock, runner)
     rows: list[dict] = []
     found: dict[str, int] = {}
     for manager in ISSUE_MANAGERS:
@@ -142,8 +145,8 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         "samples_in_clusters": int(sum(len(r.members) for r in reports)),
         "outliers": found.get("outliers", 0),
         "unreadable": len(unreadable),
-        # where the per-image work (crop hashes, embeddings) ran, like the train stage's folds_trained_in
-        "face_signals_in": faces.where,
+        # where the per-image work (crop and file pHashes, embeddings, HOG tests) ran, like train's folds_trained_in
+        "per_image_work_in": "this process" if runner is None else runner.description,
         "face_parts": faces.parts,
         "face_signals_pids": faces.pids,
         "face_signals_worker_cpu_s": round(faces.worker_cpu_s, 3),
