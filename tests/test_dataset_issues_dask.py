@@ -131,6 +131,9 @@ def test_stage_rows_on_a_local_cluster_equal_this_process(out_with_model, cluste
     assert summaries["here"]["per_image_work_in"] == "this process"
     assert summaries["cluster"]["per_image_work_in"] == "test cluster"
     assert summaries["cluster"]["model_used"] and summaries["here"]["model_used"]
+    # the file pHash, HOG tests and image face-space vectors ran as tasks too (each phase was reached)
+    assert {"hash_images", "face_space_detect", "face_space_image", "face_space_hog"} <= set(
+        summaries["cluster"]["phases"]["wall_s"])
     assert os.getpid() not in summaries["cluster"]["face_signals_pids"]
     drop = {"per_image_work_in", "face_signals_pids", "face_signals_worker_cpu_s", "face_signals_worker_wall_s", "phases"}
     same = lambda s: {k: v for k, v in s.items() if k not in drop and not k.endswith("_s")}

@@ -21,6 +21,7 @@ from ferclean.dataset_issues.face_space import (
     appearance_rank,
     crop_vectors,
     hog_detector,
+    image_dffs,
     image_vectors,
     rotated_hog_score,
 )
@@ -57,7 +58,8 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
     every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
     check on their source image. Returns arrays of length n: appearance (NaN = not scored),
     dffs, hog (NaN where not computed). clock: times face_space_detect / _fit / _dffs / _image / _hog.
-    runner: the HOG tests run a chunk of `hash_batch` files a task on its workers (None: here).
+    runner: the HOG tests and the image files' vectors run a chunk of `hash_batch` files a task on its workers
+    (None: here).
     """
     clock = clock or PhaseClock()
     n = len(sig.phash)
@@ -109,14 +111,22 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
         return out
     out["dffs"][idx] = np.concatenate([d for _, d in todo])
     # the same on the whole image, independent of where the landmark fit put the eyes
-    with clock.phase("face_space_image"):
-        img_fit, ok_fit = image_vectors(samples.path_list(fit_rows), cfg.face_space_side)
+    with clock.phase("face_space_image"):  # the files decoded a chunk a task, here or on the runner's workers
+        side = cfg.face_space_side
+        fit_chunks = list(iter_chunks(len(fit_rows), cfg.hash_batch))
+        fit_parts = list(map_tasks(image_vectors, len(fit_chunks), lambda i: (samples.path_list(fit_rows[fit_chunks[i]]),
+                                   side), runner, cfg.tasks_in_flight))
+        img_fit = np.concatenate([v for v, _ in fit_parts])
+        ok_fit = np.concatenate([ok for _, ok in fit_parts])
+        del fit_parts
         dffs_image = np.full(n, np.nan)
         if ok_fit.sum() >= 2:
             image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
-            for sl in iter_chunks(len(idx), cfg.hash_batch):
-                img_todo, ok_todo = image_vectors(samples.path_list(idx[sl]), cfg.face_space_side)
-                dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
+            chunks = list(iter_chunks(len(idx), cfg.hash_batch))
+            scores = map_tasks(image_dffs, len(chunks), lambda i: (samples.path_list(idx[chunks[i]]), image_space, side),
+                               runner, cfg.tasks_in_flight)
+            for sl, d in zip(chunks, scores, strict=True):
+                dffs_image[idx[sl]] = d
     out["dffs_image"] = dffs_image
     n_check = round(cfg.hog_check_fraction * len(idx))
     if n_check:
