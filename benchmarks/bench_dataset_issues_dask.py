@@ -8,7 +8,7 @@ before the cluster closes), the cluster's start-up seconds, the phases the stage
 `dataset_issues` rows (run ids aside): the two must be equal. Writes into OUT (give it a copy).
 
     PYTHONPATH=$PWD nice -n 5 python benchmarks/bench_dataset_issues_dask.py --out /tmp/x16d2/out_10000 \
-        --model /tmp/x16d2/model --workers 2
+        --model /tmp/x16d2/model --workers 2 --repeat 3
 writes benchmarks/results/dataset_issues_dask.json
 """
 
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -78,13 +79,15 @@ print("RESULT " + json.dumps({
 
 def run(out: str, model: str, workers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    load = round(os.getloadavg()[0], 1)
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", CHILD, out, model, str(workers)], capture_output=True, text=True,
                        env=env, check=False)
     if p.returncode:
         raise RuntimeError(p.stderr[-3000:])
     line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))
-    return {**json.loads(line[len("RESULT "):]), "subprocess_wall_s": round(time.perf_counter() - t, 1)}
+    return {**json.loads(line[len("RESULT "):]), "subprocess_wall_s": round(time.perf_counter() - t, 1),
+            "load_avg_1m_before": load}
 
 
 def main() -> None:
@@ -93,17 +96,24 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="the trained model folder")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--result", default=str(RESULTS / "dataset_issues_dask.json"))
+    ap.add_argument("--repeat", type=int, default=1, help="pairs of runs (in process, then dask), alternating")
     args = ap.parse_args()
-    here = run(args.out, args.model, 0)
-    print("in process:", json.dumps({k: v for k, v in here.items() if k != "phases_stage_process"}), flush=True)
-    there = run(args.out, args.model, args.workers)
-    print("dask:", json.dumps({k: v for k, v in there.items() if k != "phases_stage_process"}), flush=True)
+    runs: dict[str, list[dict]] = {"in_process": [], "dask_local_cluster": []}
+    for _ in range(args.repeat):
+        for name, workers in (("in_process", 0), ("dask_local_cluster", args.workers)):
+            r = run(args.out, args.model, workers)
+            runs[name].append(r)
+            print(name, json.dumps({k: v for k, v in r.items() if k != "phases_stage_process"}), flush=True)
+    keys = ("search_wall_s", "stage_process_cpu_s", "cluster_processes_cpu_s", "cpu_s", "cluster_start_s",
+            "peak_rss_mb_stage_process")
     result = {
-        "out": args.out, "model": args.model, "workers": args.workers, "machine": platform.node(),
-        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "note": "2 shared cores, busy with other jobs: wall times are inflated; CPU = stage process + cluster",
-        "in_process": here, "dask_local_cluster": there,
-        "identical_rows": here["rows_sha256"] == there["rows_sha256"],
+        "out": args.out, "model": args.model, "workers": args.workers, "repeat": args.repeat,
+        "machine": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "note": "2 shared cores, busy with other jobs: wall times are inflated and noisy; CPU = stage process + "
+                "cluster processes",
+        "median": {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in runs.items()},
+        **{name: rs for name, rs in runs.items()},
+        "identical_rows": len({r["rows_sha256"] for rs in runs.values() for r in rs}) == 1,
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(result, indent=1))

@@ -8,9 +8,11 @@ Every signal beyond the samples table is optional:
 - + a trained model under OUT/model: embedding near duplicates, centroid outliers, and the
   embedding evidence for not_a_face.
 
-The stage gathers the per-sample signals once (ferclean.dataset_issues.signals; the per-image work, crop
-pHashes and embeddings, faces part by faces part in ferclean.dataset_issues.face_parts, on the workers of the
-executor ferclean.stage_executor holds when the flows set one, `--task-runner dask`), then runs each
+The stage gathers the per-sample signals once (ferclean.dataset_issues.signals). The per-image work runs as
+tasks, on the workers of the executor ferclean.stage_executor holds when the flows set one (`--task-runner
+dask`; else here): crop pHashes, detection evidence and embeddings one task a faces part
+(ferclean.dataset_issues.face_parts), file pHashes, HOG tests and the face space's image vectors one task a
+chunk of files (ferclean.dataset_issues.task_map), merged in task order. Then the stage runs each
 detector of ferclean.dataset_issues.detectors.ISSUE_MANAGERS (one class per issue type, same
 `find(ctx)` method) and writes their rows. The samples are held as Arrow arrays and integer codes with
 a hashed sample_id -> row index (ferclean.dataset_issues.samples; no Python object per sample), and the
