@@ -205,3 +205,23 @@ def test_undo_low_trim_threshold_only_where_dask_set_it(monkeypatch):
         pytest.skip("no C library to call mallopt in")
     monkeypatch.setenv(LOW_TRIM_ENV, "65536")
     assert undo_low_trim_threshold.__wrapped__() is True
+
+
+def test_cached_embedder_loads_once_per_model_folder_batch_and_model_file(tmp_path, monkeypatch):
+    import ferclean.dataset_issues.face_parts as fp
+    from ferclean.model_dir import ModelDir
+
+    loads = []
+    monkeypatch.setattr(fp, "load_embedder", lambda folder, batch: loads.append((str(folder), batch)) or len(loads))
+    monkeypatch.setattr(fp, "_EMBEDDERS", {})
+    md = ModelDir(tmp_path / "m")
+    md.path.mkdir()
+    md.meta_path.write_text("{}")
+    md.network_path.write_bytes(b"1")
+    first = fp.cached_embedder(str(md.path), 8)
+    assert fp.cached_embedder(str(md.path), 8) == first and len(loads) == 1  # once per process
+    fp.cached_embedder(str(md.path), 16)  # another embed_batch
+    assert len(loads) == 2
+    md.network_path.write_bytes(b"retrained")  # a new model in the same folder (other size)
+    fp.cached_embedder(str(md.path), 16)
+    assert len(loads) == 3 and len(fp._EMBEDDERS) == 1  # one model held at a time
