@@ -62,13 +62,27 @@ def primary_faces(store: Any, columns: Sequence[str] | None = None, where: Any =
     return _first_per_sample(t)
 
 
-def iter_primary_faces(store: Any, columns: Sequence[str], batch_size: int = 4096) -> Iterator[pa.Table]:
-    """The primary faces in batches of at most `batch_size` rows (bounded memory, e.g. for crops)."""
+def primary_face_parts(store: Any) -> list[str | None]:
+    """The units the primary faces can be streamed in independently of each other (e.g. one task each on a task
+    runner), in reading order: the `faces` part keys when the table marks `is_primary`; [None] (the whole table)
+    when it does not, since a sample's lowest face_index may then lie in any part; [] when `faces` is empty."""
+    dset = store.dataset("faces")
+    if dset is None:
+        return []
+    return list(store.part_keys_in_order("faces")) if "is_primary" in dset.schema.names else [None]
+
+
+def iter_primary_faces(store: Any, columns: Sequence[str], batch_size: int = 4096,
+                       part: str | None = None) -> Iterator[pa.Table]:
+    """The primary faces in batches of at most `batch_size` rows (bounded memory, e.g. for crops); only those of
+    the `faces` part `part` when given (a key of :func:`primary_face_parts`; None = every part in order)."""
     dset = store.dataset("faces")
     if dset is None:
         return
     names = dset.schema.names
     if "is_primary" not in names:  # rare (hand-made tables): read whole, then slice
+        if part is not None:
+            raise ValueError("faces has no is_primary column: its primary faces cannot be read part by part")
         t = primary_faces(store, columns)
         for off in range(0, t.num_rows, batch_size):
             yield t.slice(off, batch_size)
@@ -76,7 +90,7 @@ def iter_primary_faces(store: Any, columns: Sequence[str], batch_size: int = 409
     # part by part with no read-ahead (Store.iter_part_batches): a dataset scan reads several parts ahead,
     # which on the faces table (crops) peaked at 0.86 GB for 100k rows against 0.37 GB this way
     cols = list(dict.fromkeys([*(_with_key(columns, names) or names), "is_primary"]))
-    for batch in store.iter_part_batches("faces", cols, batch_size=batch_size):
+    for batch in store.iter_part_batches("faces", cols, batch_size=batch_size, keys=None if part is None else [part]):
         t = pa.Table.from_batches([batch])
         t = t.filter(pc.fill_null(t["is_primary"], False))
         if t.num_rows:

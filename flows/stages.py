@@ -41,11 +41,13 @@ from ferclean import artifacts, pipeline  # noqa: E402
 from ferclean.runs import Run  # noqa: E402
 from ferclean.shards import Shard, ShardFn, process_shard  # noqa: E402
 from ferclean.stage_cache import StageCache, config_dump  # noqa: E402
+from ferclean.stage_executor import dask_executor  # noqa: E402
 from ferclean.stage_spec import StageSpec  # noqa: E402
 from ferclean.store import Store  # noqa: E402
-from ferclean.train.fold_runner import dask_fold_executor  # noqa: E402
 
 TASK_RUNNERS = ("default", "process", "dask")
+#: stages that ask ferclean.stage_executor for an executor for work of their own (not shards)
+STAGES_ON_EXECUTOR = ("train", "dataset_issues")
 
 
 def make_task_runner(kind: str = "default", workers: int = 1, scheduler_address: str | None = None) -> TaskRunner:
@@ -162,11 +164,13 @@ def run_stage(
                    retry_delay_s=shard_runner.get("retry_delay_s", 2.0))
 
     mapped = shard_runner is not None and spec.shard_plan is not None
-    # under --task-runner dask the cross-fitted folds train on the cluster's workers too (one fold per worker)
-    on_dask = shard_runner is not None and shard_runner.get("kind") == "dask" and spec.name == "train"
-    folds = (dask_fold_executor(shard_runner.get("scheduler_address"), shard_runner.get("workers", 1))
-             if on_dask else nullcontext())
-    with folds:
+    # under --task-runner dask the stages with per-item work of their own run it on the cluster's workers too:
+    # train's cross-fitted folds (one fold per worker), dataset_issues' per-image signals (one faces part a task)
+    on_dask = (shard_runner is not None and shard_runner.get("kind") == "dask"
+               and spec.name in STAGES_ON_EXECUTOR)
+    executor = (dask_executor(shard_runner.get("scheduler_address"), shard_runner.get("workers", 1))
+                if on_dask else nullcontext())
+    with executor:
         return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
                                      extra_inputs=extra_inputs, before=map_shards if mapped else None)
 

@@ -182,12 +182,8 @@ def test_face_signals_computed_per_part_and_merged_in_any_order_equal_the_stream
     import io
 
     from ferclean.dataset_issues.embeddings import EmbeddingBlocks
-    from ferclean.dataset_issues.signals import (
-        Signals,
-        face_part_signals,
-        gather_face_signals,
-        merge_face_part,
-    )
+    from ferclean.dataset_issues.face_parts import gather_face_signals
+    from ferclean.dataset_issues.signals import Signals, face_part_signals, merge_face_part
 
     store = Store(tmp_path / "out")
     write_in_parts(store, sample_rows(10), 2)
@@ -207,7 +203,7 @@ def test_face_signals_computed_per_part_and_merged_in_any_order_equal_the_stream
 
     index = S.read_samples(store).index
     streamed = Signals(10)
-    assert gather_face_signals(store, index, streamed, cfg, embed)
+    assert gather_face_signals(store, index, streamed, cfg, embed).has_faces
     cols = ["sample_id", "detector", "quality_flags", "crop_png"]
     parts = [face_part_signals(pa.Table.from_pylist([{c: f[c] for c in cols} for f in chunk]), cfg, embed)
              for chunk in (faces[:4], faces[4:7], faces[7:])]

@@ -19,13 +19,13 @@ TINY = ("faces: {shard_size: 4, contact_sheet_n: 0}\n"
 def test_crossfit_on_a_dask_local_cluster_matches_this_process():
     from test_train import tiny_cfg, toy_images
 
+    from ferclean.stage_executor import current_executor, dask_executor
     from ferclean.train import crossfit
-    from ferclean.train.fold_runner import current_executor, dask_fold_executor
 
     x, y = toy_images(36)
     here = crossfit(x, y, "ce", tiny_cfg(epochs=1, folds=3, fold_workers=1))
     assert here["runner"] == "this process"
-    with dask_fold_executor(None, 2) as where:
+    with dask_executor(None, 2) as where:
         assert current_executor() is not None
         there = crossfit(x, y, "ce", tiny_cfg(epochs=1, folds=3, fold_workers=1))
     assert current_executor() is None

@@ -84,3 +84,28 @@ def test_without_a_faces_table_face_0_stands_in(tmp_path):
         f.unlink()
     aus = primary_aus(store, ["AU12_r"]).to_pydict()
     assert dict(zip(aus["sample_id"], aus["AU12_r"], strict=True)) == {"s0": 1.0, "s1": 0.5}
+
+
+def test_primary_faces_part_by_part_are_the_whole_tables_in_reading_order(tmp_path):
+    """primary_face_parts + iter_primary_faces(part=...) (one task a faces part, issue 16d2) give the same rows in
+    the same order as the whole-table stream; keys whose file names sort differently from the keys keep the files'
+    order; without is_primary the whole table is one unit."""
+    from ferclean.primary import iter_primary_faces, primary_face_parts
+
+    store = Store(tmp_path / "out")
+    assert primary_face_parts(store) == []
+    rows = lambda ids, prim: pa.table({"sample_id": ids, "face_index": pa.array([0] * len(ids), pa.int16()),
+                                       "is_primary": prim, "quality_flags": [[]] * len(ids)})
+    _write(store, "faces", rows(["a", "b"], [True, False]))  # part-all
+    d = store.table_dir("faces")
+    pq.write_table(rows(["c", "d", "e"], [True, True, None]), d / "part-a-b.parquet")
+    pq.write_table(rows(["f"], [True]), d / "part-a.parquet")
+    parts = primary_face_parts(store)
+    assert parts == ["a-b", "a", "all"]  # the files' order ("part-a-b.parquet" < "part-a.parquet")
+    whole = [r for t in iter_primary_faces(store, ["quality_flags"], 2) for r in t.column("sample_id").to_pylist()]
+    each = [r for k in parts for t in iter_primary_faces(store, ["quality_flags"], 2, part=k)
+            for r in t.column("sample_id").to_pylist()]
+    assert whole == each == ["c", "d", "f", "a"]
+    plain = Store(tmp_path / "plain")
+    _write(plain, "faces", rows(["a"], [True]).drop_columns(["is_primary"]))
+    assert primary_face_parts(plain) == [None]

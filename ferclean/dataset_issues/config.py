@@ -29,6 +29,10 @@ class DatasetIssuesConfig(BaseModel):
     use_model: bool = Field(True, description="use model embeddings when OUT/model (or model_dir) exists")
     model_dir: str | None = Field(None, description="trained model folder; None = OUT/model")
     embed_batch: int = Field(512, ge=1, description="crops per model.score call")
+    tasks_in_flight: int | None = Field(
+        None, ge=1, description="on a task runner (--task-runner dask): per-image tasks (a faces part, a chunk of "
+        "hash_batch image files) submitted or waiting to be merged at a time, which bounds the stage's memory (a "
+        "part's signals and embeddings each); None = twice the runner's worker threads")
     embed_duplicates: bool = Field(
         False, description="also join near duplicates by embedding similarity. Off by default: on the whole "
         "FER2013 train split, with the CPU-sized model, it grew the near-duplicate clusters from 676 (pHash) "

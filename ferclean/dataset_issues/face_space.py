@@ -132,6 +132,15 @@ def image_vectors(paths: Sequence[str], side: int = 24) -> tuple[np.ndarray, np.
     return out, ok
 
 
+def image_dffs(paths: Sequence[str], space: FaceSpace, side: int = 24) -> np.ndarray:
+    """`space.dffs` of each image file's vector (:func:`image_vectors`), NaN where the file cannot be read (a task:
+    one chunk of paths, on any worker that sees the files)."""
+    vecs, ok = image_vectors(paths, side)
+    out = np.full(len(paths), np.nan)
+    out[ok] = space.dffs(vecs[ok])
+    return out
+
+
 def appearance_rank(*unlikeness: np.ndarray) -> np.ndarray:
     """(n,) in [0, 1]: the rank of the mean rank of the cues, each (n,) with higher = less like a
     face (DFFS of the crop, DFFS of the image, minus the HOG score). NaN (not measured) counts as

@@ -31,3 +31,33 @@ def release_unused(heap: bool = True) -> None:
     trim = _malloc_trim() if heap else None
     if trim is not None:
         trim(0)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest (64-bit) value of its dynamic mmap threshold
+LOW_TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
+
+
+@lru_cache(maxsize=1)
+def undo_low_trim_threshold() -> bool:
+    """Give glibc's malloc back the thresholds of a plain process when MALLOC_TRIM_THRESHOLD_ is set (once a
+    process; returns whether it changed anything).
+
+    Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536, which also fixes the mmap threshold at
+    128 KB: each of torch's activation buffers is then mmapped and unmapped on every call. Measured on one
+    1,808-crop faces part of the 10k OUT: 6.3 s of system CPU in a Dask worker against 0.2 s in a plain process
+    (user 7.6 vs 5.9 s). With the mmap threshold at 32 MB and the trim threshold at 64 MB (what glibc's dynamic
+    thresholds grow to) the buffers are reused; :func:`release_unused` still trims the heap after each batch.
+    """
+    import os
+
+    if LOW_TRIM_ENV not in os.environ:
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):  # not glibc
+        return False
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))

@@ -21,6 +21,7 @@ from ferclean.dataset_issues.face_space import (
     appearance_rank,
     crop_vectors,
     hog_detector,
+    image_dffs,
     image_vectors,
     rotated_hog_score,
 )
@@ -30,8 +31,10 @@ from ferclean.dataset_issues.nonface import quality_evidence
 from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
 from ferclean.dataset_issues.samples import SampleIndex, SampleTable
+from ferclean.dataset_issues.task_map import map_tasks
 from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
+from ferclean.stage_executor import StageExecutor
 from ferclean.store import Store
 
 HASH_BITS = HASH_SIDE * HASH_SIDE
@@ -44,7 +47,8 @@ def _stable_unit(sample_ids: Sequence[str]) -> np.ndarray:
 
 
 def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: DatasetIssuesConfig,
-                        progress: bool, clock: PhaseClock | None = None) -> dict[str, np.ndarray]:
+                        progress: bool, clock: PhaseClock | None = None,
+                        runner: StageExecutor | None = None) -> dict[str, np.ndarray]:
     """Appearance evidence (see ferclean.dataset_issues.face_space) for the undetected primary crops.
 
     Rows no detector looked at (fastlm) first get dlib's HOG test of the faces stage (~2 ms each,
@@ -54,6 +58,8 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
     every undetected crop. The least face-like `hog_check_fraction` of them get the rotated HOG
     check on their source image. Returns arrays of length n: appearance (NaN = not scored),
     dffs, hog (NaN where not computed). clock: times face_space_detect / _fit / _dffs / _image / _hog.
+    runner: the HOG tests and the image files' vectors run a chunk of `hash_batch` files a task on its workers
+    (None: here).
     """
     clock = clock or PhaseClock()
     n = len(sig.phash)
@@ -63,7 +69,7 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
     unchecked = np.flatnonzero(sig.has_face_row & np.isnan(sig.no_detection))  # fastlm rows: nothing detected them
     if len(unchecked) and cfg.detect_unchecked:
         with clock.phase("face_space_detect"):
-            score = _hog_scores(unchecked, samples, cfg.hash_batch, "face detection", progress, angles=(0.0,))
+            score = _hog_scores(unchecked, samples, cfg, "face detection", progress, (0.0,), runner)
             read = ~np.isnan(score)  # the faces stage's dlib test: a face at score >= 0
             found = score[read] >= 0.0
             sig.no_detection[unchecked[read]] = np.where(found, 0.0, 1.0)
@@ -105,21 +111,29 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
         return out
     out["dffs"][idx] = np.concatenate([d for _, d in todo])
     # the same on the whole image, independent of where the landmark fit put the eyes
-    with clock.phase("face_space_image"):
-        img_fit, ok_fit = image_vectors(samples.path_list(fit_rows), cfg.face_space_side)
+    with clock.phase("face_space_image"):  # the files decoded a chunk a task, here or on the runner's workers
+        side = cfg.face_space_side
+        fit_chunks = list(iter_chunks(len(fit_rows), cfg.hash_batch))
+        fit_parts = list(map_tasks(image_vectors, len(fit_chunks), lambda i: (samples.path_list(fit_rows[fit_chunks[i]]),
+                                   side), runner, cfg.tasks_in_flight))
+        img_fit = np.concatenate([v for v, _ in fit_parts])
+        ok_fit = np.concatenate([ok for _, ok in fit_parts])
+        del fit_parts
         dffs_image = np.full(n, np.nan)
         if ok_fit.sum() >= 2:
             image_space = FaceSpace(cfg.face_space_k).fit(img_fit[ok_fit])
-            for sl in iter_chunks(len(idx), cfg.hash_batch):
-                img_todo, ok_todo = image_vectors(samples.path_list(idx[sl]), cfg.face_space_side)
-                dffs_image[idx[sl][ok_todo]] = image_space.dffs(img_todo[ok_todo])
+            chunks = list(iter_chunks(len(idx), cfg.hash_batch))
+            scores = map_tasks(image_dffs, len(chunks), lambda i: (samples.path_list(idx[chunks[i]]), image_space, side),
+                               runner, cfg.tasks_in_flight)
+            for sl, d in zip(chunks, scores, strict=True):
+                dffs_image[idx[sl]] = d
     out["dffs_image"] = dffs_image
     n_check = round(cfg.hog_check_fraction * len(idx))
     if n_check:
         with clock.phase("face_space_hog"):
             prelim = appearance_rank(out["dffs"][idx], dffs_image[idx])
             suspects = idx[np.argsort(-prelim, kind="stable")[:n_check]]
-            out["hog"][suspects] = _hog_scores(suspects, samples, cfg.hash_batch, "face check", progress)
+            out["hog"][suspects] = _hog_scores(suspects, samples, cfg, "face check", progress, None, runner)
     # all three cues exist on the checked rows; the rest are the most face-like 90 % by DFFS
     out["appearance"][idx] = 0.0
     checked = idx[~np.isnan(out["hog"][idx])]
@@ -146,10 +160,6 @@ class Signals:
         # float a sample instead of the earlier list of flags per sample
         self.quality = np.full(n, np.nan)
         self.embedding: EmbeddingBlocks | None = None  # model embeddings, on disk block by block
-
-
-def store_hashes(sig: Signals, idx: np.ndarray, sources: list, cfg: DatasetIssuesConfig, from_crop: bool) -> None:
-    assign_hashes(sig, idx, hash_images(sources, mirror=cfg.mirror), from_crop)
 
 
 def assign_hashes(sig: Signals, idx: np.ndarray, hashed: tuple, from_crop: bool) -> None:
@@ -217,26 +227,6 @@ def merge_face_part(sig: Signals, index: SampleIndex, part: FacePartSignals, blo
         blocks.add(idx, part.embedding[keep])
 
 
-def gather_face_signals(store: Store, index: SampleIndex, sig: Signals, cfg: DatasetIssuesConfig,
-                        embed: Callable[[Sequence[bytes]], np.ndarray] | None) -> bool:
-    """Stream the primary faces: detection/quality evidence, crop hashes, crop embeddings
-    (:func:`face_part_signals` per batch, then :func:`merge_face_part`).
-
-    Returns True when the faces table has rows. Memory: one batch of crops at a time.
-    """
-    if store.count("faces") == 0:
-        return False
-    sig.no_detection[:] = 1.0  # no face row at all = no face found
-    want_crops = cfg.hash_source in ("auto", "crop") or embed is not None
-    cols = ["sample_id", "detector", "quality_flags"] + (["crop_png"] if want_crops else [])
-    blocks = EmbeddingBlocks(store.root) if embed is not None else None
-    for t in iter_primary_faces(store, cols, batch_size=cfg.hash_batch):
-        merge_face_part(sig, index, face_part_signals(t, cfg, embed), blocks)
-    if blocks is not None and blocks.dim:
-        sig.embedding = blocks
-    return True
-
-
 def phash_edges(sig: Signals, cfg: DatasetIssuesConfig) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """Duplicate edges from pHashes: identical hashes, banded near pairs, mirrored pairs.
 
@@ -287,17 +277,27 @@ def edge_summary(cluster: np.ndarray, edges: np.ndarray, sims: np.ndarray, metho
     return out
 
 
-def _hog_scores(rows: np.ndarray, samples: SampleTable, chunk: int, label: str, progress: bool,
-                angles: tuple[float, ...] | None = None) -> np.ndarray:
-    """dlib HOG's best score (:func:`rotated_hog_score`) on each row's image file, NaN where it cannot be
-    read; the paths a chunk at a time (Python strings of one chunk, not of every row)."""
+def hog_scores(paths: Sequence[str], angles: tuple[float, ...] | None = None) -> np.ndarray:
+    """dlib HOG's best score (:func:`rotated_hog_score`) on each image file, NaN where it cannot be read (a task:
+    one chunk of paths, on any worker that sees the files)."""
     detector = hog_detector()
     kw = {} if angles is None else {"angles": angles}
+    out = np.full(len(paths), np.nan)
+    for j, path in enumerate(paths):
+        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if img is not None:
+            out[j] = rotated_hog_score(img, detector, **kw)
+    return out
+
+
+def _hog_scores(rows: np.ndarray, samples: SampleTable, cfg: DatasetIssuesConfig, label: str, progress: bool,
+                angles: tuple[float, ...] | None = None, runner: StageExecutor | None = None) -> np.ndarray:
+    """:func:`hog_scores` of each row's image file, `hash_batch` paths a task, here or on `runner`; the paths a
+    chunk at a time (Python strings of the chunks in flight, not of every row)."""
     out = np.full(len(rows), np.nan)
-    chunks = list(iter_chunks(len(rows), chunk))
-    for sl in track(chunks, label, total=len(chunks), enabled=progress):
-        for j, path in zip(range(sl.start, sl.stop), samples.path_list(rows[sl]), strict=True):
-            img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-            if img is not None:
-                out[j] = rotated_hog_score(img, detector, **kw)
+    chunks = list(iter_chunks(len(rows), cfg.hash_batch))
+    scores = map_tasks(hog_scores, len(chunks), lambda i: (samples.path_list(rows[chunks[i]]), angles), runner,
+                       cfg.tasks_in_flight)
+    for sl, s in track(zip(chunks, scores, strict=True), label, total=len(chunks), enabled=progress):
+        out[sl] = s
     return out

@@ -8,7 +8,11 @@ Every signal beyond the samples table is optional:
 - + a trained model under OUT/model: embedding near duplicates, centroid outliers, and the
   embedding evidence for not_a_face.
 
-The stage gathers the per-sample signals once (ferclean.dataset_issues.signals), then runs each
+The stage gathers the per-sample signals once (ferclean.dataset_issues.signals). The per-image work runs as
+tasks, on the workers of the executor ferclean.stage_executor holds when the flows set one (`--task-runner
+dask`; else here): crop pHashes, detection evidence and embeddings one task a faces part
+(ferclean.dataset_issues.face_parts), file pHashes, HOG tests and the face space's image vectors one task a
+chunk of files (ferclean.dataset_issues.task_map), merged in task order. Then the stage runs each
 detector of ferclean.dataset_issues.detectors.ISSUE_MANAGERS (one class per issue type, same
 `find(ctx)` method) and writes their rows. The samples are held as Arrow arrays and integer codes with
 a hashed sample_id -> row index (ferclean.dataset_issues.samples; no Python object per sample), and the
@@ -29,15 +33,18 @@ from ferclean.contracts import load_contract
 from ferclean.dataset_issues.config import DatasetIssuesConfig
 from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
 from ferclean.dataset_issues.embeddings import load_embedder
+from ferclean.dataset_issues.face_parts import gather_face_signals
 from ferclean.dataset_issues.issues import issues_table
 from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.phases import PhaseClock
-from ferclean.dataset_issues.phash import iter_chunks
+from ferclean.dataset_issues.phash import hash_images, iter_chunks
 from ferclean.dataset_issues.samples import read_samples
-from ferclean.dataset_issues.signals import Signals, gather_face_signals, store_hashes
+from ferclean.dataset_issues.signals import Signals, assign_hashes
+from ferclean.dataset_issues.task_map import map_tasks
 from ferclean.model_dir import ModelDir
 from ferclean.progress import track
 from ferclean.runs import Run
+from ferclean.stage_executor import current_executor
 from ferclean.store import Store
 
 STAGE = "dataset_issues"
@@ -82,10 +89,16 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
 
     with clock.phase("faces"):
         model_dir = ModelDir(cfg.model_dir) if cfg.model_dir else ModelDir.of_run(store.root)
-        embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
-        has_faces = gather_face_signals(store, samples.index, sig, cfg, _clocked(embed, clock))
-        del embed  # the model and torch's freed activation buffers: handed back before the later phases
+        runner = current_executor()  # the flows' Dask cluster under --task-runner dask (ferclean.stage_executor)
+        if runner is not None:  # one task a faces part on its workers, each loading the model once
+            model = str(model_dir.path) if cfg.use_model and model_dir.exists() else None
+            faces = gather_face_signals(store, samples.index, sig, cfg, None, runner, model)
+        else:
+            embed = load_embedder(model_dir, cfg.embed_batch) if cfg.use_model and store.count("faces") else None
+            faces = gather_face_signals(store, samples.index, sig, cfg, _clocked(embed, clock))
+            del embed  # the model and torch's freed activation buffers: handed back before the later phases
         release_unused()
+    has_faces = faces.has_faces
     timings["faces_s"] = time.perf_counter() - t0
 
     # pHash of the image files for every sample not hashed from a crop
@@ -93,9 +106,11 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
     with clock.phase("hash_images"):
         todo = np.flatnonzero(~sig.hashed) if cfg.hash_source != "crop" else np.zeros(0, np.int64)
         chunks = list(iter_chunks(len(todo), cfg.hash_batch))
-        for sl in track(chunks, "pHash images", total=len(chunks), enabled=progress):
-            idx = todo[sl]
-            store_hashes(sig, idx, samples.path_list(idx), cfg, from_crop=False)
+        # a chunk of files a task: here, or on the runner's workers (the paths travel, the workers read the files)
+        hashed = map_tasks(hash_images, len(chunks), lambda i: (samples.path_list(todo[chunks[i]]), cfg.mirror),
+                           runner, cfg.tasks_in_flight)
+        for sl, h in track(zip(chunks, hashed, strict=True), "pHash images", total=len(chunks), enabled=progress):
+            assign_hashes(sig, todo[sl], h, from_crop=False)
         bad = todo[~sig.hashed[todo]]
         unreadable = samples.id_list(bad)
         run.counts[f"{STAGE}.{UNREADABLE}"] += len(unreadable)
@@ -104,7 +119,7 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
                 run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
     timings["hash_s"] = time.perf_counter() - t
 
-    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock)
+    ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock, runner)
     rows: list[dict] = []
     found: dict[str, int] = {}
     for manager in ISSUE_MANAGERS:
@@ -132,6 +147,12 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
         "samples_in_clusters": int(sum(len(r.members) for r in reports)),
         "outliers": found.get("outliers", 0),
         "unreadable": len(unreadable),
+        # where the per-image work (crop and file pHashes, embeddings, HOG tests) ran, like train's folds_trained_in
+        "per_image_work_in": "this process" if runner is None else runner.description,
+        "face_parts": faces.parts,
+        "face_signals_pids": faces.pids,
+        "face_signals_worker_cpu_s": round(faces.worker_cpu_s, 3),
+        "face_signals_worker_wall_s": round(faces.worker_wall_s, 3),
         **{f"issues.{k}": types.count(k) for k in sorted(set(types))},
         **{f"phash.{k}": v for k, v in hstats.items()},
         **{k: round(v, 3) for k, v in timings.items()},

@@ -31,6 +31,7 @@ from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
 from ferclean.noise import au_view_weight_for, decide, final_labels, noise_matrix, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
+from ferclean.stage_executor import current_executor
 from ferclean.train.config import TrainConfig
 from ferclean.train.data import OPENFACE_AUS, decode_crops, prototype_aus
 from ferclean.train.engine import (
@@ -40,7 +41,6 @@ from ferclean.train.engine import (
     fit_and_score_fold,
     predict,
 )
-from ferclean.train.fold_runner import current_executor
 from ferclean.train.model_io import probs_in_classes, save_model
 
 
@@ -116,7 +116,7 @@ def crossfit(
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
 
-    external = current_executor()  # the flows' Dask cluster under --task-runner dask (ferclean.train.fold_runner)
+    external = current_executor()  # the flows' Dask cluster under --task-runner dask (ferclean.stage_executor)
     workers = cfg.resolved_fold_workers(len(todo), len(labels))
     if todo and (external is not None or workers > 1):  # each fold is finished as it ends
         import multiprocessing

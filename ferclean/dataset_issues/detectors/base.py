@@ -36,6 +36,7 @@ from ferclean.dataset_issues.signals import (
     face_space_evidence,
     phash_edges,
 )
+from ferclean.stage_executor import StageExecutor
 from ferclean.store import Store
 
 
@@ -68,6 +69,7 @@ class IssueContext:
     has_faces: bool
     progress: bool = False
     clock: PhaseClock = field(default_factory=PhaseClock)  # wall / CPU per phase (the stage writes it out)
+    runner: StageExecutor | None = None  # where per-image work runs (ferclean.stage_executor); None = here
 
     def __post_init__(self) -> None:
         # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
@@ -146,7 +148,8 @@ class IssueContext:
         """Appearance evidence of the undetected primary crops (NaN without a faces table)."""
         if not self.has_faces:
             return {k: np.full(self.n, np.nan) for k in ("appearance", "dffs", "dffs_image", "hog")}
-        return face_space_evidence(self.store, self.samples, self.sig, self.cfg, self.progress, self.clock)
+        return face_space_evidence(self.store, self.samples, self.sig, self.cfg, self.progress, self.clock,
+                                   self.runner)
 
 
 class IssueManager:
