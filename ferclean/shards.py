@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ferclean.memory import undo_low_trim_threshold
 from ferclean.progress import make_progress, progress_enabled
 from ferclean.store import Store
 
@@ -334,6 +335,7 @@ def process_shard(store: Store, shard: Shard, out_table: str, fn: ShardFn, confi
     whose earlier part exists is filtered from it). Returns (key, rows)."""
     if store.has_part(out_table, shard.key):
         return shard.key, -1
+    undo_low_trim_threshold()  # on a Dask worker: glibc's usual thresholds for torch's buffers (ferclean.memory)
     if shard.derive_from and store.has_part(out_table, shard.derive_from):
         old = pq.read_table(store.part_path(out_table, shard.derive_from))
         result = old.filter(pc.is_in(old.column("sample_id"), shard.ids))

@@ -41,7 +41,7 @@ from ferclean import artifacts, pipeline  # noqa: E402
 from ferclean.runs import Run  # noqa: E402
 from ferclean.shards import Shard, ShardFn, process_shard  # noqa: E402
 from ferclean.stage_cache import StageCache, config_dump  # noqa: E402
-from ferclean.stage_executor import dask_executor  # noqa: E402
+from ferclean.stage_executor import lazy_dask_executor  # noqa: E402
 from ferclean.stage_spec import StageSpec  # noqa: E402
 from ferclean.store import Store  # noqa: E402
 
@@ -165,10 +165,11 @@ def run_stage(
 
     mapped = shard_runner is not None and spec.shard_plan is not None
     # under --task-runner dask the stages with per-item work of their own run it on the cluster's workers too:
-    # train's cross-fitted folds (one fold per worker), dataset_issues' per-image signals (one faces part a task)
+    # train's cross-fitted folds (one fold per worker), dataset_issues' per-image signals (one faces part a task);
+    # the cluster starts when the computed stage first asks for it (a cached stage starts none)
     on_dask = (shard_runner is not None and shard_runner.get("kind") == "dask"
                and spec.name in STAGES_ON_EXECUTOR)
-    executor = (dask_executor(shard_runner.get("scheduler_address"), shard_runner.get("workers", 1))
+    executor = (lazy_dask_executor(shard_runner.get("scheduler_address"), shard_runner.get("workers", 1))
                 if on_dask else nullcontext())
     with executor:
         return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,

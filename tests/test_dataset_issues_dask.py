@@ -197,7 +197,7 @@ def test_undo_low_trim_threshold_only_where_dask_set_it(monkeypatch):
     back there (and leaves a plain process alone)."""
     import ctypes.util
 
-    from ferclean.dataset_issues.memory import LOW_TRIM_ENV, undo_low_trim_threshold
+    from ferclean.memory import LOW_TRIM_ENV, undo_low_trim_threshold
 
     monkeypatch.delenv(LOW_TRIM_ENV, raising=False)
     assert undo_low_trim_threshold.__wrapped__() is False

@@ -34,12 +34,16 @@ def test_crossfit_on_a_dask_local_cluster_matches_this_process():
     assert sorted({h["fold"] for h in there["history"]}) == [0, 1, 2]
 
 
-@pytest.mark.slow  # two tiny curate runs, one starting a LocalCluster
-def test_curate_with_the_dask_runner_trains_its_folds_on_the_cluster(tmp_path: Path):
+@pytest.mark.slow  # three tiny curate runs, two under the dask runner
+def test_curate_with_the_dask_runner_trains_its_folds_on_the_cluster(tmp_path: Path, monkeypatch):
     from flows.curate import curate_flow
 
+    import ferclean.stage_executor as se
     from ferclean.store import Store
 
+    started = []
+    real = se.dask_stage_executor
+    monkeypatch.setattr(se, "dask_stage_executor", lambda *a: started.append(a) or real(*a))
     src = tmp_path / "src"
     two_class_folder(src, 8)
     cfg = tmp_path / "cfg.yaml"
@@ -55,3 +59,9 @@ def test_curate_with_the_dask_runner_trains_its_folds_on_the_cluster(tmp_path: P
         preds[kind] = (t["sample_id"].tolist(), np.stack(t["probs"].to_numpy()))
     assert preds["default"][0] == preds["dask"][0]
     np.testing.assert_allclose(preds["dask"][1], preds["default"][1], atol=1e-5)
+    assert len(started) == 1, "one cluster for the computed train stage"
+    # the same run again: train comes from the stage cache, and no cluster is started for it
+    res = curate_flow(source=str(src), out=str(tmp_path / "dask"), config_file=str(cfg), task_runner="dask",
+                      workers=2, retries=0, retry_delay_s=0.0, until="train")
+    assert res["stages"]["train"]["cached"]
+    assert len(started) == 1, "a cached stage must not start the stage's Dask cluster"

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ferclean.dataset_issues.memory import release_unused
+from ferclean.memory import release_unused
 from ferclean.store import Store
 
 COLUMNS = ("sample_id", "source_path", "content_sha256", "split", "label_original", "width", "height")

@@ -25,13 +25,13 @@ from ferclean.dataset_issues.face_space import (
     image_vectors,
     rotated_hog_score,
 )
-from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.neighbors import near_pairs_banded
 from ferclean.dataset_issues.nonface import quality_evidence
 from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import HASH_SIDE, hash_images, iter_chunks
 from ferclean.dataset_issues.samples import SampleIndex, SampleTable
 from ferclean.dataset_issues.task_map import map_tasks
+from ferclean.memory import release_unused
 from ferclean.primary import iter_primary_faces
 from ferclean.progress import track
 from ferclean.stage_executor import StageExecutor

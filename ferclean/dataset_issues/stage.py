@@ -35,12 +35,12 @@ from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
 from ferclean.dataset_issues.embeddings import load_embedder
 from ferclean.dataset_issues.face_parts import gather_face_signals
 from ferclean.dataset_issues.issues import issues_table
-from ferclean.dataset_issues.memory import release_unused
 from ferclean.dataset_issues.phases import PhaseClock
 from ferclean.dataset_issues.phash import hash_images, iter_chunks
 from ferclean.dataset_issues.samples import read_samples
 from ferclean.dataset_issues.signals import Signals, assign_hashes
 from ferclean.dataset_issues.task_map import map_tasks
+from ferclean.memory import release_unused
 from ferclean.model_dir import ModelDir
 from ferclean.progress import track
 from ferclean.runs import Run

@@ -8,15 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
-from ferclean.dataset_issues.memory import undo_low_trim_threshold
 from ferclean.stage_executor import StageExecutor
-
-
-def run_task(fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) on a worker, with glibc's usual malloc thresholds (a Dask worker's MALLOC_TRIM_THRESHOLD_ made
-    every torch buffer an mmap: the embeddings cost 2.3x the CPU there; ferclean.dataset_issues.memory)."""
-    undo_low_trim_threshold()
-    return fn(*args)
 
 
 def in_order(submit: Callable[[int], Future], n: int, in_flight: int) -> Iterator[tuple[int, Any]]:
@@ -50,5 +42,5 @@ def map_tasks(fn: Callable[..., Any], n: int, args_of: Callable[[int], tuple], r
             yield fn(*args_of(i))
         return
     limit = in_flight or 2 * runner.slots
-    for _, result in in_order(lambda i: runner.executor.submit(run_task, fn, *args_of(i)), n, limit):
+    for _, result in in_order(lambda i: runner.submit(fn, *args_of(i)), n, limit):
         yield result

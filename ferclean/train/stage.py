@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,23 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
-from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view, mix_views
+from ferclean.au_view import (
+    AU_VIEW_METHOD,
+    AuView,
+    combine,
+    crossfit_au_view,
+    mix_views,
+)
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
-from ferclean.noise import au_view_weight_for, decide, final_labels, noise_matrix, view_accuracies
+from ferclean.noise import (
+    au_view_weight_for,
+    decide,
+    final_labels,
+    noise_matrix,
+    view_accuracies,
+)
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.stage_executor import current_executor
@@ -122,9 +134,9 @@ def crossfit(
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        if external is not None:
-            pool: Any = nullcontext(external[0])
-            wcfg, runner = cfg, external[1]
+        if external is not None:  # its submit gives the task glibc's usual malloc thresholds on a Dask worker
+            pool: Any = nullcontext(external)
+            wcfg, runner = cfg, external.description
         else:
             # one torch thread per process when the processes fill the cores (two threads each thrashed)
             wcfg = cfg.model_copy(update={"num_threads": cfg.threads_per_fold_worker(workers)})

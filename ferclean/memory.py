@@ -1,9 +1,14 @@
-"""Hand freed memory back to the operating system between the search's phases.
+"""Process memory: hand freed memory back to the operating system, and keep glibc's malloc thresholds usual in
+worker processes.
 
 Arrow's allocator (mimalloc) keeps the pages of freed buffers for reuse, and glibc's malloc keeps freed
 heap (torch's activation buffers of the embedding pass); neither shows up as live data, but both count in
 the process's RSS. Measured on the 1 M OUT after two 4,096-crop embedding batches: 1,012 MB RSS, 770 MB
-after releasing Arrow's unused pages, 693 MB after `malloc_trim(0)`.
+after releasing Arrow's unused pages, 693 MB after `malloc_trim(0)`. The dataset-issue search releases
+between its phases and batches.
+
+A Dask worker's nanny lowers glibc's trim threshold, which costs torch dearly (:func:`undo_low_trim_threshold`);
+every task the stages send to a worker undoes it first (ferclean.stage_executor.on_worker, ferclean.shards).
 """
 
 from __future__ import annotations
