@@ -112,6 +112,29 @@ def test_banded_recall_equals_brute_force(max_dist):
     assert stats["candidates"] < len(h) * (len(h) - 1) / 2 / 10  # far fewer than all pairs
 
 
+def test_banded_search_in_small_blocks_finds_the_same_pairs_with_bounded_temporaries():
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    # low-entropy hashes (each bit 1 with p 0.3: long runs of equal band values, many candidates, few pairs within
+    # the distance), as small crops' pHashes are; plus planted near copies
+    h = np.packbits(rng.random((20000, 64)) < 0.3, axis=1, bitorder="little").view(np.uint64).ravel()
+    h[:200] = h[200:400] ^ (np.uint64(1) << rng.integers(0, 64, 200).astype(np.uint64))
+    whole, wd, ws = near_pairs_banded(h, 4, block=1 << 40)
+    tracemalloc.start()
+    small, sd, ss = near_pairs_banded(h, 4, block=1000)
+    peak_small = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    near_pairs_banded(h, 4, block=1 << 40)
+    peak_whole = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(small, whole)
+    np.testing.assert_array_equal(sd, wd)
+    assert ss == ws and ws["candidates"] > 20 * len(h) and len(whole) >= 200
+    # measured at 1 M hashes plus mirrors (the default block): 179 -> 102 MB, the rest being per-hash arrays
+    assert peak_small < 0.8 * peak_whole, (peak_small, peak_whole)
+
+
 def test_banded_requires_enough_bands():
     with pytest.raises(ValueError):
         near_pairs_banded(np.zeros(3, np.uint64), 4, n_bands=3)
