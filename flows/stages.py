@@ -38,6 +38,7 @@ from prefect.utilities.annotations import quote, unmapped  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 from ferclean import artifacts, pipeline  # noqa: E402
+from ferclean.memory import release_unused  # noqa: E402
 from ferclean.runs import Run  # noqa: E402
 from ferclean.shards import Shard, ShardFn, process_shard  # noqa: E402
 from ferclean.stage_cache import StageCache, config_dump  # noqa: E402
@@ -93,6 +94,7 @@ def _retry_on_io(task: Any, task_run: Any, state: State) -> bool:
 def shard_task(store: Store, shard: Shard, out_table: str, fn: ShardFn, config: Any) -> int:
     """Compute one shard's part (a no-op when the part exists); returns rows written (-1: skipped)."""
     _, n = process_shard(store, shard, out_table, fn, config)
+    release_unused()  # the shard's freed buffers back to the OS, not kept by Arrow's pool or malloc's arenas
     return n
 
 
@@ -171,9 +173,12 @@ def run_stage(
                and spec.name in STAGES_ON_EXECUTOR)
     executor = (lazy_dask_executor(shard_runner.get("scheduler_address"), shard_runner.get("workers", 1))
                 if on_dask else nullcontext())
-    with executor:
-        return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
-                                     extra_inputs=extra_inputs, before=map_shards if mapped else None)
+    try:
+        with executor:
+            return StageCache(store).run(run, spec, config, source=source, force=force, progress=progress,
+                                         extra_inputs=extra_inputs, before=map_shards if mapped else None)
+    finally:
+        release_unused()  # what the stage freed goes back to the OS before the next stage
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retry_condition_fn=_retry_on_io,
