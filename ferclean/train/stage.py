@@ -24,23 +24,11 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedKFold
 
 from ferclean.au_graph import cooccurrence_graph, load_au_graph, row_normalise
-from ferclean.au_view import (
-    AU_VIEW_METHOD,
-    AuView,
-    combine,
-    crossfit_au_view,
-    mix_views,
-)
+from ferclean.au_view import AU_VIEW_METHOD, AuView, combine, crossfit_au_view, mix_views
 from ferclean.aus.stage import REFERENCE_FILE
 from ferclean.domain_shift import confidence_profile
 from ferclean.model_dir import INIT_MODEL_METHOD, ModelDir
-from ferclean.noise import (
-    au_view_weight_for,
-    decide,
-    final_labels,
-    noise_matrix,
-    view_accuracies,
-)
+from ferclean.noise import au_view_weight_for, decide, final_labels, noise_matrix, view_accuracies
 from ferclean.primary import primary_aus, primary_faces
 from ferclean.shards import config_fingerprint
 from ferclean.stage_executor import current_executor
