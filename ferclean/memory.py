@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import pyarrow as pa
@@ -66,3 +68,27 @@ def undo_low_trim_threshold() -> bool:
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
+
+
+POOL_ENV = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+@contextmanager
+def system_arrow_pool() -> Iterator[None]:
+    """Arrow allocates from glibc's malloc (its system pool) inside this context, the previous default pool
+    after; unchanged when the user chose a pool with ARROW_DEFAULT_MEMORY_POOL.
+
+    Arrow's default pool (mimalloc) keeps pages that :func:`release_unused` does not give back, while glibc's
+    heap is trimmed by it. Measured on the 100k relabel-collection OUT, the dataset-issue search run twice side by
+    side: peak 1,163 MB with mimalloc against 1,103 MB with the system pool (the face-space fit pass no longer
+    grows), the same CPU (406 / 404 user s); streaming the faces parts alone left RSS +126 MB against +32 MB.
+    """
+    if os.environ.get(POOL_ENV):
+        yield
+        return
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)

@@ -67,3 +67,4 @@ def test_tasks_on_a_dask_worker_undo_the_nannys_trim_threshold():
         via = ex.submit(_trim_state).result()  # through StageExecutor.submit
     assert raw == (True, 0), "the nanny sets MALLOC_TRIM_THRESHOLD_ in its worker"
     assert via == (True, 1), "StageExecutor.submit undid it before the task"
+

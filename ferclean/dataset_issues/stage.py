@@ -40,7 +40,7 @@ from ferclean.dataset_issues.phash import hash_images, iter_chunks
 from ferclean.dataset_issues.samples import read_samples
 from ferclean.dataset_issues.signals import Signals, assign_hashes
 from ferclean.dataset_issues.task_map import map_tasks
-from ferclean.memory import release_unused
+from ferclean.memory import release_unused, system_arrow_pool
 from ferclean.model_dir import ModelDir
 from ferclean.progress import track
 from ferclean.runs import Run
@@ -76,8 +76,14 @@ def run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | Non
                        progress: bool = True) -> dict[str, Any]:
     """Find dataset-level issues and write the `dataset_issues` table (replacing earlier output).
 
-    Returns a summary: counts of clusters / issues per type and timings (seconds).
+    Returns a summary: counts of clusters / issues per type and timings (seconds). Arrow allocates from the
+    system pool meanwhile (ferclean.memory.system_arrow_pool: what the search frees goes back to the OS).
     """
+    with system_arrow_pool():
+        return _run_dataset_issues(store, run, config, progress)
+
+
+def _run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | None, progress: bool) -> dict[str, Any]:
     cfg = config or DatasetIssuesConfig()
     clock = PhaseClock(run.dir / "dataset_issues_phases.json")
     t0 = time.perf_counter()
