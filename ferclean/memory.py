@@ -23,11 +23,12 @@ from functools import lru_cache
 import pyarrow as pa
 
 
-@lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
+@lru_cache(maxsize=None)
+def _libc_function(fn: str) -> Callable[..., int] | None:
+    """glibc's function `fn` (malloc_trim, mallopt), or None where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(name), fn) if name else None
     except (OSError, AttributeError):  # not glibc
         return None
 
@@ -35,7 +36,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 def release_unused(heap: bool = True) -> None:
     """Release Arrow's unused pool pages and, with `heap`, trim glibc's malloc heap (no-op elsewhere)."""
     pa.default_memory_pool().release_unused()
-    trim = _malloc_trim() if heap else None
+    trim = _libc_function("malloc_trim") if heap else None
     if trim is not None:
         trim(0)
 
@@ -56,15 +57,9 @@ def undo_low_trim_threshold() -> bool:
     (user 7.6 vs 5.9 s). With the mmap threshold at 32 MB and the trim threshold at 64 MB (what glibc's dynamic
     thresholds grow to) the buffers are reused; :func:`release_unused` still trims the heap after each batch.
     """
-    import os
-
     if LOW_TRIM_ENV not in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):  # not glibc
-        return False
+    mallopt = _libc_function("mallopt")
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD))
