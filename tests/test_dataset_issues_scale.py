@@ -80,6 +80,30 @@ def test_read_samples_is_the_table_in_store_order_across_parts(tmp_path):
     assert sm.index.rows(["id000999", "id000000", "nope"]).tolist() == [999, 0, -1]
 
 
+def test_sha_codes_are_equal_exactly_where_the_strings_are():
+    rng = np.random.default_rng(3)
+    digests = [f"{int(x):016x}" + f"{int(y):048x}" for x, y in rng.integers(0, 2**62, (40, 2))]
+    same_prefix = [digests[0][:16] + "f" * 48, digests[0][:16] + "e" * 48]  # one key, other strings
+    odd = ["not-a-hex-digest", "abc", "", "ABCDEF0123456789" + "0" * 48, "abcdef0123456789" + "0" * 48]
+    values = [*digests, *same_prefix, *odd, None, None]
+    picks = rng.integers(0, len(values), 3000)
+    arr = pa.array([values[i] for i in picks], pa.string())
+    for shas, chunk in ((arr, 64), (arr.slice(17, 2000), 333), (arr, 10_000)):  # slices start mid-buffer
+        strings = shas.to_pylist()
+        codes = S.sha_codes(shas, chunk=chunk)
+        first: dict[str, int] = {}
+        for i, v in enumerate(strings):
+            if v is None:
+                continue
+            first.setdefault(v, codes[i])
+            assert codes[i] == first[v], "equal strings must share a code"
+        assert len(set(first.values())) == len(first), "different strings must not share a code"
+        null_codes = codes[[i for i, v in enumerate(strings) if v is None]]
+        assert len(set(null_codes.tolist())) == len(null_codes)
+        assert not set(null_codes.tolist()) & set(first.values()), "a null row equals no other row"
+    assert len(S.sha_codes(pa.array([], pa.string()))) == 0
+
+
 def test_read_samples_of_an_empty_store(tmp_path):
     sm = S.read_samples(Store(tmp_path / "out"))
     assert sm.n == 0 and sm.id_list(np.zeros(0, np.int64)) == [] and len(sm.sha_codes()) == 0
