@@ -133,8 +133,10 @@ def evaluate(out: str) -> dict:
 
 
 def backfill(model_dir: str, run_out: str) -> dict:
-    """Add `label_noise` (the noise matrix relabel-collection caps a collection's with) to a model saved before
-    the train stage wrote it, from its curate run's stored out-of-fold predictions."""
+    """Add `label_noise` (the noise matrix relabel-collection caps a collection's with) and
+    `confidence_profile.label_accuracy` (the training labels' three-view estimate, the domain-shift guard's
+    reference) to a model saved before the train stage wrote them, from its curate run's stored out-of-fold
+    predictions."""
     from quality_small import _reference
 
     from ferclean.model_dir import ModelDir
@@ -160,9 +162,11 @@ def backfill(model_dir: str, run_out: str) -> dict:
     d = decide(labels, combine(x["probs"], x["au_probs"], rule.au_view_weight), x["alpha"], x["sem"], rule,
                label_accuracy=acc["label_accuracy"] if acc else None,
                model_accuracy=acc["model_accuracy"] if acc else None)
-    meta["label_noise"] = noise_matrix(d.joint).round(5).tolist()
+    meta.setdefault("label_noise", noise_matrix(d.joint).round(5).tolist())  # what is there stays
+    if acc and "label_accuracy" not in meta.get("confidence_profile", {}):
+        meta["confidence_profile"] = {**meta.get("confidence_profile", {}), "label_accuracy": acc["label_accuracy"]}
     md.write_meta(meta)
-    return {"model": model_dir, "rows": len(q)}
+    return {"model": model_dir, "rows": len(q), "label_accuracy": acc["label_accuracy"] if acc else None}
 
 
 def redecide(out: str, variants: dict[str, dict]) -> dict:
@@ -227,7 +231,8 @@ def main() -> None:
         c.add_argument(k, default=v, type=int if isinstance(v, int) else str, required=k == "--out")
     e = sub.add_parser("eval")
     e.add_argument("--run", action="append", default=[], help="NAME=OUT of a relabel-collection run")
-    b = sub.add_parser("backfill", help="add label_noise to a model saved before the train stage wrote it")
+    b = sub.add_parser("backfill", help="add label_noise and the training labels' accuracy estimate to a model saved "
+                       "before the train stage wrote them")
     b.add_argument("--model", required=True)
     b.add_argument("--run-out", required=True)
     r = sub.add_parser("redecide", help="re-decide stored relabel-collection scores under rule variants")

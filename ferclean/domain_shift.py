@@ -13,7 +13,11 @@ same profile on the new collection and :func:`shift_report` compares them:
   the training data's (only when both profiles have it);
 - embedding spread: mean squared standardised distance of the network's backbone features from the
   training data's feature means (per-dimension z scores), as a multiple of the training data's own
-  (1 = as spread as the training data; label-free, sees image changes that leave the class mix alone).
+  (1 = as spread as the training data; label-free, sees image changes that leave the class mix alone);
+- label accuracy gain: the given labels' accuracy estimated without reference labels (three views: the labels,
+  the network, the AU view; ferclean.noise.view_accuracies) above the model's training labels' (the same
+  estimate out of fold at training time): a collection labelled more cleanly than the model's training data,
+  where the model's disagreements are more likely its training labels' conventions than label errors.
 
 A collection is shifted when any of them passes its threshold; relabel-collection then sends every
 relabel to review with the reason domain_shift and says so in its summary.
@@ -79,7 +83,7 @@ def mix_gap(pred: np.ndarray, labels: np.ndarray, c: int) -> float:
 
 def shift_report(reference: dict[str, Any] | None, current: dict[str, Any], max_confidence_drop: float,
                  max_mix_gap_excess: float, max_au_agreement_drop: float,
-                 max_embedding_spread: float = 1.5) -> dict[str, Any]:
+                 max_embedding_spread: float = 1.5, max_label_accuracy_gain: float = 0.05) -> dict[str, Any]:
     """Compare a collection's profile with the training data's; `shifted` True when any test fails.
     Without a reference profile (a model saved before profiles existed) only the class-mix gap is tested,
     against zero."""
@@ -101,6 +105,10 @@ def shift_report(reference: dict[str, Any] | None, current: dict[str, Any], max_
         ratio = current["emb_spread"] / ref["emb_spread"]
         checks["embedding_spread"] = {"value": round(ratio, 4), "limit": max_embedding_spread,
                                       "failed": bool(ratio > max_embedding_spread)}
+    if ref.get("label_accuracy") is not None and current.get("label_accuracy") is not None:
+        gain = current["label_accuracy"] - ref["label_accuracy"]
+        checks["label_accuracy_gain"] = {"value": round(gain, 4), "limit": max_label_accuracy_gain,
+                                         "failed": bool(gain > max_label_accuracy_gain)}
     failed = [k for k, v in checks.items() if v["failed"]]
     return {"shifted": bool(failed), "failed": failed, "checks": checks,
             "reference": "model.json confidence_profile" if reference else "none (model saved without a profile)"}

@@ -144,6 +144,13 @@ class RelabelConfig(BaseModel):
     shift_max_embedding_spread: float = Field(
         1.5, ge=1, description="domain shift when the collection's backbone features spread around the training "
         "data's feature means this many times as much as the training data's own (set a priori, not tuned)")
+    shift_max_label_accuracy_gain: float = Field(
+        0.05, ge=0, le=1, description="domain shift when the collection's labels are estimated (three views, no "
+        "reference labels) more accurate than the model's training labels were (out of fold, model.json "
+        "confidence_profile.label_accuracy) by more than this: the model learnt a noisier labelling than this "
+        "collection's, so where it disagrees with these labels it more likely follows its own training labels' "
+        "conventions than finds an error (news-like photos with right labels, benchmarks/results/"
+        "quality_small.md). Set to trust_margin's 0.05 a priori, not tuned")
     collection_noise: Literal["bounded", "collection"] = Field(
         "bounded", description="relabel-collection (a model trained elsewhere): which label-noise model relabels. "
         "collection: the confident joint of this collection's labels and the model's probabilities, which counts "

@@ -48,6 +48,7 @@ from ferclean.noise import (  # noqa: F401  (re-exported: the rule's public name
     trust_summary,
     trust_sums,
     view_accuracies,
+    view_accuracies_from_counts,
     view_counts,
 )
 from ferclean.primary import primary_sample_map
@@ -428,8 +429,10 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
                 part["au"] = None
             yield info, part
 
+    views = None  # the three views' agreement counts: the labels' accuracy estimate for the guard
     for _, part in parts(["label", "probs", "au"]):
         prof = add_sums(prof, profile_sums(part["probs"], part["label"], part["au"]))
+        views = add_counts(views, view_counts(part["label"], part["probs"], part["au"]))
         if part["au"] is not None:
             au_known += int((~np.isnan(part["au"]).any(axis=1)).sum())
     au_view = (f"weight {config.au_view_weight}, {au_known} samples" if config.au_view_weight > 0
@@ -437,7 +440,8 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
     config, prior_source = with_audit_prior(store, config, classes)
     if config.train_prior is None and meta.get("train_label_prior"):
         config = config.model_copy(update={"train_prior": list(meta["train_label_prior"])})
-    shift = shift_from_profile(meta, profile_from_sums(prof, emb, meta.get("confidence_profile")), config)
+    shift = shift_from_profile(meta, with_label_accuracy(profile_from_sums(prof, emb, meta.get("confidence_profile")),
+                                                         views), config)
     stats, acc = collection_rule_stats(lambda: ((p["label"], p["probs"], p["au"]) for _, p in parts(["label", "probs", "au"])),
                                        config, (meta.get("confidence_profile") or {}).get("model_accuracy"),
                                        meta.get("label_noise"))
@@ -464,6 +468,8 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
         trust["au_view_weight"] = stats.au_weight
     record_trust(run, trust)
     run.counts["relabel.domain_shift"] = int(shift["shifted"])
+    for check in shift["failed"]:  # which checks failed, for the run summary's shift line
+        run.counts[f"relabel.domain_shift.{check}"] = 1
     shift["action"] = ("relabels sent to review (reason domain_shift)" if shift["shifted"] and config.domain_shift_guard
                        else "none")
     return {"rows": n, "actions": actions, "method": method,
@@ -487,9 +493,17 @@ def collection_shift(meta: dict[str, Any], probs: np.ndarray, label_names: Seque
     """:func:`ferclean.domain_shift.shift_report` of a scored collection against model.json's profile."""
     from ferclean.domain_shift import confidence_profile
 
-    current = confidence_profile(probs, label_indices(label_names, classes), au_probs, embeddings,
-                                 reference=meta.get("confidence_profile"))
-    return shift_from_profile(meta, current, config)
+    labels = label_indices(label_names, classes)
+    current = confidence_profile(probs, labels, au_probs, embeddings, reference=meta.get("confidence_profile"))
+    return shift_from_profile(meta, with_label_accuracy(current, view_counts(labels, probs, au_probs)), config)
+
+
+def with_label_accuracy(profile: dict[str, Any], counts: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """A collection's profile with `label_accuracy`: the given labels' three-view estimate
+    (:func:`ferclean.noise.view_accuracies_from_counts`), which the domain-shift guard compares with the model's
+    training labels'; unchanged without an AU view or with too few rows."""
+    acc = view_accuracies_from_counts(counts) if counts is not None else None
+    return {**profile, "label_accuracy": acc["label_accuracy"]} if acc else profile
 
 
 def shift_from_profile(meta: dict[str, Any], current: dict[str, Any], config: RelabelConfig) -> dict[str, Any]:
@@ -499,7 +513,7 @@ def shift_from_profile(meta: dict[str, Any], current: dict[str, Any], config: Re
 
     report = shift_report(meta.get("confidence_profile"), current, config.shift_max_confidence_drop,
                           config.shift_max_mix_gap, config.shift_max_au_agreement_drop,
-                          config.shift_max_embedding_spread)
+                          config.shift_max_embedding_spread, config.shift_max_label_accuracy_gain)
     current.pop("emb_mean", None)
     current.pop("emb_std", None)
     report["collection"] = current

@@ -36,6 +36,7 @@ class RunSummary:
     catalog: str
     report: str | None
     next_commands: list[str] = field(default_factory=list)
+    domain_shift_checks: list[str] = field(default_factory=list)  # which of the guard's checks failed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=False)
@@ -101,6 +102,8 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
     counts = _run_counts(store, run_id)
     trust = {k.removeprefix("relabel.trust."): v for k, v in counts.items() if k.startswith("relabel.trust.")}
     shift = counts.get("relabel.domain_shift")
+    shift_checks = sorted(k.removeprefix("relabel.domain_shift.") for k, v in counts.items()
+                          if k.startswith("relabel.domain_shift.") and v)
     model = ModelDir(model_dir) if model_dir else ModelDir.of_run(store.root)
     report = store.root / "report.html"
     out = shlex.quote(str(store.root))
@@ -119,7 +122,7 @@ def build_summary(store: Store, kind: str, flow_result: dict[str, Any], model_di
         input_rows=ingest.get("input_rows"), samples=store.count("samples"), images_with_face=prim.num_rows,
         faces_by_detector=_counts(prim.column("detector").to_pylist()), rejects_by_reason=rejects,
         verdicts=actions, human_decisions=human, trust=trust,
-        domain_shift=None if shift is None else bool(shift),
+        domain_shift=None if shift is None else bool(shift), domain_shift_checks=shift_checks,
         model_dir=str(model.path) if model.exists() else None,
         catalog=str(store.root / "catalog.duckdb"), report=str(report) if report.is_file() else None,
         next_commands=nxt,
@@ -156,8 +159,9 @@ def render(s: RunSummary) -> str:
         if parts:
             lines.append("  trust:     " + "; ".join(parts) + " (estimated without reference labels)")
     if s.domain_shift:
-        lines.append("  shift:     the collection looks unlike the model's training data: relabels were sent to "
-                     "review (reason domain_shift)")
+        why = f" ({', '.join(s.domain_shift_checks)})" if s.domain_shift_checks else ""
+        lines.append(f"  shift:     the collection looks unlike the model's training data{why}: relabels were sent "
+                     "to review (reason domain_shift)")
     lines.append(f"  catalog:   {s.catalog}")
     if s.model_dir and s.kind == "curate":
         lines.append(f"  model:     {s.model_dir}")

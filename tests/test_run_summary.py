@@ -30,6 +30,8 @@ def test_trust_and_domain_shift_lines():
     assert "labels ~64% right; network ~43% right; relabels ~55% right vs ~20% for the labels they replace" in text
     assert "expected gain +3.1 points" in text
     assert "relabels were sent to review (reason domain_shift)" in text
+    named = render(summary(domain_shift=True, domain_shift_checks=["label_accuracy_gain"]))
+    assert "unlike the model's training data (label_accuracy_gain): relabels were sent" in named
 
 
 def test_a_cached_stage_reports_the_rejects_of_the_run_that_computed_it(tmp_path):

@@ -212,21 +212,26 @@ def test_final_training_indices_fall_back_when_almost_everything_is_review():
     assert fallback and idx.tolist() == [0, 1, 2, 3, 5, 6, 7]  # every labelled row, drops still out
 
 
-def test_au_view_is_crossfitted_saved_and_used_by_the_verdicts(tmp_path):
-    from ferclean.relabel import RelabelConfig, run_relabel, score_collection
-
-    store, ids = make_store(tmp_path)
-    y = toy_images(len(ids))[1]
+def write_toy_aus(store: Store, ids: list[str], y: np.ndarray) -> None:
+    """An aus part whose two intensities tell classes 1 and 2 apart (AU04 empty: an empty AU is ignored)."""
     rng = np.random.default_rng(0)
     inten = rng.normal(0.2, 0.2, (len(ids), 2)).clip(0)
     inten[y == 1, 0] += 2.0
     inten[y == 2, 1] += 2.0
     aus = pa.table({"sample_id": ids, "face_index": pa.array([0] * len(ids), pa.int16()),
-                    "AU01_r": inten[:, 0], "AU02_r": inten[:, 1], "AU04_r": [None] * len(ids),  # an empty AU is ignored
+                    "AU01_r": inten[:, 0], "AU02_r": inten[:, 1], "AU04_r": [None] * len(ids),
                     "AU01_c": (inten[:, 0] > 1).astype(np.float32), "AU02_c": (inten[:, 1] > 1).astype(np.float32)})
     d = store.table_dir("aus")
     d.mkdir(parents=True, exist_ok=True)
     pq.write_table(aus, d / "part-all.parquet")
+
+
+def test_au_view_is_crossfitted_saved_and_used_by_the_verdicts(tmp_path):
+    from ferclean.relabel import RelabelConfig, run_relabel, score_collection
+
+    store, ids = make_store(tmp_path)
+    y = toy_images(len(ids))[1]
+    write_toy_aus(store, ids, y)
     cfg = tiny_cfg(methods=["ce"], final_method="ce", epochs=1)
     with open_run(store, "train", cfg.model_dump(mode="json")) as run:
         summary = run_train(store, run, cfg, progress=False)
@@ -246,6 +251,49 @@ def test_au_view_is_crossfitted_saved_and_used_by_the_verdicts(tmp_path):
         coll = score_collection(store, run, str(store.root / "model"), RelabelConfig(), collection="toy")
     assert used["au_view"].startswith("weight 0.5, 35 samples") and off["au_view"] == "reasons only (au_view_weight 0)"
     assert coll["au_view"] == "weight 0.5, 35 samples" and coll["rows"] == 35
+
+
+def test_the_model_keeps_its_training_labels_accuracy_estimate_for_the_shift_guard(tmp_path):
+    """model.json's confidence_profile holds the out-of-fold three-view estimates of the network and of the
+    training labels: relabel-collection's guard compares a new collection's labels with the latter (issue 17)."""
+    from ferclean.au_view import AU_VIEW_METHOD
+    from ferclean.noise import view_accuracies
+
+    store, ids = make_store(tmp_path, n=90, no_face=0)
+    y = toy_images(len(ids))[1]
+    write_toy_aus(store, ids, y)
+    cfg = tiny_cfg(methods=["ce"], final_method="ce", epochs=1)
+    with open_run(store, "train", cfg.model_dump(mode="json")) as run:
+        run_train(store, run, cfg, progress=False)
+    profile = json.loads((store.root / "model" / "model.json").read_text())["confidence_profile"]
+    preds = store.read("predictions").to_pandas()
+    oof = {m: preds[(preds.method == m) & (preds.fold >= 0)].set_index("sample_id").loc[ids]
+           for m in ("ce", AU_VIEW_METHOD)}
+    est = view_accuracies(y, np.stack(oof["ce"].probs.to_numpy()), np.stack(oof[AU_VIEW_METHOD].probs.to_numpy()))
+    assert profile["label_accuracy"] == pytest.approx(est["label_accuracy"], abs=1e-3)
+    assert profile["model_accuracy"] == pytest.approx(est["model_accuracy"], abs=1e-3)
+    # scored as a new collection: labels like the training labels pass; against a model whose training labels
+    # were estimated far worse, the same labels look cleaner and the relabels go to review, saying why
+    from ferclean.model_dir import ModelDir
+    from ferclean.relabel import RelabelConfig, score_collection
+
+    md = ModelDir.of_run(store.root)
+    flipped = store.read("samples").to_pydict()
+    for i in range(0, 90, 5):  # 18 wrong labels (6 a class: the class mix stays), for the model to relabel
+        flipped["label_original"][i] = CLASSES[(CLASSES.index(flipped["label_original"][i]) + 1) % 3]
+    store.write_part("samples", "all", pa.table(flipped))
+    cfg_r = RelabelConfig(trust="off", relabel_floor=0.0, collection_noise="collection")
+    with open_run(store, "relabel-collection", {}) as run:
+        same = score_collection(store, run, md, cfg_r)
+    assert "label_accuracy_gain" not in same["domain_shift"]["failed"] and same["actions"].get("relabel", 0) > 0
+    md.write_meta({**md.meta(), "confidence_profile": {**profile, "label_accuracy": 0.2}})
+    with open_run(store, "relabel-collection", {}) as run:
+        cleaner = score_collection(store, run, md, cfg_r)
+        run_id = run.run_id
+    assert "label_accuracy_gain" in cleaner["domain_shift"]["failed"] and "relabel" not in cleaner["actions"]
+    assert cleaner["actions"]["review"] >= same["actions"].get("review", 0) + same["actions"]["relabel"]
+    counts = json.loads(store.read("runs").to_pandas().set_index("run_id").loc[run_id, "counts"])
+    assert counts["relabel.domain_shift.label_accuracy_gain"] == 1
 
 
 def test_the_users_relabel_settings_decide_the_final_models_training_labels(tmp_path):

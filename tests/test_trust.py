@@ -114,6 +114,33 @@ def test_shift_report_flags_a_class_mix_the_labels_do_not_have():
     assert shift_report(None, confidence_profile(angry, labels), 0.1, 0.15, 0.15)["failed"] == ["mix_gap_excess"]
 
 
+def test_shift_report_flags_labels_cleaner_than_the_models_training_labels():
+    """Issue 17: news-like photos whose labels are right, scored by a model trained on FER2013's noisier labels,
+    were relabelled where the model follows its training labels' conventions. The guard compares the labels'
+    label-free accuracy estimate with the training labels' and sends the relabels to review."""
+    from ferclean.relabel import collection_shift
+
+    c, n = 5, 6000
+    classes = [str(i) for i in range(c)]
+    ref = {"mean_max_p": 0.8, "label_accuracy": 0.62}  # the training labels, estimated out of fold
+    for label_acc, shifted in ((0.62, False), (0.66, False), (0.9, True)):
+        _, lab, net, au = _noisy_views(n, c, {"label": label_acc, "model": 0.7, "au": 0.6}, seed=5)
+        rep = collection_shift({"confidence_profile": ref}, _onehot(net, c), [classes[k] for k in lab], classes,
+                               _onehot(au, c, 0.6), RelabelConfig())
+        gain = rep["checks"]["label_accuracy_gain"]
+        assert gain["value"] == pytest.approx(label_acc - 0.62, abs=0.03)
+        assert rep["shifted"] is shifted and (rep["failed"] == ["label_accuracy_gain"]) is shifted
+        assert rep["collection"]["label_accuracy"] == pytest.approx(label_acc, abs=0.03)
+    # a model saved without the reference, or a collection without an AU view: no such check
+    rep = collection_shift({"confidence_profile": {"mean_max_p": 0.8}}, _onehot(net, c), [classes[k] for k in lab],
+                           classes, _onehot(au, c, 0.6), RelabelConfig())
+    assert "label_accuracy_gain" not in rep["checks"]
+    rep = collection_shift({"confidence_profile": ref}, _onehot(net, c), [classes[k] for k in lab], classes, None,
+                           RelabelConfig())
+    assert "label_accuracy_gain" not in rep["checks"]
+    assert not shift_report(ref, {"label_accuracy": 0.7}, 0.1, 0.15, 0.15, max_label_accuracy_gain=0.1)["shifted"]
+
+
 def test_label_accuracy_given_model_uses_the_training_time_model_accuracy():
     from ferclean.noise import label_accuracy_given_model
 

@@ -378,7 +378,9 @@ def run_train(store: Any, run: Any, config: TrainConfig, progress: bool = True) 
         # label-free estimate of its accuracy (out-of-fold)
         model_dir.write_meta({**model_dir.meta(), "confidence_profile": {
             **confidence_profile(out["probs"], labels, au_probs, out["embeddings"]),
-            **({"model_accuracy": acc["model_accuracy"]} if acc else {})}})
+            # the three-view label-free estimates, out of fold: the network's, and the training labels' (the
+            # domain-shift guard's reference for a collection labelled more cleanly than these)
+            **({"model_accuracy": acc["model_accuracy"], "label_accuracy": acc["label_accuracy"]} if acc else {})}})
         fkey = f"train-{method}-final-{fp}"
         store.write_part("predictions", fkey, prediction_table(run.run_id, inputs.sample_ids, method, -1, classes,
                                                                out["probs"], out["alpha"], out["sem_dist"]))
