@@ -152,7 +152,8 @@ def render(s: RunSummary) -> str:
             if isinstance(t.get(key), int | float):
                 parts.append(f"{name} ~{t[key]:.0%} right")
         if "relabel_precision_est" in t:
-            parts.append(f"relabels ~{t['relabel_precision_est']:.0%} right vs "
+            whose = "the rule's relabels (sent to review, below)" if s.domain_shift else "relabels"
+            parts.append(f"{whose} ~{t['relabel_precision_est']:.0%} right vs "
                          f"~{t.get('replaced_label_right_est', float('nan')):.0%} for the labels they replace")
         if "expected_gain_points" in t:
             parts.append(f"expected gain {t['expected_gain_points']:+.1f} points")

@@ -27,7 +27,8 @@ def test_trust_and_domain_shift_lines():
     text = render(summary(trust={"label_accuracy": 0.64, "model_accuracy": 0.43, "relabel_precision_est": 0.55,
                                  "replaced_label_right_est": 0.2, "expected_gain_points": 3.1},
                           domain_shift=True))
-    assert "labels ~64% right; network ~43% right; relabels ~55% right vs ~20% for the labels they replace" in text
+    assert ("labels ~64% right; network ~43% right; the rule's relabels (sent to review, below) ~55% right vs ~20% "
+            "for the labels they replace") in text
     assert "expected gain +3.1 points" in text
     assert "relabels were sent to review (reason domain_shift)" in text
     named = render(summary(domain_shift=True, domain_shift_checks=["label_accuracy_gain"]))
