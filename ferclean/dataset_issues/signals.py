@@ -74,6 +74,7 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
             found = score[read] >= 0.0
             sig.no_detection[unchecked[read]] = np.where(found, 0.0, 1.0)
             sig.detected[unchecked[read]] = found
+            release_unused()  # the HOG chunks' freed buffers, before the streaming passes
     undetected = sig.has_face_row & ~sig.detected
     if undetected.sum() < 2:
         return out
@@ -108,6 +109,7 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
             return out
         space = FaceSpace(cfg.face_space_k).fit(np.concatenate(fit_vecs))
         del fit_vecs
+        release_unused()
     with clock.phase("face_space_dffs"):
         todo = [(r, space.dffs(v)) for r, v in picked(lambda rows, sids: undetected[rows])]
         idx = np.concatenate([r for r, _ in todo]) if todo else np.zeros(0, np.int64)

@@ -123,6 +123,7 @@ def _run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | No
         if _rejects_allow():
             for sid, path in zip(unreadable, samples.path_list(bad), strict=True):
                 run.reject(sid, STAGE, UNREADABLE, f"cannot decode {path}")
+        release_unused()
     timings["hash_s"] = time.perf_counter() - t
 
     ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock, runner)
@@ -132,6 +133,9 @@ def _run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | No
         t = time.perf_counter()
         with clock.phase(manager.name):
             new = manager().find(ctx)
+            # what the phase freed goes back to the OS before the next one allocates on top of it (1M: the
+            # exact-duplicate grouping left +63 MB of freed heap in RSS, +4 MB after this)
+            release_unused()
         rows += new
         found[manager.name] = len(new)
         timings[f"{manager.name}_s"] = time.perf_counter() - t
