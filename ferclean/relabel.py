@@ -187,13 +187,15 @@ def label_indices(label_names: Sequence[str | None], classes: Sequence[str]) -> 
 
 def collection_rule_stats(parts: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]]],
                           cfg: RelabelConfig, model_accuracy: float | None = None,
-                          reference_noise: Any = None) -> tuple[RuleStats, dict[str, Any] | None]:
+                          reference_noise: Any = None,
+                          counts: dict[str, np.ndarray] | None = None) -> tuple[RuleStats, dict[str, Any] | None]:
     """The verdict rule's collection statistics and the trust estimates (:func:`ferclean.noise.rule_accuracies`)
     from passes over a collection's parts: `parts()` gives each part's (labels, the network's probabilities,
-    the AU view's or None) in collection order. Decide each part with :func:`part_verdicts`."""
-    counts = None
-    for labels, probs, au_probs in parts():
-        counts = add_counts(counts, view_counts(labels, probs, au_probs))
+    the AU view's or None) in collection order; `counts`: their :func:`ferclean.noise.view_counts` added up when the
+    caller has them (one pass fewer). Decide each part with :func:`part_verdicts`."""
+    if counts is None:
+        for labels, probs, au_probs in parts():
+            counts = add_counts(counts, view_counts(labels, probs, au_probs))
     acc = rule_accuracies(counts, cfg, model_accuracy)
     w = au_view_weight_for(cfg, acc)  # the AU view counts more where the network is the weakest view
     stats = rule_stats(lambda: ((lab, combine(p, a, w)) for lab, p, a in parts()), cfg,
@@ -444,7 +446,7 @@ def score_collection(store: Any, run: Any, model_dir: str | Path | ModelDir, con
                                                          views), config)
     stats, acc = collection_rule_stats(lambda: ((p["label"], p["probs"], p["au"]) for _, p in parts(["label", "probs", "au"])),
                                        config, (meta.get("confidence_profile") or {}).get("model_accuracy"),
-                                       meta.get("label_noise"))
+                                       meta.get("label_noise"), counts=views)
     weight = stats.au_weight
     review_reason = "domain_shift" if shift["shifted"] and config.domain_shift_guard else None
     actions: dict[str, int] = {}
