@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from ferclean.contracts import load_contract, validate
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.=-]+$")
+STREAM_BUFFER = 1 << 20  # bytes: iter_part_batches reads a part through a buffered stream of this size
 
 
 def parquet_options(schema: pa.Schema) -> dict:
@@ -154,7 +155,10 @@ class Store:
         keys: only these parts, in this order (None: every part, in `part_files` order)."""
         paths = self.part_files(table) if keys is None else [self.part_path(table, k) for k in keys]
         for path in paths:
-            pf = pq.ParquetFile(path)
+            # a buffered stream, not the whole column chunk at once: a 4,096-crop faces part is one 55 MB row
+            # group, and streaming the 1M OUT's crops peaked 254 MB above the start read whole, 73 MB this way
+            # in 512-row batches (less CPU too: 17 against 28 s)
+            pf = pq.ParquetFile(path, buffer_size=STREAM_BUFFER, pre_buffer=False)
             try:
                 yield from pf.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
             finally:
