@@ -156,7 +156,7 @@ class Store:
         paths = self.part_files(table) if keys is None else [self.part_path(table, k) for k in keys]
         for path in paths:
             # a buffered stream, not the whole column chunk at once: a 4,096-crop faces part is one 55 MB row
-            # group, and streaming the 1M OUT's crops peaked 254 MB above the start read whole, 73 MB this way
+            # group, and streaming the 1M OUT's crops peaked 254 MB above the start read whole, 73-90 MB this way
             # in 512-row batches (less CPU too: 17 against 28 s)
             pf = pq.ParquetFile(path, buffer_size=STREAM_BUFFER, pre_buffer=False)
             try:

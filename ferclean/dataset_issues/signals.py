@@ -85,7 +85,7 @@ def face_space_evidence(store: Store, samples: SampleTable, sig: Signals, cfg: D
 
     def picked(pick: Callable[[np.ndarray, list[str]], np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(sample rows, crop vectors) of the decodable primary crops `pick` selects, batch by batch."""
-        # 512 crops a batch: with the store's buffered stream, the crop stream of the 1M OUT peaked 73 MB above its
+        # 512 crops a batch: with the store's buffered stream, the crop stream of the 1M OUT peaked 73-90 MB above its
         # start, against 254 MB in 4,096-row batches read whole (docs/scaling.md, session 10)
         for t in iter_primary_faces(store, cols, batch_size=min(cfg.hash_batch, CROP_BATCH)):
             sids = t.column("sample_id").to_pylist()
