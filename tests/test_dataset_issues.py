@@ -320,6 +320,40 @@ def test_run_dataset_issues_end_to_end(tiny_store):
     assert leaks == [("a", "train", False), ("a_alt", "train", False), ("a_copy", "valid", True)]
 
 
+def test_the_search_lets_go_of_duplicate_clusters_before_the_later_detectors(tiny_store, monkeypatch):
+    """At 1M jittered faces the duplicate clusters' reports are ~150 MB of Python objects: the detectors after
+    the last one that reads them (outliers, not_a_face with its face-space passes) must not run on top of them,
+    and the stage summary still counts them."""
+    from ferclean.dataset_issues.detectors import ISSUE_MANAGERS, IssueContext
+    from ferclean.dataset_issues.detectors.not_a_face import NotAFace
+
+    seen: dict[str, bool] = {}
+    find = NotAFace.find
+
+    def spy(self, ctx):
+        seen["clusters_held"] = "clusters" in ctx.__dict__
+        return find(self, ctx)
+
+    monkeypatch.setattr(NotAFace, "find", spy)
+    store = tiny_store
+    with open_run(store, "dataset_issues", {}) as run:
+        summary = run_dataset_issues(store, run, DatasetIssuesConfig(), progress=False)
+    assert seen == {"clusters_held": False}
+    assert summary["clusters"] == 2 and summary["samples_in_clusters"] == 5 and summary["phash.distinct_hashes"] >= 5
+    issues = store.read("dataset_issues").to_pylist()
+    assert len(issues) == sum(summary[k] for k in summary if k.startswith("issues."))
+    # files are grouped by sha codes; the exact-duplicate row still names the file by its content_sha256
+    sha = dict(zip(*store.read("samples").select(["sample_id", "content_sha256"]).to_pydict().values(), strict=True))
+    exact = [json.loads(r["details"]) for r in issues if r["issue_type"] == "exact_duplicate"]
+    assert [d["content_sha256"] for d in exact] == [sha["a"]] and sha["a"] == sha["a_copy"]
+    # every detector says what shared evidence it reads, from the names the context knows
+    assert all(set(m.needs) <= set(IssueContext.SHARED) for m in ISSUE_MANAGERS)
+    assert {n for m in ISSUE_MANAGERS for n in m.needs} == set(IssueContext.SHARED)
+    ctx = IssueContext.__new__(IssueContext)
+    with pytest.raises(ValueError, match="unknown shared evidence"):
+        IssueContext.release(ctx, {"clusterz"})
+
+
 def test_rerun_replaces_previous_output(tiny_store):
     store = tiny_store
     for cfg in (DatasetIssuesConfig(), DatasetIssuesConfig(mirror=False, max_hamming=0)):

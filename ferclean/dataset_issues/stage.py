@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from ferclean.contracts import load_contract
 from ferclean.dataset_issues.config import DatasetIssuesConfig
@@ -127,22 +128,25 @@ def _run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | No
     timings["hash_s"] = time.perf_counter() - t
 
     ctx = IssueContext(store, cfg, samples, sig, has_faces, progress, clock, runner)
-    rows: list[dict] = []
+    parts: list[pa.Table] = []
     found: dict[str, int] = {}
-    for manager in ISSUE_MANAGERS:
+    for i, manager in enumerate(ISSUE_MANAGERS):
         t = time.perf_counter()
         with clock.phase(manager.name):
             new = manager().find(ctx)
+            # each phase's rows become Arrow columns at once (1M: 124 k near-duplicate rows are ~70 MB as dicts),
+            # and the shared evidence no later detector needs is let go of (ferclean.dataset_issues.detectors)
+            parts.append(issues_table(new, run.run_id))
+            found[manager.name] = len(new)
+            del new
+            ctx.release({need for later in ISSUE_MANAGERS[i + 1:] for need in later.needs})
             # what the phase freed goes back to the OS before the next one allocates on top of it (1M: the
             # exact-duplicate grouping left +63 MB of freed heap in RSS, +4 MB after this)
             release_unused()
-        rows += new
-        found[manager.name] = len(new)
         timings[f"{manager.name}_s"] = time.perf_counter() - t
-    reports = ctx.clusters.reports
-    hstats = ctx.clusters.phash_stats
+    cstats = ctx.cluster_stats
 
-    table = issues_table(rows, run.run_id)
+    table = pa.concat_tables(parts) if parts else issues_table([], run.run_id)
     store.write_part("dataset_issues", run.run_id, table)
     store.keep_only("dataset_issues", [run.run_id])
 
@@ -153,8 +157,8 @@ def _run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | No
         "hashed_from_crop": int(sig.hash_from_crop.sum()),
         "faces_used": has_faces,
         "model_used": sig.embedding is not None,
-        "clusters": len(reports),
-        "samples_in_clusters": int(sum(len(r.members) for r in reports)),
+        "clusters": cstats["clusters"],
+        "samples_in_clusters": int(cstats["samples_in_clusters"]),
         "outliers": found.get("outliers", 0),
         "unreadable": len(unreadable),
         # where the per-image work (crop and file pHashes, embeddings, HOG tests) ran, like train's folds_trained_in
@@ -164,7 +168,7 @@ def _run_dataset_issues(store: Store, run: Run, config: DatasetIssuesConfig | No
         "face_signals_worker_cpu_s": round(faces.worker_cpu_s, 3),
         "face_signals_worker_wall_s": round(faces.worker_wall_s, 3),
         **{f"issues.{k}": types.count(k) for k in sorted(set(types))},
-        **{f"phash.{k}": v for k, v in hstats.items()},
+        **{f"phash.{k}": v for k, v in cstats["phash"].items()},
         **{k: round(v, 3) for k, v in timings.items()},
         "phases": clock.as_dict(),  # wall / CPU per phase (faces includes embed; not_a_face its face_space_*)
     }

@@ -48,6 +48,11 @@ class Clusters:
     edge_info: dict[str, dict]
     phash_stats: dict[str, Any]
 
+    def stats(self) -> dict[str, Any]:
+        """The counts the stage summary keeps after the reports themselves are released."""
+        return {"clusters": len(self.reports), "samples_in_clusters": sum(len(r.members) for r in self.reports),
+                "phash": dict(self.phash_stats)}
+
 
 @dataclass
 class EmbeddingStats:
@@ -71,9 +76,36 @@ class IssueContext:
     clock: PhaseClock = field(default_factory=PhaseClock)  # wall / CPU per phase (the stage writes it out)
     runner: StageExecutor | None = None  # where per-image work runs (ferclean.stage_executor); None = here
 
+    #: The shared evidence computed on first use (cached properties) that :meth:`release` can let go of.
+    SHARED: ClassVar[tuple[str, ...]] = ("clusters", "embedding_stats", "face_space")
+
     def __post_init__(self) -> None:
         # centre: backbone features are often all >= 0 (ReLU), making every raw cosine ~1
         self.emb_centre = self.sig.embedding.mean() if self.sig.embedding is not None else None
+        self._cluster_stats: dict[str, Any] | None = None
+
+    def release(self, still_needed: set[str]) -> list[str]:
+        """Drop the computed shared evidence no later detector needs (its `needs`), so the later phases do not
+        allocate on top of it (1M jittered faces: 124 k duplicate clusters' reports and edge info are ~150 MB of
+        Python objects). Returns the names released."""
+        unknown = set(still_needed) - set(self.SHARED)
+        if unknown:
+            raise ValueError(f"unknown shared evidence {sorted(unknown)}; known: {list(self.SHARED)}")
+        gone = []
+        for name in self.SHARED:
+            if name not in still_needed and name in self.__dict__:
+                if name == "clusters":
+                    self._cluster_stats = self.__dict__[name].stats()
+                del self.__dict__[name]
+                gone.append(name)
+        return gone
+
+    @property
+    def cluster_stats(self) -> dict[str, Any]:
+        """{clusters, samples_in_clusters, phash} of the duplicate clusters, also after they were released."""
+        if "clusters" in self.__dict__ or self._cluster_stats is None:
+            return self.clusters.stats()
+        return self._cluster_stats
 
     @property
     def n(self) -> int:
@@ -110,8 +142,11 @@ class IssueContext:
         members = clustered_rows(cluster)
         sm = self.samples
         ids = sm.id_list(members)
+        # files are told apart by their sha codes (a Python int each, not a 64-character string); only the hashes
+        # of files held more than once are named (1M jittered faces: 354 k clustered rows, 40 MB of strings)
         reports = analyze_clusters(cluster[members], ids, sm.split_list(members), sm.label_list(members),
-                                   sm.sha_list(members), sm.areas[members])
+                                   sha_codes[members].tolist(), sm.areas[members])
+        name_sha_groups(reports, sha_codes, sm)
         row_of = dict(zip(ids, members.tolist(), strict=True))
         cid_of = {int(cluster[row_of[r.members[0]]]): r.cluster_id for r in reports}
         return Clusters(reports, edge_summary(cluster, edges, sims, methods, cid_of), hstats)
@@ -152,11 +187,26 @@ class IssueContext:
                                    self.runner)
 
 
+def name_sha_groups(reports: list[ClusterReport], codes: np.ndarray, samples: SampleTable) -> None:
+    """Replace the sha codes keying each report's `sha_groups` by the content_sha256 strings, in sha order."""
+    wanted = {c for r in reports for c in r.sha_groups}
+    if not wanted:
+        return
+    rows = np.flatnonzero(np.isin(codes, np.fromiter(wanted, np.int64, len(wanted))))
+    name = dict(zip(codes[rows].tolist(), samples.sha_list(rows), strict=True))
+    for r in reports:
+        if r.sha_groups:
+            r.sha_groups = dict(sorted((name[c], v) for c, v in r.sha_groups.items()))
+
+
 class IssueManager:
     """A dataset-issue detector: `find` returns `dataset_issues` rows (ferclean.dataset_issues.issues)."""
 
     name: ClassVar[str]
     issue_types: ClassVar[tuple[str, ...]]
+    #: The shared evidence of :class:`IssueContext` it reads (IssueContext.SHARED): the stage releases each
+    #: piece after the last detector that needs it.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def find(self, ctx: IssueContext) -> list[dict]:
         raise NotImplementedError

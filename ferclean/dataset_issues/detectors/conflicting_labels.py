@@ -10,6 +10,7 @@ from ferclean.dataset_issues.issues import cluster_base, issue_row
 class ConflictingLabels(IssueManager):
     name = "conflicting_labels"
     issue_types = ("conflicting_labels",)
+    needs = ("clusters",)
 
     def find(self, ctx: IssueContext) -> list[dict]:
         return [issue_row("conflicting_labels", r.cluster_id, r.cluster_id, r.members,

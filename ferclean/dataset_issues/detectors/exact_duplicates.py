@@ -9,6 +9,7 @@ from ferclean.dataset_issues.issues import cluster_base, issue_row
 class ExactDuplicates(IssueManager):
     name = "exact_duplicates"
     issue_types = ("exact_duplicate",)
+    needs = ("clusters",)
 
     def find(self, ctx: IssueContext) -> list[dict]:
         return [issue_row("exact_duplicate", sha, r.cluster_id, members, 1.0,

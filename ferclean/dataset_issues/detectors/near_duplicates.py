@@ -9,6 +9,7 @@ from ferclean.dataset_issues.issues import cluster_base, issue_row
 class NearDuplicates(IssueManager):
     name = "near_duplicates"
     issue_types = ("near_duplicate",)
+    needs = ("clusters",)
 
     def find(self, ctx: IssueContext) -> list[dict]:
         rows = []

@@ -13,6 +13,7 @@ from ferclean.dataset_issues.nonface import blank_evidence, nonface_score
 class NotAFace(IssueManager):
     name = "not_a_face"
     issue_types = ("not_a_face",)
+    needs = ("face_space", "embedding_stats")
 
     def find(self, ctx: IssueContext) -> list[dict]:
         cfg, sig = ctx.cfg, ctx.sig

@@ -12,6 +12,7 @@ from ferclean.dataset_issues.issues import sample_issue_rows
 class Outliers(IssueManager):
     name = "outliers"
     issue_types = ("outlier",)
+    needs = ("embedding_stats",)
 
     def find(self, ctx: IssueContext) -> list[dict]:
         stats = ctx.embedding_stats

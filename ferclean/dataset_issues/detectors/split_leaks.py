@@ -9,6 +9,7 @@ from ferclean.dataset_issues.issues import cluster_base, issue_row
 class SplitLeaks(IssueManager):
     name = "split_leaks"
     issue_types = ("split_leak",)
+    needs = ("clusters",)
 
     def find(self, ctx: IssueContext) -> list[dict]:
         rows = []
