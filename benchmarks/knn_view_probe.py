@@ -15,51 +15,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_small import _reference, _score  # noqa: E402
+from shift_collection import decide_scores, load_scores  # noqa: E402
 
 from ferclean.au_view import AU_VIEW_METHOD, combine, mix_views  # noqa: E402
 from ferclean.dataset_issues.embeddings import load_embedder  # noqa: E402
-from ferclean.model_dir import ModelDir  # noqa: E402
 from ferclean.noise import RelabelConfig, au_view_weight_for, decide, final_labels, view_accuracies  # noqa: E402
 from ferclean.primary import primary_faces  # noqa: E402
-from ferclean.relabel import collection_shift, verdict_rows  # noqa: E402
 from ferclean.store import Store  # noqa: E402
 
 def load(out):
-    store = Store(out)
-    runs = store.read("runs").to_pandas()
-    c = json.loads(runs["config"].iloc[-1])
-    model_dir = c.get("model_dir") or c["score"]["model_dir"]
-    meta = ModelDir(model_dir).meta()
-    classes, method = list(meta["classes"]), meta["method"]
-    p = store.read("predictions").to_pandas()
-    net = p[(p.method == method) & (p.fold == -1)].set_index("sample_id")
-    ids = list(net.index)
-    probs = np.stack(net.loc[ids, "probs"].to_numpy()).astype(np.float64)
-    au = p[(p.method == AU_VIEW_METHOD) & (p.fold == -1)].set_index("sample_id")
-    au_probs = np.full_like(probs, np.nan)
-    have = [i for i, s in enumerate(ids) if s in au.index]
-    au_probs[have] = np.stack(au.loc[[ids[i] for i in have], "probs"].to_numpy())
-    df = _reference(store, classes).loc[ids]
-    return dict(meta=meta, classes=classes, method=method, ids=ids, probs=probs, au=au_probs,
-                labels=df["label"].to_numpy(), plural=df["plural"].to_numpy(), ev=df["ev"].to_numpy())
+    return load_scores(out)
+
 
 def run(d, **upd):
-    meta, classes, method = d["meta"], d["classes"], d["method"]
-    cfg = RelabelConfig(method=method, train_prior=meta.get("train_label_prior"), **upd)
-    names = [classes[k] if k >= 0 else None for k in d["labels"]]
-    rep = collection_shift(meta, d["probs"], names, classes, d["au"], cfg, None)
-    info = {}
-    t = verdict_rows(d["ids"], names, classes, d["probs"], None, None, np.ones(len(d["ids"]), bool), [None]*len(d["ids"]), cfg,
-                     "x", method, au_probs=d["au"], trust=info,
-                     review_reason="domain_shift" if rep["shifted"] and cfg.domain_shift_guard else None,
-                     model_accuracy=(meta.get("confidence_profile") or {}).get("model_accuracy"),
-                     reference_noise=meta.get("label_noise"))
-    act = np.array(t["action"].to_pylist(), dtype=object)
-    sug = np.array([classes.index(x) for x in t["label_suggested"].to_pylist()])
-    fin = final_labels(d["labels"], act, sug)
-    sc = _score(classes, d["labels"], d["plural"], d["ev"], act, fin)
-    return t, act, sug, sc, info
+    return decide_scores(d, **upd)[:5]
 
 
 src, col = sys.argv[1], sys.argv[2]

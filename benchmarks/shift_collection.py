@@ -169,20 +169,18 @@ def backfill(model_dir: str, run_out: str) -> dict:
     return {"model": model_dir, "rows": len(q), "label_accuracy": acc["label_accuracy"] if acc else None}
 
 
-def redecide(out: str, variants: dict[str, dict]) -> dict:
-    """Re-decide a relabel-collection run's verdicts from its stored scores under rule variants
-    (RelabelConfig fields; the guard's checks recomputed each time): relabelled share and gain vs crowd."""
-    from quality_small import _reference, _score
+def load_scores(out: str) -> dict:
+    """A relabel-collection run's stored scores: its model's meta, the network's and the AU view's probabilities
+    per sample, and the given labels, crowd plurality and votes (quality_small's reference)."""
+    from quality_small import _reference
 
     from ferclean.au_view import AU_VIEW_METHOD
     from ferclean.model_dir import ModelDir
-    from ferclean.noise import RelabelConfig, final_labels
-    from ferclean.relabel import collection_shift, verdict_rows
     from ferclean.store import Store
 
     store = Store(out)
-    runs = store.read("runs").to_pandas()
-    model_dir = json.loads(runs["config"].iloc[-1]).get("model_dir") or json.loads(runs["config"].iloc[-1])["score"]["model_dir"]
+    c = json.loads(store.read("runs").to_pandas()["config"].iloc[-1])
+    model_dir = c.get("model_dir") or c["score"]["model_dir"]
     meta = ModelDir(model_dir).meta()
     classes, method = list(meta["classes"]), meta["method"]
     p = store.read("predictions").to_pandas()
@@ -194,21 +192,42 @@ def redecide(out: str, variants: dict[str, dict]) -> dict:
     have = [i for i, s in enumerate(ids) if s in au.index]
     au_probs[have] = np.stack(au.loc[[ids[i] for i in have], "probs"].to_numpy())
     df = _reference(store, classes).loc[ids]
-    labels, plural, ev = df["label"].to_numpy(), df["plural"].to_numpy(), df["ev"].to_numpy()
-    names = [classes[k] if k >= 0 else None for k in labels]
-    res: dict = {"out": out, "model": model_dir, "rows": len(ids)}
+    return {"model_dir": model_dir, "meta": meta, "classes": classes, "method": method, "ids": ids, "probs": probs,
+            "au": au_probs, "labels": df["label"].to_numpy(), "plural": df["plural"].to_numpy(),
+            "ev": df["ev"].to_numpy()}
+
+
+def decide_scores(d: dict, **upd) -> tuple:
+    """Re-decide `load_scores` output under RelabelConfig fields `upd` (the guard's checks recomputed):
+    (verdict table, actions, suggested indices, quality_small score, trust info, shift report)."""
+    from quality_small import _score
+
+    from ferclean.noise import RelabelConfig, final_labels
+    from ferclean.relabel import collection_shift, verdict_rows
+
+    meta, classes, method, ids = d["meta"], d["classes"], d["method"], d["ids"]
+    cfg = RelabelConfig(method=method, train_prior=meta.get("train_label_prior"), **upd)
+    names = [classes[k] if k >= 0 else None for k in d["labels"]]
+    rep = collection_shift(meta, d["probs"], names, classes, d["au"], cfg, None)
+    info: dict = {}
+    t = verdict_rows(ids, names, classes, d["probs"], None, None, np.ones(len(ids), bool), [None] * len(ids), cfg,
+                     "x", method, au_probs=d["au"], trust=info,
+                     review_reason="domain_shift" if rep["shifted"] and cfg.domain_shift_guard else None,
+                     model_accuracy=(meta.get("confidence_profile") or {}).get("model_accuracy"),
+                     reference_noise=meta.get("label_noise"))
+    act = np.array(t["action"].to_pylist(), dtype=object)
+    sug = np.array([classes.index(x) for x in t["label_suggested"].to_pylist()])
+    fin = final_labels(d["labels"], act, sug)
+    return t, act, sug, _score(classes, d["labels"], d["plural"], d["ev"], act, fin), info, rep
+
+
+def redecide(out: str, variants: dict[str, dict]) -> dict:
+    """Re-decide a relabel-collection run's verdicts from its stored scores under rule variants
+    (RelabelConfig fields; the guard's checks recomputed each time): relabelled share and gain vs crowd."""
+    d = load_scores(out)
+    res: dict = {"out": out, "model": d["model_dir"], "rows": len(d["ids"])}
     for vname, upd in variants.items():
-        cfg = RelabelConfig(method=method, train_prior=meta.get("train_label_prior"), **upd)
-        rep = collection_shift(meta, probs, names, classes, au_probs, cfg, None)
-        info: dict = {}
-        t = verdict_rows(ids, names, classes, probs, None, None, np.ones(len(ids), bool), [None] * len(ids), cfg,
-                         "x", method, au_probs=au_probs, trust=info,
-                         review_reason="domain_shift" if rep["shifted"] and cfg.domain_shift_guard else None,
-                         model_accuracy=(meta.get("confidence_profile") or {}).get("model_accuracy"),
-                         reference_noise=meta.get("label_noise"))
-        act = np.array(t["action"].to_pylist(), dtype=object)
-        fin = final_labels(labels, act, np.array([classes.index(x) for x in t["label_suggested"].to_pylist()]))
-        sc = _score(classes, labels, plural, ev, act, fin)
+        _, act, _, sc, _, rep = decide_scores(d, **upd)
         res[vname] = {"relabelled_share": round(float((act == "relabel").mean()), 4),
                       "review_share": round(float((act == "review").mean()), 4), "f1": sc["f1"],
                       "gain_points": sc["gain_points"], "relabel_right": sc["relabel_right"],
