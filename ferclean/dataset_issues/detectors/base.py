@@ -84,21 +84,18 @@ class IssueContext:
         self.emb_centre = self.sig.embedding.mean() if self.sig.embedding is not None else None
         self._cluster_stats: dict[str, Any] | None = None
 
-    def release(self, still_needed: set[str]) -> list[str]:
+    def release(self, still_needed: set[str]) -> None:
         """Drop the computed shared evidence no later detector needs (its `needs`), so the later phases do not
         allocate on top of it (1M jittered faces: 124 k duplicate clusters' reports and edge info are ~150 MB of
-        Python objects). Returns the names released."""
+        Python objects)."""
         unknown = set(still_needed) - set(self.SHARED)
         if unknown:
             raise ValueError(f"unknown shared evidence {sorted(unknown)}; known: {list(self.SHARED)}")
-        gone = []
         for name in self.SHARED:
             if name not in still_needed and name in self.__dict__:
                 if name == "clusters":
                     self._cluster_stats = self.__dict__[name].stats()
                 del self.__dict__[name]
-                gone.append(name)
-        return gone
 
     @property
     def cluster_stats(self) -> dict[str, Any]:
@@ -123,8 +120,7 @@ class IssueContext:
         """Duplicate clusters joined by identical bytes, pHash (and mirror) edges and, when
         `embed_duplicates`, embedding edges."""
         cfg, sig, n = self.cfg, self.sig, self.n
-        # identical bytes: group by the sha's dictionary code (a hash table; the earlier fixed-width unicode
-        # array cost 256 bytes a row and a string sort)
+        # identical bytes: group by the sha codes (samples.sha_codes: 8 bytes a row, no string per sample)
         sha_codes = self.samples.sha_codes()
         sha_edges = group_pairs(sha_codes) if n else np.zeros((0, 2), np.int64)
         edges, sims, methods, hstats = phash_edges(sig, cfg)
